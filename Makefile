@@ -1,0 +1,29 @@
+# Two commands set up a fresh machine: `make run` (the whole pipeline locally) and `make test`.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# The CPU wheel by default. For CUDA: make setup TORCH_PIP_ARGS="--index-url https://download.pytorch.org/whl/cu128"
+TORCH_VERSION ?= 2.13.0
+TORCH_PIP_ARGS ?=
+
+.PHONY: setup test test-fast run bench clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q "torch==$(TORCH_VERSION)" $(TORCH_PIP_ARGS)
+	$(VENV)/bin/pip install -q -e ".[dev]"
+	touch $@
+
+test: setup
+	$(PY) -m pytest -q
+
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow"
+
+run: setup
+	$(VENV)/bin/mtlp run
+
+clean:
+	rm -rf $(VENV) mtlp-runs .pytest_cache

@@ -1,0 +1,14 @@
+"""mtl_models: multi-task ranking models in pure PyTorch, with the Torch-RecHub-style API.
+
+Imports neither MLflow nor KFP; the pipeline talks to the trainer through callbacks.
+"""
+
+from .features import DenseFeature, SparseFeature
+from .models import AITM, ESMM, MMOE, PLE, MultiTaskModel, SharedBottom
+from .onnx_export import export_onnx
+
+__all__ = [
+    "SparseFeature", "DenseFeature",
+    "MultiTaskModel", "SharedBottom", "ESMM", "MMOE", "PLE", "AITM",
+    "export_onnx",
+]

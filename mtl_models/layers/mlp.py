@@ -1,0 +1,90 @@
+"""MLPs configured the Torch-RecHub way: ``{"dims": [...], "dropout": p, "activation": name}``.
+
+Unlike Torch-RecHub, normalisation is opt-in (``"norm": "batch" | "layer"``) so a batch of one trains.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Optional
+
+from torch import Tensor, nn
+
+__all__ = ["MLP", "make_activation", "build_tower", "ACTIVATIONS", "check_mlp_params"]
+
+ACTIVATIONS = {
+    "relu": nn.ReLU,
+    "prelu": nn.PReLU,
+    "gelu": nn.GELU,
+    "silu": nn.SiLU,
+    "tanh": nn.Tanh,
+    "sigmoid": nn.Sigmoid,
+    "leaky_relu": nn.LeakyReLU,
+    "none": nn.Identity,
+}
+NORMS = (None, "none", "batch", "layer")
+_KNOWN_KEYS = {"dims", "dropout", "activation", "norm"}
+
+
+def make_activation(name: Optional[str]) -> nn.Module:
+    key = "none" if name is None else str(name).lower()
+    if key not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {name!r}")
+    return ACTIVATIONS[key]()
+
+
+def check_mlp_params(params: Optional[Mapping[str, Any]], argument: str, allow_empty: bool = False) -> dict:
+    """Validate an MLP config and fill defaults; errors name ``argument`` (e.g. ``tower_params_list[1]``)."""
+    if params is None:
+        params = {}
+    if not isinstance(params, Mapping):
+        raise ValueError(f"{argument} must be a dict like {{'dims': [64, 32]}}, got {type(params).__name__}")
+    unknown = set(params) - _KNOWN_KEYS
+    if unknown:
+        raise ValueError(f"{argument} has unknown keys {sorted(unknown)}; allowed: {sorted(_KNOWN_KEYS)}")
+    dims = list(params.get("dims", []))
+    if not dims and not allow_empty:
+        raise ValueError(f"{argument}['dims'] must be a non-empty list of positive ints")
+    if any(isinstance(d, bool) or not isinstance(d, int) or d <= 0 for d in dims):
+        raise ValueError(f"{argument}['dims'] must hold positive ints, got {dims}")
+    dropout = float(params.get("dropout", 0.0))
+    if not 0.0 <= dropout < 1.0:
+        raise ValueError(f"{argument}['dropout'] must be in [0, 1), got {dropout}")
+    activation = params.get("activation", "relu")
+    make_activation(activation)  # raises for unknown names
+    norm = params.get("norm")
+    if norm not in NORMS:
+        raise ValueError(f"{argument}['norm'] must be one of {NORMS}, got {norm!r}")
+    return {"dims": dims, "dropout": dropout, "activation": activation, "norm": None if norm == "none" else norm}
+
+
+class MLP(nn.Sequential):
+    """``Linear -> [norm] -> activation -> [dropout]`` per entry of ``dims``, plus an optional output unit."""
+
+    def __init__(self, input_dim: int, params: Optional[Mapping[str, Any]], output_dim: Optional[int] = None,
+                 argument: str = "mlp_params") -> None:
+        cfg = check_mlp_params(params, argument, allow_empty=output_dim is not None)
+        layers: list[nn.Module] = []
+        width = input_dim
+        for dim in cfg["dims"]:
+            layers.append(nn.Linear(width, dim))
+            if cfg["norm"] == "batch":
+                layers.append(nn.BatchNorm1d(dim))
+            elif cfg["norm"] == "layer":
+                layers.append(nn.LayerNorm(dim))
+            layers.append(make_activation(cfg["activation"]))
+            if cfg["dropout"] > 0:
+                layers.append(nn.Dropout(cfg["dropout"]))
+            width = dim
+        if output_dim is not None:
+            layers.append(nn.Linear(width, output_dim))
+            width = output_dim
+        super().__init__(*layers)
+        self.output_dim = width
+
+    def forward(self, x: Tensor) -> Tensor:  # [B, input_dim] -> [B, output_dim]
+        return super().forward(x)
+
+
+def build_tower(input_dim: int, params: Optional[Mapping[str, Any]], argument: str) -> MLP:
+    """A task tower: the configured hidden layers and one output unit (the task's logit or value)."""
+    return MLP(input_dim, params, output_dim=1, argument=argument)

@@ -1,0 +1,67 @@
+"""ONNX export with one named input per feature, one ``predictions [batch, n_task]`` output and a
+dynamic batch axis, so that serving (onnxruntime) needs neither torch nor this package."""
+
+from __future__ import annotations
+
+import copy
+import os
+import tempfile
+from pathlib import Path
+from typing import Sequence, Union
+
+import torch
+from torch import Tensor, nn
+
+from .features import SparseFeature
+from .models.base import MultiTaskModel
+
+__all__ = ["export_onnx", "example_inputs", "OUTPUT_NAME"]
+
+OUTPUT_NAME = "predictions"
+
+
+class _PositionalInputs(nn.Module):
+    """Adapts ``forward(dict)`` to positional tensors in feature order, which is what ONNX inputs are."""
+
+    def __init__(self, model: MultiTaskModel, names: Sequence[str]) -> None:
+        super().__init__()
+        self.model, self.names = model, list(names)
+
+    def forward(self, *columns: Tensor) -> Tensor:
+        return self.model(dict(zip(self.names, columns)))  # [B, n_task]
+
+
+def example_inputs(model: MultiTaskModel, batch_size: int = 4, seed: int = 0) -> dict[str, Tensor]:
+    """Random valid inputs: int64 ids ``[B]`` for sparse features, float32 ``[B]`` for dense ones."""
+    g = torch.Generator().manual_seed(seed)
+    out: dict[str, Tensor] = {}
+    for f in model.features:
+        if isinstance(f, SparseFeature):
+            out[f.name] = torch.randint(0, f.vocab_size, (batch_size,), generator=g)
+        else:
+            out[f.name] = torch.randn(batch_size, generator=g)
+    return out
+
+
+def export_onnx(model: MultiTaskModel, path: Union[str, os.PathLike], opset_version: int = 18) -> Path:
+    """Export ``model`` (in eval mode, on CPU) to ``path``; the file appears only once it is complete."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cpu_model = copy.deepcopy(model).to("cpu").eval()
+    names = [f.name for f in cpu_model.features]
+    wrapper = _PositionalInputs(cpu_model, names)
+    example = example_inputs(cpu_model, batch_size=4)
+    batch = torch.export.Dim("batch", min=1)
+    dynamic_shapes = (tuple({0: batch} for _ in names),)  # one entry: the *columns tuple
+    fd, tmp = tempfile.mkstemp(suffix=".onnx.tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        with torch.no_grad():
+            torch.onnx.export(wrapper, tuple(example[n] for n in names), tmp, input_names=names,
+                              output_names=[OUTPUT_NAME], dynamic_shapes=dynamic_shapes,
+                              opset_version=opset_version, external_data=False, dynamo=True, verbose=False)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
