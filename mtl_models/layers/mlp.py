@@ -84,6 +84,10 @@ class MLP(nn.Sequential):
     def forward(self, x: Tensor) -> Tensor:  # [B, input_dim] -> [B, output_dim]
         return super().forward(x)
 
+    @property
+    def last_linear(self) -> nn.Linear:
+        return [m for m in self if isinstance(m, nn.Linear)][-1]
+
 
 def build_tower(input_dim: int, params: Optional[Mapping[str, Any]], argument: str) -> MLP:
     """A task tower: the configured hidden layers and one output unit (the task's logit or value)."""

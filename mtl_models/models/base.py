@@ -71,3 +71,10 @@ class MultiTaskModel(nn.Module):
     def extra_outputs(self, x: Mapping[str, Tensor]) -> dict[str, Tensor]:
         """Named ``[B]`` predictions besides ``forward``'s (ESMM: pCVR), for evaluation."""
         return {}
+
+    def last_shared_parameters(self) -> list[nn.Parameter]:
+        """Weights of the last layer every task's loss flows through (GradNorm measures gradients here).
+
+        The embedding tables by default: for AITM, whose bottoms are per task, they are the only shared layer.
+        """
+        return [table.table.weight for table in self.embedding.tables] + list(self.embedding.proj_weight)

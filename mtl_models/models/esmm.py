@@ -48,5 +48,8 @@ class ESMM(MultiTaskModel):
         # (click, conversion) -> (click, click * conversion): the CTCVR label over all impressions
         return torch.stack([y[:, 0], y[:, 0] * y[:, 1]], dim=1)  # [B, 2]
 
+    def last_shared_parameters(self) -> list:
+        return [self.bottom.last_linear.weight] if self.bottom is not None else super().last_shared_parameters()
+
     def extra_outputs(self, x: Mapping[str, Tensor]) -> dict[str, Tensor]:
         return {"cvr": self.predict_cvr(x)}

@@ -38,6 +38,9 @@ class MMOE(MultiTaskModel):
     def forward(self, x: Mapping[str, Tensor]) -> Tensor:
         return self._forward(x)[0]
 
+    def last_shared_parameters(self) -> list[nn.Parameter]:
+        return [self.experts.layers[-1].weight]  # [E, d_in, d]: every expert's last layer
+
     def gate_weights(self, x: Mapping[str, Tensor]) -> Tensor:
         """Each task's softmax weights over the experts: ``[B, n_task, n_expert]``."""
         return self._forward(x)[1]

@@ -95,6 +95,9 @@ class PLE(MultiTaskModel):
     def forward(self, x: Mapping[str, Tensor]) -> Tensor:
         return self._forward(x)[0]
 
+    def last_shared_parameters(self) -> list[nn.Parameter]:
+        return [self.levels[-1].experts.layers[-1].weight]  # last level's experts (shared ones included)
+
     def gate_weights(self, x: Mapping[str, Tensor]) -> list[tuple[Tensor, Optional[Tensor]]]:
         """Per level: task gates ``[B, T, n_specific + n_shared]`` and the shared gate ``[B, E_total]`` (None at the last level)."""
         return self._forward(x)[1]

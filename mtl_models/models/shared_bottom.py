@@ -27,3 +27,6 @@ class SharedBottom(MultiTaskModel):
         shared = self.bottom(self.embedding(x))  # [B, bottom_dim]
         raw = torch.cat([tower(shared) for tower in self.towers], dim=1)  # [B, n_task]
         return self.head(raw)
+
+    def last_shared_parameters(self) -> list[nn.Parameter]:
+        return [self.bottom.last_linear.weight]
