@@ -1,0 +1,186 @@
+"""The pipeline's YAML config: typed sections, defaults that run anywhere, errors that name the key.
+
+A config is a small tree of dataclasses; ``load_config`` reads YAML (or takes a dict), rejects unknown
+keys and wrong types with the dotted path of the offending key, and fills every default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Optional, Union
+
+import yaml
+
+from components.model_factory import MODEL_NAMES
+
+__all__ = ["PipelineConfig", "ConfigError", "load_config", "config_to_dict", "DEFAULT_CONFIG"]
+
+REPO_CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+DEFAULT_CONFIG = REPO_CONFIGS / "default.yaml"
+
+
+class ConfigError(ValueError):
+    """A config file that cannot be used as written; the message names the key."""
+
+
+@dataclass
+class DatasetConfig:
+    name: str = "synthetic-funnel"
+    data_dir: Optional[str] = None
+    seed: int = 42
+    val_fraction: float = 0.1
+    options: dict = field(default_factory=dict)
+
+
+@dataclass
+class SearchConfig:
+    n_trials: int = 4
+    n_epoch: int = 2
+    pruner: str = "median"
+    objective: str = "mean"
+    multi_objective: bool = False
+    n_workers: int = 1
+    storage: Optional[str] = None  # None: a journal file in the run's work directory
+    space: dict = field(default_factory=dict)  # per-model overrides of the search space
+
+
+@dataclass
+class TrainConfig:
+    n_epoch: int = 5
+    patience: int = 2
+    device: str = "auto"
+    seed: int = 42
+    params: dict = field(default_factory=dict)  # per-model fixed hyperparameters, applied under the search's best
+
+
+@dataclass
+class TrackingConfig:
+    uri: Optional[str] = None  # None: MLFLOW_TRACKING_URI, else SQLite inside the run's work directory
+    experiment: str = "mtl-pipeline"
+    registered_model: Optional[str] = None  # default: "<experiment>-model"
+
+
+@dataclass
+class PromotionConfig:
+    metric: str = "test_score"
+    margin: float = 0.0
+
+
+@dataclass
+class ResourcesConfig:
+    gpus: int = 0
+    accelerator_type: str = "nvidia.com/gpu"
+    cpu: str = "2"
+    memory: str = "8Gi"
+    shm_size: str = "1Gi"
+    retries: int = 2
+
+
+@dataclass
+class SecretsConfig:
+    mlflow: Optional[str] = "mlflow-credentials"  # keys MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD
+    database: Optional[str] = "optuna-db"  # key OPTUNA_STORAGE: the study database URL with its password
+
+
+@dataclass
+class PipelineConfig:
+    name: str = "mtlp-default"
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    models: list = field(default_factory=lambda: list(MODEL_NAMES))
+    search: SearchConfig = field(default_factory=SearchConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    promotion: PromotionConfig = field(default_factory=PromotionConfig)
+    resources: ResourcesConfig = field(default_factory=ResourcesConfig)
+    secrets: SecretsConfig = field(default_factory=SecretsConfig)
+    image: Optional[str] = None  # None: pipeline.image.default_image()
+
+    def validate(self) -> "PipelineConfig":
+        if not self.models:
+            raise ConfigError("models: choose at least one of " + ", ".join(MODEL_NAMES))
+        for m in self.models:
+            if m not in MODEL_NAMES:
+                raise ConfigError(f"models: unknown model {m!r}; choose from {list(MODEL_NAMES)}")
+        if len(set(self.models)) != len(self.models):
+            raise ConfigError(f"models: listed twice: {self.models}")
+        for key in ("search.n_trials", "search.n_epoch", "search.n_workers", "train.n_epoch"):
+            section, attr = key.split(".")
+            if getattr(getattr(self, section), attr) < 1:
+                raise ConfigError(f"{key} must be >= 1")
+        if self.search.pruner not in ("median", "hyperband", "none"):
+            raise ConfigError(f"search.pruner must be median, hyperband or none, got {self.search.pruner!r}")
+        if not 0.0 < self.dataset.val_fraction < 1.0:
+            raise ConfigError("dataset.val_fraction must be in (0, 1)")
+        if self.resources.gpus < 0 or self.resources.retries < 0:
+            raise ConfigError("resources.gpus and resources.retries must be >= 0")
+        for key, per_model in (("search.space", self.search.space), ("train.params", self.train.params)):
+            unknown = set(per_model) - set(MODEL_NAMES)
+            if unknown:
+                raise ConfigError(f"{key}: unknown models {sorted(unknown)}; choose from {list(MODEL_NAMES)}")
+        return self
+
+    @property
+    def registered_model(self) -> str:
+        return self.tracking.registered_model or f"{self.tracking.experiment}-model"
+
+
+def _type_ok(value: Any, hint: Any) -> bool:
+    origin = typing.get_origin(hint)
+    if origin in (Union, types.UnionType):
+        return any(_type_ok(value, h) for h in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, origin or hint)
+
+
+def _build(cls: type, data: Any, path: str) -> Any:
+    if data is None:
+        return cls()
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{path or 'config'} must be a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(data) - names
+    if unknown:
+        where = f"{path}." if path else ""
+        raise ConfigError(f"unknown key(s) {', '.join(where + k for k in sorted(unknown))}; allowed: {sorted(names)}")
+    kwargs = {}
+    for name, value in data.items():
+        hint, key = hints[name], f"{path}.{name}" if path else name
+        if dataclasses.is_dataclass(hint):
+            kwargs[name] = _build(hint, value, key)
+        elif not _type_ok(value, hint):
+            expected = getattr(hint, "__name__", str(hint))
+            raise ConfigError(f"{key} must be {expected}, got {type(value).__name__} {value!r}")
+        else:
+            kwargs[name] = value
+    return cls(**kwargs)
+
+
+def load_config(source: Union[str, Path, Mapping[str, Any], None] = None) -> PipelineConfig:
+    """Read a YAML file (default: configs/default.yaml) or a dict into a validated ``PipelineConfig``."""
+    if source is None:
+        source = DEFAULT_CONFIG
+    if isinstance(source, Mapping):
+        data = dict(source)
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path} is not valid YAML: {exc}") from None
+    return _build(PipelineConfig, data, "").validate()
+
+
+def config_to_dict(config: PipelineConfig) -> dict[str, Any]:
+    return dataclasses.asdict(config)
