@@ -1,0 +1,173 @@
+"""Synthetic impression -> click -> conversion data with known ground truth, from thousands to tens of millions of rows.
+
+Users and items are Zipf-distributed; pCTR and pCVR of each impression come from a logistic model of user,
+item and dense features whose intercepts are calibrated to the requested rates; the true probabilities are
+kept in ``true_pctr`` / ``true_pcvr`` / ``true_pctcvr`` (never features), so CVR can be evaluated over the
+whole impression space. Generated with numpy only, already as ids, so encoding is an addition: rows are
+i.i.d. draws from the seed, so contiguous train/val/test slices are a seeded random split without copies.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping, Optional
+
+import numpy as np
+
+from ..encoders import DenseEncoder, LabelSpec, SparseEncoder, fit_dense
+from ..errors import DataError
+from ..feature_spec import FeatureSpec
+from .base import PreparedData, check_options, fill_statistics, split_fractions
+
+OPTIONS: dict[str, Any] = {"n_rows": 100_000, "ctr": 0.05, "cvr": 0.1, "n_users": 10_000, "n_items": 5_000,
+                           "n_categories": 100, "zipf": 1.1, "n_dense": 4, "test_fraction": 0.1}
+GROUND_TRUTH = ["true_pctr", "true_pcvr", "true_pctcvr"]
+
+
+def zipf_ids(rng: np.random.Generator, n: int, n_ids: int, exponent: float) -> np.ndarray:
+    """Exact draws of ranks k in [0, n_ids) with P(k) proportional to (k+1)^-exponent, vectorised.
+
+    Rejection from the continuous power law on [1, n_ids + 1) (proposal floor(X)): exact, and much faster than
+    a binary search in a cumulative table of a million ids; about 3 in 4 proposals are accepted.
+    """
+    s = float(exponent)
+    out = np.empty(n, dtype=np.int64)
+    pending = np.arange(n)
+    top = float(n_ids + 1)
+
+    def mass(k: np.ndarray) -> np.ndarray:  # integral of x^-s over [k, k + 1)
+        if abs(s - 1.0) < 1e-9:
+            return np.log1p(1.0 / k)
+        return (k ** (1.0 - s) - (k + 1.0) ** (1.0 - s)) / (s - 1.0)
+
+    bound = 1.0 / float(mass(np.array([1.0]))[0])  # max of k^-s / mass(k), reached at k = 1
+    while pending.size:
+        u = rng.random(pending.size)
+        if abs(s - 1.0) < 1e-9:
+            x = np.exp(u * np.log(top))
+        else:
+            x = (1.0 + u * (top ** (1.0 - s) - 1.0)) ** (1.0 / (1.0 - s))
+        k = np.minimum(np.floor(x), n_ids)
+        accept = rng.random(pending.size) * bound * mass(k) <= k ** -s
+        out[pending[accept]] = k[accept].astype(np.int64) - 1
+        pending = pending[~accept]
+    return out
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    out = np.negative(x)
+    np.exp(out, out=out)
+    out += 1
+    np.reciprocal(out, out=out)
+    return out
+
+
+def _calibrate(logit: np.ndarray, target: float, weights: Optional[np.ndarray] = None) -> float:
+    """Intercept b with weighted mean sigmoid(logit + b) == target (bisection on a sample)."""
+    lo, hi = -30.0, 30.0
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        p = 1.0 / (1.0 + np.exp(-(logit.astype(np.float64) + mid)))
+        rate = np.average(p, weights=weights)
+        lo, hi = (mid, hi) if rate < target else (lo, mid)
+    return (lo + hi) / 2
+
+
+def _check(opts: Mapping[str, Any]) -> None:
+    for key in ("n_rows", "n_users", "n_items", "n_categories"):
+        v = opts[key]
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise DataError(f"synthetic-funnel: {key} must be a positive int, got {v!r}")
+    if isinstance(opts["n_dense"], bool) or not isinstance(opts["n_dense"], int) or opts["n_dense"] < 0:
+        raise DataError(f"synthetic-funnel: n_dense must be an int >= 0, got {opts['n_dense']!r}")
+    for key in ("ctr", "cvr"):
+        v = opts[key]
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < 1:
+            raise DataError(f"synthetic-funnel: {key} must be in (0, 1), got {v!r}")
+    if isinstance(opts["zipf"], bool) or not isinstance(opts["zipf"], (int, float)) or opts["zipf"] <= 0:
+        raise DataError(f"synthetic-funnel: zipf exponent must be > 0, got {opts['zipf']!r}")
+
+
+def generate(seed: int, opts: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """Raw columns: user_id/item_id/item_category ids from 0, dense_1.., click, conversion, true_*."""
+    n, n_dense = int(opts["n_rows"]), int(opts["n_dense"])
+    root = np.random.SeedSequence(seed)
+    world_rng, row_rng = (np.random.default_rng(s) for s in root.spawn(2))
+    # the "world": per-user/per-item effects, item categories and feature weights
+    user_ctr, user_cvr = world_rng.normal(0, 0.6, (2, opts["n_users"])).astype(np.float32)
+    item_ctr, item_cvr = world_rng.normal(0, 0.6, (2, opts["n_items"])).astype(np.float32)
+    item_category = world_rng.integers(0, opts["n_categories"], opts["n_items"])
+    w_ctr, w_cvr = world_rng.normal(0, 0.3, (2, max(n_dense, 1))).astype(np.float32)
+
+    columns: dict[str, np.ndarray] = {}
+    columns["user_id"] = users = zipf_ids(row_rng, n, opts["n_users"], opts["zipf"])
+    columns["item_id"] = items = zipf_ids(row_rng, n, opts["n_items"], opts["zipf"])
+    columns["item_category"] = item_category[items]
+    logit_ctr = user_ctr[users]
+    logit_ctr += item_ctr[items]
+    logit_cvr = user_cvr[users]
+    logit_cvr += item_cvr[items]
+    for j in range(n_dense):
+        x = row_rng.standard_normal(n, dtype=np.float32)
+        logit_ctr += w_ctr[j] * x
+        logit_cvr += w_cvr[j] * x
+        if j == 0:  # one heavy-tailed, price-like column: exp of the latent value
+            np.exp(x, out=x)
+        columns[f"dense_{j + 1}"] = x
+    sample = slice(0, min(n, 200_000))
+    logit_ctr += np.float32(_calibrate(logit_ctr[sample], float(opts["ctr"])))
+    pctr = _sigmoid(logit_ctr)
+    del logit_ctr
+    # pCVR intercept: the conversion rate among clicks (clicks weighted by pCTR) hits the requested cvr
+    logit_cvr += np.float32(_calibrate(logit_cvr[sample], float(opts["cvr"]), weights=pctr[sample]))
+    pcvr = _sigmoid(logit_cvr)
+    del logit_cvr
+    click = row_rng.random(n, dtype=np.float32) < pctr
+    conversion = row_rng.random(n, dtype=np.float32) < pcvr
+    conversion &= click
+    columns["click"] = click.astype(np.float32)
+    columns["conversion"] = conversion.astype(np.float32)
+    del click, conversion
+    columns["true_pctr"] = pctr
+    columns["true_pcvr"] = pcvr
+    columns["true_pctcvr"] = pctr * pcvr
+    return columns
+
+
+def build(data_dir: Optional[str | Path], seed: int, val_fraction: float,
+          options: Mapping[str, Any]) -> PreparedData:
+    opts = check_options("synthetic-funnel", options, OPTIONS)
+    _check(opts)
+    split_fractions(val_fraction, opts["test_fraction"])
+    raw = generate(seed, opts)
+    n = int(opts["n_rows"])
+    n_val, n_test = int(round(n * val_fraction)), int(round(n * opts["test_fraction"]))
+    n_train = n - n_val - n_test
+    if n_train < 1:
+        raise DataError("synthetic-funnel: the train split is empty; raise n_rows")
+    bounds = {"train": slice(0, n_train), "val": slice(n_train, n_train + n_val), "test": slice(n_train + n_val, n)}
+
+    sparse = [SparseEncoder("user_id", "user_id", id_range=opts["n_users"]),
+              SparseEncoder("item_id", "item_id", id_range=opts["n_items"]),
+              SparseEncoder("item_category", "item_category", id_range=opts["n_categories"])]
+    dense: list[DenseEncoder] = []
+    for j in range(int(opts["n_dense"])):
+        name = f"dense_{j + 1}"
+        dense.append(fit_dense(name, name, raw[name][bounds["train"]], log1p=(j == 0)))
+    encoded: dict[str, np.ndarray] = {}
+    for enc in sparse:
+        encoded[enc.name] = enc.encode(raw.pop(enc.source))  # ids + 1; raw array freed
+    for enc in dense:
+        encoded[enc.name] = enc.transform_numbers(raw.pop(enc.source), inplace=True)
+    encoded.update(raw)  # labels and ground truth, already float32
+    labels = [LabelSpec("click", "classification", "click"), LabelSpec("conversion", "classification", "conversion")]
+    spec = FeatureSpec(dataset="synthetic-funnel", seed=seed, features=[*sparse, *dense], labels=labels,
+                       options=dict(opts), extra_columns=list(GROUND_TRUTH),
+                       split={"method": "random", "note": "rows are i.i.d. draws from the seed; contiguous slices",
+                              "val_fraction": val_fraction, "test_fraction": opts["test_fraction"]})
+    splits = {split: {name: column[bound] for name, column in encoded.items()} for split, bound in bounds.items()}
+    fill_statistics(spec, splits)
+    clicks = {s: float(c["click"].sum()) for s, c in splits.items()}
+    spec.label_stats["conversion_given_click"] = {
+        s: {"rate": float(c["conversion"].sum()) / clicks[s] if clicks[s] else float("nan")} for s, c in splits.items()}
+    return PreparedData(spec=spec, splits=splits)

@@ -1,0 +1,284 @@
+"""Encoders fitted on the train split only, and applied identically at preparation and serving time.
+
+Sparse: raw category -> id in ``[1, vocab_size)``, id 0 for unseen or missing values.
+Dense: raw number -> float32, missing -> the train median, then optional (signed) log1p and standardisation.
+Labels: raw value -> float32, with strict checks, because a wrong label silently ruins every later step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Optional, Sequence
+
+import numpy as np
+import pandas as pd
+
+from .errors import DataError
+
+__all__ = [
+    "SparseEncoder", "DenseEncoder", "LabelSpec", "TASK_TYPES",
+    "fit_sparse", "fit_dense", "encode_label", "as_category_strings", "as_numbers",
+]
+
+TASK_TYPES = ("classification", "regression")
+
+
+def _examples(values: Iterable[Any], limit: int = 5) -> str:
+    shown = [repr(v) for v in list(values)[:limit]]
+    return ", ".join(shown)
+
+
+def as_category_strings(values: pd.Series, missing_values: Sequence[str] = ()) -> pd.Series:
+    """Spell categories as stripped strings so that 7, 7.0 and ' 7' all name the same category; missing -> NA."""
+    if pd.api.types.is_bool_dtype(values.dtype):
+        out = values.astype("Int64").astype("string")
+    elif pd.api.types.is_integer_dtype(values.dtype):
+        out = values.astype("string")
+    elif pd.api.types.is_float_dtype(values.dtype):
+        finite = values.dropna()
+        if len(finite) and bool(np.all(np.mod(finite.to_numpy(dtype=np.float64), 1.0) == 0.0)):
+            out = values.astype("Int64").astype("string")
+        else:
+            out = values.astype("string")
+    else:
+        out = values.astype("string").str.strip()
+    if len(missing_values):
+        out = out.mask(out.isin(list(missing_values)))
+    return out
+
+
+def as_numbers(values: pd.Series, column: str, missing_values: Sequence[str] = ()) -> np.ndarray:
+    """Raw column -> float64 array with NaN for missing; non-numeric values are a DataError, not a silent NaN."""
+    if pd.api.types.is_bool_dtype(values.dtype) or pd.api.types.is_numeric_dtype(values.dtype):
+        return values.to_numpy(dtype=np.float64, na_value=np.nan)
+    text = values.astype("string").str.strip()
+    if len(missing_values):
+        text = text.mask(text.isin(list(missing_values)))
+    text = text.mask(text == "")
+    numbers = pd.to_numeric(text, errors="coerce")
+    bad = numbers.isna() & text.notna()
+    if bool(bad.any()):
+        raise DataError(f"dense column {column!r} is not numeric: values such as {_examples(text[bad].unique())}")
+    return numbers.to_numpy(dtype=np.float64, na_value=np.nan)
+
+
+@dataclass
+class SparseEncoder:
+    """Vocabulary encoder (ids 1..len(vocabulary)) or identity encoder for raw ids already in ``[0, id_range)``.
+
+    The identity form exists for generated data whose ids are dense integers: encoding is then one addition.
+    """
+
+    name: str
+    source: str
+    vocabulary: Optional[list[str]] = None
+    id_range: Optional[int] = None
+    min_frequency: int = 1
+    _index: Optional[pd.Index] = field(default=None, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if (self.vocabulary is None) == (self.id_range is None):
+            raise ValueError(f"sparse feature {self.name!r} needs exactly one of vocabulary or id_range")
+
+    @property
+    def kind(self) -> str:
+        return "sparse"
+
+    @property
+    def vocab_size(self) -> int:
+        """Number of embedding rows, including the reserved id 0."""
+        return (len(self.vocabulary) if self.vocabulary is not None else int(self.id_range)) + 1
+
+    def encode(self, values: pd.Series | np.ndarray, missing_values: Sequence[str] = ()) -> np.ndarray:
+        if self.id_range is not None:
+            return self._encode_identity(values)
+        if self._index is None:
+            self._index = pd.Index(self.vocabulary, dtype="string")
+        strings = as_category_strings(pd.Series(values), missing_values)
+        return self._index.get_indexer(strings).astype(np.int64) + 1  # -1 (unseen/NA) -> 0
+
+    def _encode_identity(self, values: pd.Series | np.ndarray) -> np.ndarray:
+        raw = values.to_numpy(dtype=np.float64, na_value=-1.0) if isinstance(values, pd.Series) else np.asarray(values)
+        if raw.dtype.kind == "f":
+            valid = np.isfinite(raw) & (raw >= 0) & (raw < self.id_range) & (np.mod(raw, 1.0) == 0)
+            return np.where(valid, raw + 1, 0).astype(np.int64)
+        out = raw.astype(np.int64) + 1
+        out[(raw < 0) | (raw >= self.id_range)] = 0
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"name": self.name, "kind": "sparse", "source": self.source,
+                               "vocab_size": self.vocab_size}
+        if self.vocabulary is not None:
+            out.update(encoding="vocabulary", min_frequency=self.min_frequency, vocabulary=list(self.vocabulary))
+        else:
+            out.update(encoding="identity", id_range=int(self.id_range))
+        return out
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "SparseEncoder":
+        return cls(name=d["name"], source=d.get("source", d["name"]), vocabulary=d.get("vocabulary"),
+                   id_range=d.get("id_range"), min_frequency=int(d.get("min_frequency", 1)))
+
+
+def fit_sparse(name: str, source: str, values: pd.Series, missing_values: Sequence[str] = (),
+               min_frequency: int = 1) -> SparseEncoder:
+    """Vocabulary of the train values seen at least ``min_frequency`` times, most frequent first (ties by value)."""
+    if isinstance(min_frequency, bool) or not isinstance(min_frequency, int) or min_frequency < 1:
+        raise DataError(f"min_frequency for {name!r} must be a positive int, got {min_frequency!r}")
+    counts = as_category_strings(values, missing_values).value_counts(dropna=True)
+    counts = counts[counts >= min_frequency]
+    table = pd.DataFrame({"value": counts.index.astype(str), "count": counts.to_numpy()})
+    table = table.sort_values(["count", "value"], ascending=[False, True], kind="stable")
+    return SparseEncoder(name=name, source=source, vocabulary=table["value"].tolist(), min_frequency=min_frequency)
+
+
+@dataclass
+class DenseEncoder:
+    """Missing -> train median; then signed log1p if asked (heavy tails); then (x - mean) / std from train."""
+
+    name: str
+    source: str
+    median: float
+    mean: float
+    std: float
+    log1p: bool = False
+    missing_rate: float = 0.0
+    min: float = 0.0
+    max: float = 0.0
+
+    @property
+    def kind(self) -> str:
+        return "dense"
+
+    def transform_numbers(self, numbers: np.ndarray, inplace: bool = False) -> np.ndarray:
+        """float array with NaN for missing -> encoded float32; ``inplace`` reuses a float32 input's memory."""
+        numbers = np.asarray(numbers)
+        out = numbers if inplace and numbers.dtype == np.float32 else np.array(numbers, dtype=np.float32)
+        np.copyto(out, np.float32(self.median), where=np.isnan(out))
+        if self.log1p:
+            _signed_log1p_inplace(out)
+        out -= np.float32(self.mean)
+        out /= np.float32(self.std)
+        return out
+
+    def encode(self, values: pd.Series | np.ndarray, missing_values: Sequence[str] = ()) -> np.ndarray:
+        numbers = as_numbers(values, self.source, missing_values) if isinstance(values, pd.Series) else values
+        return self.transform_numbers(numbers)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "kind": "dense", "source": self.source, "log1p": self.log1p,
+                "median": self.median, "mean": self.mean, "std": self.std, "missing_rate": self.missing_rate,
+                "min": self.min, "max": self.max}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "DenseEncoder":
+        return cls(name=d["name"], source=d.get("source", d["name"]), median=float(d["median"]),
+                   mean=float(d["mean"]), std=float(d["std"]), log1p=bool(d.get("log1p", False)),
+                   missing_rate=float(d.get("missing_rate", 0.0)), min=float(d.get("min", 0.0)),
+                   max=float(d.get("max", 0.0)))
+
+
+def _signed_log1p_inplace(x: np.ndarray) -> None:
+    """sign(x) * log1p(|x|): compresses heavy tails and stays defined for negative values."""
+    sign = np.sign(x)
+    np.abs(x, out=x)
+    np.log1p(x, out=x)
+    x *= sign
+
+
+def fit_dense(name: str, source: str, numbers: np.ndarray, log1p: bool = False) -> DenseEncoder:
+    """Statistics of the train values only (NaN = missing)."""
+    numbers = np.asarray(numbers)
+    missing = np.isnan(numbers)
+    n_missing = int(missing.sum())
+    present = numbers[~missing] if n_missing else numbers
+    if present.size == 0:
+        median, lo, hi = 0.0, 0.0, 0.0
+    else:
+        median, lo, hi = float(np.median(present)), float(present.min()), float(present.max())
+    filled = np.where(missing, np.float32(median), numbers).astype(np.float32) if n_missing \
+        else numbers.astype(np.float32, copy=True)
+    if log1p:
+        _signed_log1p_inplace(filled)
+    mean = float(filled.mean(dtype=np.float64)) if filled.size else 0.0
+    std = float(filled.std(dtype=np.float64)) if filled.size else 1.0
+    if not np.isfinite(std) or std < 1e-12:
+        std = 1.0
+    return DenseEncoder(name=name, source=source, median=median, mean=mean, std=std, log1p=bool(log1p),
+                        missing_rate=n_missing / max(numbers.size, 1), min=lo, max=hi)
+
+
+@dataclass
+class LabelSpec:
+    """A task's label: its raw column, task type and, for classification, how raw values map to 0/1.
+
+    ``positive_values`` with ``negative_values`` lists the dataset's own label strings (e.g. '>50K', '<=50K');
+    ``positive_values`` alone derives a binary task (any other present value is 0, e.g. never-married);
+    neither means the raw values must already be 0/1.
+    """
+
+    name: str
+    task_type: str
+    source: str
+    positive_values: Optional[list[str]] = None
+    negative_values: Optional[list[str]] = None
+
+    def __post_init__(self) -> None:
+        if self.task_type not in TASK_TYPES:
+            raise DataError(f"label {self.name!r} has unknown task type {self.task_type!r}; allowed: {list(TASK_TYPES)}")
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"name": self.name, "task_type": self.task_type, "source": self.source}
+        if self.positive_values is not None:
+            out["positive_values"] = list(self.positive_values)
+        if self.negative_values is not None:
+            out["negative_values"] = list(self.negative_values)
+        return out
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "LabelSpec":
+        return cls(name=d["name"], task_type=d["task_type"], source=d.get("source", d["name"]),
+                   positive_values=d.get("positive_values"), negative_values=d.get("negative_values"))
+
+
+def encode_label(label: LabelSpec, values: pd.Series, missing_values: Sequence[str] = ()) -> np.ndarray:
+    """Raw label column -> float32; NaN, unknown classes and non-numeric targets raise DataError."""
+    if label.task_type == "regression":
+        numbers = as_numbers(values, label.source, missing_values)
+        if np.isnan(numbers).any():
+            raise DataError(f"label {label.name!r} (column {label.source!r}) has {int(np.isnan(numbers).sum())} "
+                            "missing (NaN) values")
+        return numbers.astype(np.float32)
+    if label.positive_values is not None:
+        text = as_category_strings(values, missing_values)
+        if bool(text.isna().any()):
+            raise DataError(f"label {label.name!r} (column {label.source!r}) has {int(text.isna().sum())} "
+                            "missing (NaN) values")
+        positive = text.isin(label.positive_values).to_numpy(dtype=bool)
+        if label.negative_values is not None:
+            known = positive | text.isin(label.negative_values).to_numpy(dtype=bool)
+            if not known.all():
+                bad = text[~known].unique()
+                raise DataError(f"classification label {label.name!r} (column {label.source!r}) has values other "
+                                f"than {label.positive_values + label.negative_values}: {_examples(bad)}")
+        return positive.astype(np.float32)
+    if pd.api.types.is_numeric_dtype(values.dtype) or pd.api.types.is_bool_dtype(values.dtype):
+        numbers = values.to_numpy(dtype=np.float64, na_value=np.nan)
+    else:
+        text = values.astype("string").str.strip()
+        if len(missing_values):
+            text = text.mask(text.isin(list(missing_values)))
+        numbers = pd.to_numeric(text, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+        unparsed = np.isnan(numbers) & text.notna().to_numpy()
+        if unparsed.any():
+            raise DataError(f"classification label {label.name!r} (column {label.source!r}) has values other "
+                            f"than 0/1: {_examples(text[unparsed].unique())}")
+    nan = np.isnan(numbers)
+    if nan.any():
+        raise DataError(f"label {label.name!r} (column {label.source!r}) has {int(nan.sum())} missing (NaN) values")
+    bad = (numbers != 0) & (numbers != 1)
+    if bad.any():
+        raise DataError(f"classification label {label.name!r} (column {label.source!r}) has values other than "
+                        f"0/1: {_examples(np.unique(numbers[bad]))}")
+    return numbers.astype(np.float32)
