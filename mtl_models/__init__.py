@@ -5,10 +5,16 @@ Imports neither MLflow nor KFP; the pipeline talks to the trainer through callba
 
 from .features import DenseFeature, SparseFeature
 from .models import AITM, ESMM, MMOE, PLE, MultiTaskModel, SharedBottom
+from .data import DataGenerator, TensorLoader, make_loader
+from .device import resolve_device
 from .onnx_export import export_onnx
+from .trainer import Callback, MTLTrainer, StopTraining
+from .weighting import WEIGHTINGS, Weighting
 
 __all__ = [
     "SparseFeature", "DenseFeature",
     "MultiTaskModel", "SharedBottom", "ESMM", "MMOE", "PLE", "AITM",
     "export_onnx",
+    "MTLTrainer", "Callback", "StopTraining", "DataGenerator", "TensorLoader", "make_loader",
+    "Weighting", "WEIGHTINGS", "resolve_device",
 ]

@@ -72,6 +72,10 @@ class MultiTaskModel(nn.Module):
         """Named ``[B]`` predictions besides ``forward``'s (ESMM: pCVR), for evaluation."""
         return {}
 
+    def extra_targets(self, y: Tensor) -> dict[str, tuple[Tensor, Tensor]]:
+        """For each ``extra_outputs`` name: ``(labels [B], mask [B] bool)`` of the rows it is evaluated on."""
+        return {}
+
     def last_shared_parameters(self) -> list[nn.Parameter]:
         """Weights of the last layer every task's loss flows through (GradNorm measures gradients here).
 

@@ -53,3 +53,7 @@ class ESMM(MultiTaskModel):
 
     def extra_outputs(self, x: Mapping[str, Tensor]) -> dict[str, Tensor]:
         return {"cvr": self.predict_cvr(x)}
+
+    def extra_targets(self, y: Tensor) -> dict[str, tuple[Tensor, Tensor]]:
+        # pCVR is only defined on clicked impressions: conversion label where click == 1
+        return {"cvr": (y[:, 1], y[:, 0] > 0.5)}

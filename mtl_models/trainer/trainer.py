@@ -1,0 +1,388 @@
+"""``MTLTrainer``: Torch-RecHub's training API (fit / evaluate / predict) over any ``MultiTaskModel``.
+
+Model-specific behaviour comes from the model's hooks (``training_targets``, ``auxiliary_loss``,
+``extra_outputs``/``extra_targets``, ``last_shared_parameters``) and task weighting from
+``mtl_models.weighting``; the trainer never asks which architecture it holds.
+
+Per-epoch metric keys (``history`` entries and ``Callback.on_epoch_end``): ``train/{task}/loss``,
+``train/loss`` (weighted task losses + weighted auxiliary loss, mean over steps), ``val/{task}/auc``,
+``val/{task}/logloss`` (classification), ``val/{task}/rmse``, ``val/{task}/mae`` (regression), the same
+for a model's extra outputs (ESMM: ``val/cvr/auc``), ``val/monitor`` and ``weight/{task}``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from ..data import TensorLoader
+from ..device import DeviceSpec, resolve_device
+from ..metrics import HIGHER_IS_BETTER, task_metrics
+from ..models.base import MultiTaskModel
+from ..onnx_export import export_onnx as _export_onnx
+from ..weighting import Weighting, build_weighting
+from .callbacks import Callback, CallbackList, StopTraining
+from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+
+__all__ = ["MTLTrainer"]
+
+log = logging.getLogger("mtl_models.trainer")
+
+BEST_FILE, LAST_FILE = "best.pt", "last.pt"
+CHECKPOINT_FORMAT = 1
+
+
+def _to_device(batch: Any, device: torch.device) -> Any:
+    if isinstance(batch, Tensor):
+        return batch if batch.device == device else batch.to(device, non_blocking=device.type == "cuda")
+    if isinstance(batch, Mapping):
+        return {k: _to_device(v, device) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(_to_device(v, device) for v in batch)
+    return batch
+
+
+def _split_batch(batch: Any) -> tuple[Mapping[str, Tensor], Optional[Tensor]]:
+    """``(x, y)`` / ``[x, y]`` / ``x`` -> ``(x, y or None)``; ``y`` may be ``[B, T]`` or a dict of tasks."""
+    if isinstance(batch, Mapping):
+        return batch, None
+    x, y = batch[0], (batch[1] if len(batch) > 1 else None)
+    if isinstance(y, Mapping):
+        y = torch.stack([v.reshape(-1).float() for v in y.values()], dim=1)  # [B, T]
+    elif y is not None:
+        y = y.reshape(len(y), -1).float()  # [B, T]
+    return x, y
+
+
+class MTLTrainer:
+    """Trains a ``MultiTaskModel``; see the module docstring for the metric keys.
+
+    ``adaptive_params={"method": "equal" | "uwl" | "gradnorm", ...}`` picks the task weighting (extra keys go
+    to the method, ``lr`` sets its own learning rate). ``monitor`` is ``"mean"`` (mean over tasks of AUC, and
+    of -RMSE for regression tasks; higher is better) or a metric key such as ``"val/ctr/auc"`` or
+    ``"val/price/rmse"`` whose direction follows the metric. ``model_path`` receives ``best.pt`` (best
+    epoch) and ``last.pt`` (everything ``fit(..., resume=True)`` needs).
+    """
+
+    def __init__(self, model: MultiTaskModel, task_types: Optional[Sequence[str]] = None,
+                 optimizer_fn: Callable[..., torch.optim.Optimizer] = torch.optim.Adam,
+                 optimizer_params: Optional[Mapping[str, Any]] = None,
+                 scheduler_fn: Optional[Callable[..., Any]] = None, scheduler_params: Optional[Mapping[str, Any]] = None,
+                 adaptive_params: Optional[Mapping[str, Any]] = None, n_epoch: int = 10,
+                 earlystop_taskid: Optional[int] = None, earlystop_patience: int = 10, device: DeviceSpec = "auto",
+                 gpus: Optional[Sequence[int]] = None, model_path: str | os.PathLike = "./",
+                 monitor: str = "mean", auxiliary_weight: Optional[float] = None,
+                 callbacks: Optional[Iterable[Callback]] = None, task_names: Optional[Sequence[str]] = None,
+                 progress: bool = True, compile: bool = False, mixed_precision: Optional[bool] = None,
+                 seed: Optional[int] = None, nan_check_every: Optional[int] = None) -> None:
+        if not isinstance(model, MultiTaskModel):
+            raise TypeError(f"model must be a mtl_models MultiTaskModel, got {type(model).__name__}")
+        if task_types is not None and list(task_types) != list(model.task_types):
+            raise ValueError(f"task_types {list(task_types)} differ from the model's {model.task_types}")
+        self.task_types = list(model.task_types)
+        self.n_task = len(self.task_types)
+        self.task_names: Optional[list[str]] = self._check_names(task_names) if task_names is not None else None
+        self.device = resolve_device(device)
+        self.model = model.to(self.device)
+        self.n_epoch, self.patience = int(n_epoch), int(earlystop_patience)
+        self.model_path = Path(model_path)
+        self.monitor = monitor if earlystop_taskid is None else f"task:{int(earlystop_taskid)}"
+        self.auxiliary_weight = float(model.default_auxiliary_weight if auxiliary_weight is None else auxiliary_weight)
+        self.callbacks = CallbackList(callbacks)
+        self.progress, self.seed = progress, seed
+        self.gpus = gpus  # accepted for Torch-RecHub compatibility; one device per trainer
+
+        self.adaptive_params = dict(adaptive_params or {})
+        self.weighting: Weighting = build_weighting(self.adaptive_params, self.task_types, self.model).to(self.device)
+        opt_params = dict(optimizer_params or {"lr": 1e-3})
+        groups = [{"params": [p for p in self.model.parameters() if p.requires_grad]}]
+        w_params = [p for p in self.weighting.parameters() if p.requires_grad]
+        if w_params:  # weighting state gets no weight decay
+            w_group: dict[str, Any] = {"params": w_params, "weight_decay": 0.0}
+            if "lr" in self.adaptive_params:
+                w_group["lr"] = float(self.adaptive_params["lr"])
+            groups.append(w_group)
+        self.optimizer = optimizer_fn(groups, **opt_params)
+        self.scheduler = scheduler_fn(self.optimizer, **(scheduler_params or {})) if scheduler_fn else None
+
+        cuda = self.device.type == "cuda"
+        self.mixed_precision = (cuda and torch.cuda.is_bf16_supported()) if mixed_precision is None else bool(mixed_precision)
+        self._train_model: nn.Module = torch.compile(self.model) if compile else self.model
+        self.nan_check_every = int(nan_check_every or (1 if self.device.type == "cpu" else 50))
+
+        is_cls = [t == "classification" for t in self.task_types]
+        self._cls_idx = [i for i, c in enumerate(is_cls) if c]
+        self._reg_idx = [i for i, c in enumerate(is_cls) if not c]
+        order = torch.tensor(self._cls_idx + self._reg_idx)
+        self._inverse = torch.argsort(order).to(self.device)  # [T]: cat(cls, reg) -> task order
+
+        self.best_score: float = -math.inf
+        self.best_epoch: int = -1
+        self.history: list[dict[str, float]] = []
+        self._bad_epochs = 0
+        self._global_step = 0
+
+    # ------------------------------------------------------------------ helpers
+    def _check_names(self, names: Sequence[str]) -> list[str]:
+        names = [str(n) for n in names]
+        if len(names) != self.n_task or len(set(names)) != len(names):
+            raise ValueError(f"task_names must be {self.n_task} distinct names, got {names}")
+        return names
+
+    def _resolve_task_names(self, loader: Any) -> list[str]:
+        if self.task_names is None:
+            names = getattr(loader, "task_names", None)
+            self.task_names = self._check_names(names) if names else [f"task{i}" for i in range(self.n_task)]
+        return self.task_names
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if not self.mixed_precision:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
+
+    def _prepare_loader(self, loader: Any) -> Any:
+        if isinstance(loader, TensorLoader) and loader.device != self.device:
+            loader.to(self.device)
+        return loader
+
+    def task_losses(self, pred: Tensor, target: Tensor) -> Tensor:
+        """pred, target: ``[B, T]`` -> ``[T]``: BCE on classification columns, MSE on regression columns."""
+        if not self._reg_idx:
+            return F.binary_cross_entropy(pred, target, reduction="none").mean(0)
+        if not self._cls_idx:
+            return (pred - target).pow(2).mean(0)
+        cls = F.binary_cross_entropy(pred[:, self._cls_idx], target[:, self._cls_idx], reduction="none").mean(0)
+        reg = (pred[:, self._reg_idx] - target[:, self._reg_idx]).pow(2).mean(0)
+        return torch.cat([cls, reg]).index_select(0, self._inverse)  # [T]
+
+    def _raise_non_finite(self, values: Tensor, names: list[str], epoch: int, step: int) -> None:
+        bad = [f"{n}={v:.4g}" for n, v in zip(names, values.tolist()) if not math.isfinite(v)]
+        raise FloatingPointError(f"non-finite training loss ({', '.join(bad)}) at epoch {epoch}, step {step} "
+                                 f"(global step {self._global_step}); lower the learning rate or check the inputs")
+
+    # ------------------------------------------------------------------ training
+    def _train_epoch(self, loader: Any, epoch: int) -> dict[str, float]:
+        self.model.train()
+        if hasattr(loader, "set_epoch"):
+            loader.set_epoch(epoch)
+        names = self.task_names + ["auxiliary"]
+        loss_sum = torch.zeros(self.n_task, device=self.device)  # [T], accumulated without syncs
+        total_sum = torch.zeros((), device=self.device)
+        first_bad = torch.full((self.n_task + 1,), -1, dtype=torch.long, device=self.device)  # [T + 1]
+        n_steps = 0
+        bar = tqdm(loader, total=len(loader) if hasattr(loader, "__len__") else None, desc=f"epoch {epoch}",
+                   disable=not self.progress, leave=False, dynamic_ncols=True)
+        for step, batch in enumerate(bar):
+            x, y = _split_batch(_to_device(batch, self.device))
+            if y is None:
+                raise ValueError("the training loader must yield (x, y) batches")
+            target = self.model.training_targets(y)  # [B, T]
+            with self._autocast():
+                pred = self._train_model(x)
+            pred = pred.float()  # [B, T]
+            losses = self.task_losses(pred, target)  # [T]
+            aux = self.model.auxiliary_loss(pred) if self.auxiliary_weight > 0 else None
+            extra = self.auxiliary_weight * aux if aux is not None else None
+            checked = torch.cat([losses.detach(), (extra.detach() if extra is not None else losses.new_zeros(())).reshape(1)])
+            if self.nan_check_every == 1:
+                if not bool(torch.isfinite(checked).all()):
+                    self._raise_non_finite(checked, names, epoch, step)
+            else:  # accelerator: remember the first bad step on-device, look every nan_check_every steps
+                first_bad = torch.where((first_bad < 0) & ~torch.isfinite(checked), step, first_bad)
+                if (step + 1) % self.nan_check_every == 0 and bool((first_bad >= 0).any()):
+                    bad_step = int(first_bad[first_bad >= 0].min())
+                    self._raise_non_finite(checked, names, epoch, bad_step)
+            self.optimizer.zero_grad(set_to_none=True)
+            weights = self.weighting.backward(losses, extra)  # [T]
+            self.optimizer.step()
+            self.weighting.after_step()
+            loss_sum += losses.detach()
+            total_sum += (weights * losses.detach()).sum() + (extra.detach() if extra is not None else 0.0)
+            n_steps += 1
+            self._global_step += 1
+        bar.close()
+        if self.nan_check_every > 1 and bool((first_bad >= 0).any()):
+            self._raise_non_finite(checked, names, epoch, int(first_bad[first_bad >= 0].min()))
+        if n_steps == 0:
+            raise ValueError("the training loader yielded no batches")
+        per_task = (loss_sum / n_steps).tolist()
+        out = {f"train/{n}/loss": v for n, v in zip(self.task_names, per_task)}
+        out["train/loss"] = float(total_sum) / n_steps
+        return out
+
+    def _monitor_value(self, metrics: dict[str, float]) -> tuple[float, float]:
+        """-> (reported monitor value, score where higher is better)."""
+        if self.monitor == "mean":
+            if not any(k.startswith("val/") for k in metrics):
+                return metrics["train/loss"], -metrics["train/loss"]
+            parts = [metrics[f"val/{n}/auc"] if t == "classification" else -metrics[f"val/{n}/rmse"]
+                     for n, t in zip(self.task_names, self.task_types)]
+            value = float(np.mean(parts))
+            return value, value
+        key = self.monitor
+        if key.startswith("task:"):
+            i = int(key[5:])
+            key = f"val/{self.task_names[i]}/" + ("auc" if self.task_types[i] == "classification" else "rmse")
+        if key not in metrics:
+            raise ValueError(f"monitor {self.monitor!r} -> {key!r} is not among the epoch metrics {sorted(metrics)}")
+        value = metrics[key]
+        return value, (value if HIGHER_IS_BETTER.get(key.rsplit("/", 1)[-1], True) else -value)
+
+    def fit(self, train_dataloader: Any, val_dataloader: Any = None, resume: bool = False) -> "MTLTrainer":
+        """Train for ``n_epoch`` epochs with early stopping; the best epoch's weights are in ``self.model`` after.
+
+        ``resume=True`` continues from ``model_path/last.pt`` when it exists (exactly, on CPU: optimizer,
+        weighting, RNG, history and patience are restored; the loader's order depends only on the epoch).
+        """
+        self._resolve_task_names(train_dataloader)
+        self._prepare_loader(train_dataloader)
+        if val_dataloader is not None:
+            self._prepare_loader(val_dataloader)
+        start = 0
+        last_path = self.model_path / LAST_FILE
+        if resume and last_path.exists():
+            start = self._load_state(load_checkpoint(last_path, map_location=self.device)) + 1
+        else:
+            if self.seed is not None:
+                torch.manual_seed(self.seed)
+            self.best_score, self.best_epoch, self.history, self._bad_epochs = -math.inf, -1, [], 0
+        self.callbacks.on_fit_start(self)
+        stop = self._bad_epochs >= self.patience
+        for epoch in range(start, self.n_epoch):
+            if stop:
+                break
+            metrics = self._train_epoch(train_dataloader, epoch)
+            if val_dataloader is not None:
+                scores = self.evaluate(self.model, val_dataloader)
+                metrics.update({f"val/{task}/{m}": v for task, d in scores.items() for m, v in d.items()})
+            value, score = self._monitor_value(metrics)
+            metrics["val/monitor"] = value
+            metrics.update({f"weight/{n}": w for n, w in zip(self.task_names, self.weighting.current_weights().tolist())})
+            self.history.append(metrics)
+            if score > self.best_score:  # NaN never improves
+                self.best_score, self.best_epoch, self._bad_epochs = score, epoch, 0
+                save_checkpoint(self.model_path / BEST_FILE, self._best_state(epoch))
+            else:
+                self._bad_epochs += 1
+            if self.scheduler is not None:
+                self.scheduler.step()
+            stop = self._bad_epochs >= self.patience
+            save_checkpoint(last_path, self._full_state(epoch))
+            self._report(epoch, metrics)
+            try:
+                self.callbacks.on_epoch_end(self, epoch, metrics)
+            except StopTraining as err:
+                log.info("training stopped by a callback at epoch %d: %s", epoch, err)
+                stop = True
+        self.restore_best()
+        self.callbacks.on_fit_end(self)
+        return self
+
+    def _report(self, epoch: int, metrics: dict[str, float]) -> None:
+        weights = " ".join(f"{k[7:]}={v:.3f}" for k, v in metrics.items() if k.startswith("weight/"))
+        line = (f"epoch {epoch}: train/loss={metrics['train/loss']:.4f} val/monitor={metrics['val/monitor']:.4f} "
+                f"weights[{weights}]" + ("  *best*" if self.best_epoch == epoch else ""))
+        log.info(line)
+        if self.progress:
+            tqdm.write(line)
+
+    # ------------------------------------------------------------------ checkpoints
+    def _best_state(self, epoch: int) -> dict[str, Any]:
+        return {"format": CHECKPOINT_FORMAT, "model": self.model.state_dict(), "weighting": self.weighting.state_dict(),
+                "weighting_method": self.weighting.name, "epoch": epoch, "best_score": self.best_score,
+                "task_names": list(self.task_names or [])}
+
+    def _full_state(self, epoch: int) -> dict[str, Any]:
+        state = self._best_state(epoch)
+        state.update({"optimizer": self.optimizer.state_dict(),
+                      "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+                      "best_epoch": self.best_epoch, "bad_epochs": self._bad_epochs,
+                      "global_step": self._global_step, "history": self.history, "rng": rng_state()})
+        return state
+
+    def _load_state(self, state: dict[str, Any]) -> int:
+        if state.get("weighting_method") != self.weighting.name:
+            raise ValueError(f"checkpoint was trained with weighting {state.get('weighting_method')!r}, "
+                             f"this trainer uses {self.weighting.name!r}")
+        self.model.load_state_dict(state["model"])
+        self.weighting.load_state_dict(state["weighting"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scheduler is not None and state.get("scheduler") is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
+        self.best_score, self.best_epoch = float(state["best_score"]), int(state["best_epoch"])
+        self._bad_epochs, self._global_step = int(state["bad_epochs"]), int(state["global_step"])
+        self.history = [dict(h) for h in state["history"]]
+        set_rng_state(state["rng"])
+        return int(state["epoch"])
+
+    def restore_best(self) -> bool:
+        """Load ``model_path/best.pt`` into the model and weighting; False when there is none."""
+        path = self.model_path / BEST_FILE
+        if not path.exists():
+            return False
+        state = load_checkpoint(path, map_location=self.device)
+        self.model.load_state_dict(state["model"])
+        self.weighting.load_state_dict(state["weighting"])
+        return True
+
+    # ------------------------------------------------------------------ inference
+    @torch.no_grad()
+    def _collect(self, model: nn.Module, loader: Any, with_labels: bool) -> tuple[Tensor, Optional[Tensor], dict]:
+        was_training = model.training
+        model.eval()
+        device = next(model.parameters()).device
+        self._prepare_loader(loader) if device == self.device else None
+        preds, labels, extras = [], [], {}
+        want_extra = with_labels and hasattr(model, "extra_targets")
+        try:
+            for batch in loader:
+                x, y = _split_batch(_to_device(batch, device))
+                with self._autocast():
+                    p = model(x)
+                preds.append(p.float())  # [B, T]
+                if not with_labels or y is None:
+                    continue
+                labels.append(model.training_targets(y) if hasattr(model, "training_targets") else y)
+                targets = model.extra_targets(y) if want_extra else {}
+                if targets:
+                    outputs = model.extra_outputs(x)
+                    for name, (lab, mask) in targets.items():
+                        extras.setdefault(name, []).append((outputs[name].float()[mask], lab[mask]))
+        finally:
+            model.train(was_training)
+        pred = torch.cat(preds).cpu() if preds else torch.empty(0, self.n_task)
+        lab = torch.cat(labels).cpu() if labels else None
+        extra = {n: (torch.cat([a for a, _ in v]).cpu(), torch.cat([b for _, b in v]).cpu()) for n, v in extras.items()}
+        return pred, lab, extra
+
+    def evaluate(self, model: nn.Module, data_loader: Any) -> dict[str, dict[str, float]]:
+        """One dict per task: ``{"auc", "logloss"}`` (classification) or ``{"rmse", "mae"}`` (regression),
+        against the model's training targets (ESMM: click and click*conversion). Extra outputs a model
+        declares (ESMM's ``"cvr"``: pCVR vs conversion on clicked rows) are added under their own name."""
+        names = self._resolve_task_names(data_loader)
+        pred, lab, extra = self._collect(model, data_loader, with_labels=True)
+        if lab is None:
+            raise ValueError("evaluate needs a loader that yields (x, y) batches")
+        p, t = pred.numpy(), lab.numpy()
+        out = {n: task_metrics(tt, t[:, i], p[:, i]) for i, (n, tt) in enumerate(zip(names, self.task_types))}
+        for name, (ep, el) in extra.items():
+            out[name if name not in out else f"{name}_extra"] = task_metrics("classification", el.numpy(), ep.numpy())
+        return out
+
+    def predict(self, model: nn.Module, data_loader: Any) -> np.ndarray:
+        """``[N, n_task]`` predictions in loader order; labels the loader yields are ignored."""
+        return self._collect(model, data_loader, with_labels=False)[0].numpy()
+
+    def export_onnx(self, path: str | os.PathLike, opset_version: int = 18) -> Path:
+        """ONNX file with one named input per feature and ``predictions [batch, n_task]`` (dynamic batch)."""
+        return _export_onnx(self.model, path, opset_version=opset_version)
