@@ -3,8 +3,11 @@ dynamic batch axis, so that serving (onnxruntime) needs neither torch nor this p
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import logging
 import os
+import warnings
 import tempfile
 from pathlib import Path
 from typing import Sequence, Union
@@ -43,6 +46,20 @@ def example_inputs(model: MultiTaskModel, batch_size: int = 4, seed: int = 0) ->
     return out
 
 
+@contextlib.contextmanager
+def _quiet_exporter():
+    """The dynamo exporter warns about torchvision ops and dim names on every call; none of it is actionable."""
+    logger = logging.getLogger("torch.onnx")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logger.setLevel(level)
+
+
 def export_onnx(model: MultiTaskModel, path: Union[str, os.PathLike], opset_version: int = 18) -> Path:
     """Export ``model`` (in eval mode, on CPU) to ``path``; the file appears only once it is complete."""
     path = Path(path)
@@ -56,7 +73,7 @@ def export_onnx(model: MultiTaskModel, path: Union[str, os.PathLike], opset_vers
     fd, tmp = tempfile.mkstemp(suffix=".onnx.tmp", dir=path.parent)
     os.close(fd)
     try:
-        with torch.no_grad():
+        with torch.no_grad(), _quiet_exporter():
             torch.onnx.export(wrapper, tuple(example[n] for n in names), tmp, input_names=names,
                               output_names=[OUTPUT_NAME], dynamic_shapes=dynamic_shapes,
                               opset_version=opset_version, external_data=False, dynamo=True, verbose=False)

@@ -1,0 +1,194 @@
+"""The training step: prepared Parquet + feature spec + flat hyperparameters -> a trained model folder.
+
+The folder it writes is self-contained for the later steps (export, registration, serving):
+``model.pt`` (best weights, plain tensors), ``params.json``, ``metrics.json`` and ``feature_spec.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Optional, Union
+
+import numpy as np
+import pyarrow.parquet as pq
+import torch
+
+from .feature_spec import FeatureSpec
+from .model_factory import build_model, resolve_params
+
+__all__ = ["TrainResult", "ExportResult", "train", "export", "load_trained", "predict_prepared", "split_loader",
+           "test_score", "SPEC_FILE"]
+
+PathLike = Union[str, os.PathLike]
+SPEC_FILE = "feature_spec.json"
+WEIGHTS_FILE, PARAMS_FILE, METRICS_FILE, ONNX_FILE = "model.pt", "params.json", "metrics.json", "model.onnx"
+
+
+@dataclass
+class TrainResult:
+    model_name: str
+    params: dict[str, Any]
+    best_epoch: int
+    best_score: float
+    history: list[dict[str, float]]
+    test_metrics: dict[str, dict[str, float]]
+    test_score: float
+    out_dir: Path
+    checkpoint_path: Path
+    n_parameters: int
+    train_seconds: float
+    task_names: list[str] = field(default_factory=list)
+
+    def to_json(self) -> str:
+        d = asdict(self)
+        d.update(out_dir=str(self.out_dir), checkpoint_path=str(self.checkpoint_path))
+        return json.dumps(d, indent=2)
+
+
+@dataclass
+class ExportResult:
+    onnx_path: Path
+    parity_max_abs_diff: float
+    n_rows_checked: int
+
+
+def _spec(prepared_dir: PathLike) -> FeatureSpec:
+    path = Path(prepared_dir) / SPEC_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: run the prepare step first")
+    return FeatureSpec.load(path)
+
+
+def split_loader(prepared_dir: PathLike, split: str, spec: FeatureSpec, batch_size: int = 1024,
+                 shuffle: bool = False, seed: int = 0, device: str = "cpu", with_labels: bool = True):
+    """A fast in-memory loader over ``<split>.parquet`` (columns read straight into tensors, no row loop)."""
+    from mtl_models import make_loader
+
+    path = Path(prepared_dir) / f"{split}.parquet"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: run the prepare step first")
+    columns = spec.feature_names + (spec.label_names if with_labels else [])
+    table = pq.read_table(path, columns=columns)
+    x = {name: table.column(name).to_numpy() for name in spec.feature_names}
+    y = {name: table.column(name).to_numpy() for name in spec.label_names} if with_labels else None
+    return make_loader(x, y, batch_size=batch_size, shuffle=shuffle, seed=seed, device=device,
+                       task_names=spec.label_names if with_labels else None)
+
+
+def test_score(metrics: Mapping[str, Mapping[str, float]], task_names: Iterable[str]) -> float:
+    """Mean over tasks of AUC (classification) and -RMSE (regression): one higher-is-better number."""
+    values = [m["auc"] if "auc" in m else -m["rmse"] for name, m in metrics.items() if name in set(task_names)]
+    return float(np.mean(values)) if values else math.nan
+
+
+def _trainer(model, params: Mapping[str, Any], out_dir: Path, n_epoch: int, patience: int, device: str, seed: int,
+             callbacks: Iterable[Any], progress: bool, task_names: list[str]):
+    from mtl_models import MTLTrainer
+
+    adaptive: dict[str, Any] = {"method": params["weighting"]}
+    if params["weighting"] == "gradnorm":
+        adaptive["alpha"] = float(params["gradnorm_alpha"])
+    return MTLTrainer(model=model, optimizer_params={"lr": float(params["lr"]), "weight_decay": float(params["weight_decay"])},
+                      adaptive_params=adaptive, n_epoch=n_epoch, earlystop_patience=patience, device=device,
+                      model_path=out_dir / "checkpoints", callbacks=list(callbacks), progress=progress, seed=seed,
+                      task_names=task_names)
+
+
+def train(prepared_dir: PathLike, model_name: str, out_dir: PathLike, params: Optional[Mapping[str, Any]] = None,
+          n_epoch: int = 10, patience: int = 3, device: str = "auto", seed: int = 42,
+          callbacks: Iterable[Any] = (), progress: bool = True, resume: bool = False) -> TrainResult:
+    """Train ``model_name`` on the prepared train split, early-stop on val, score on test.
+
+    ``out_dir`` is filled in a temporary sibling folder and renamed into place when complete; checkpoints
+    for ``resume`` live in ``out_dir/checkpoints`` (kept across a failed attempt).
+    """
+    spec = _spec(prepared_dir)
+    p = resolve_params(model_name, params)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    model = build_model(model_name, spec, p)
+    bs = int(p["batch_size"])
+    train_dl = split_loader(prepared_dir, "train", spec, bs, shuffle=True, seed=seed)
+    val_dl = split_loader(prepared_dir, "val", spec, max(bs, 4096))
+    test_dl = split_loader(prepared_dir, "test", spec, max(bs, 4096))
+    trainer = _trainer(model, p, out_dir, n_epoch, patience, device, seed, callbacks, progress, spec.label_names)
+    start = time.perf_counter()
+    trainer.fit(train_dl, val_dl, resume=resume)
+    seconds = time.perf_counter() - start
+    metrics = trainer.evaluate(trainer.model, test_dl)
+
+    result = TrainResult(model_name=model_name, params=p, best_epoch=int(trainer.best_epoch),
+                         best_score=float(trainer.best_score), history=list(trainer.history), test_metrics=metrics,
+                         test_score=test_score(metrics, spec.label_names), out_dir=out_dir,
+                         checkpoint_path=out_dir / WEIGHTS_FILE, n_parameters=sum(x.numel() for x in model.parameters()),
+                         train_seconds=seconds, task_names=list(spec.label_names))
+    _write_outputs(out_dir, trainer.model, spec, result)
+    return result
+
+
+def _write_outputs(out_dir: Path, model, spec: FeatureSpec, result: TrainResult) -> None:
+    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=out_dir))
+    try:
+        torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, staging / WEIGHTS_FILE)
+        (staging / PARAMS_FILE).write_text(json.dumps({"model_name": result.model_name, "params": result.params}, indent=2))
+        (staging / METRICS_FILE).write_text(result.to_json())
+        spec.save(staging / SPEC_FILE)
+        for item in staging.iterdir():  # each file appears complete or not at all
+            os.replace(item, out_dir / item.name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def load_trained(out_dir: PathLike) -> tuple[torch.nn.Module, FeatureSpec, dict[str, Any]]:
+    """The trained model (eval mode, CPU), its feature spec and ``{"model_name", "params"}``."""
+    out_dir = Path(out_dir)
+    meta = json.loads((out_dir / PARAMS_FILE).read_text())
+    spec = FeatureSpec.load(out_dir / SPEC_FILE)
+    model = build_model(meta["model_name"], spec, meta["params"])
+    model.load_state_dict(torch.load(out_dir / WEIGHTS_FILE, map_location="cpu", weights_only=True))
+    return model.eval(), spec, meta
+
+
+@torch.no_grad()
+def predict_prepared(out_dir: PathLike, prepared_dir: PathLike, split: str = "test", batch_size: int = 8192) -> np.ndarray:
+    """``[N, n_task]`` predictions of the trained model on a prepared split, in file order."""
+    model, spec, _ = load_trained(out_dir)
+    loader = split_loader(prepared_dir, split, spec, batch_size, with_labels=False)
+    return np.concatenate([model(batch).numpy() for batch in loader])
+
+
+def export(out_dir: PathLike, prepared_dir: Optional[PathLike] = None, split: str = "test", n_check: int = 2048,
+           tolerance: float = 1e-5) -> ExportResult:
+    """Write ``out_dir/model.onnx`` and check onnxruntime against PyTorch on real rows of ``split``.
+
+    Raises ``ValueError`` (and removes the file) when the largest difference exceeds ``tolerance``.
+    """
+    import onnxruntime as ort
+
+    from mtl_models import export_onnx
+
+    out_dir = Path(out_dir)
+    model, spec, _ = load_trained(out_dir)
+    onnx_path = export_onnx(model, out_dir / ONNX_FILE)
+    source = Path(prepared_dir) if prepared_dir is not None else None
+    if source is not None:
+        table = pq.read_table(source / f"{split}.parquet", columns=spec.feature_names).slice(0, n_check)
+        x = {n: torch.from_numpy(table.column(n).to_numpy()) for n in spec.feature_names}
+    else:
+        from mtl_models.onnx_export import example_inputs
+        x = example_inputs(model, batch_size=n_check)
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    (onnx_out,) = session.run(None, {n: v.numpy() for n, v in x.items()})
+    diff = float(np.abs(onnx_out - model(x).detach().numpy()).max())
+    if not diff <= tolerance:
+        onnx_path.unlink(missing_ok=True)
+        raise ValueError(f"ONNX parity check failed: max abs diff {diff:.3g} > {tolerance:g}")
+    return ExportResult(onnx_path=onnx_path, parity_max_abs_diff=diff, n_rows_checked=len(onnx_out))
