@@ -66,6 +66,11 @@ def _spec(prepared_dir: PathLike) -> FeatureSpec:
     return FeatureSpec.load(path)
 
 
+def _column(table: Any, name: str) -> np.ndarray:
+    # one owned, writable buffer per column (torch refuses to wrap Arrow's read-only memory silently)
+    return table.column(name).combine_chunks().to_numpy(zero_copy_only=False, writable=True)
+
+
 def split_loader(prepared_dir: PathLike, split: str, spec: FeatureSpec, batch_size: int = 1024,
                  shuffle: bool = False, seed: int = 0, device: str = "cpu", with_labels: bool = True):
     """A fast in-memory loader over ``<split>.parquet`` (columns read straight into tensors, no row loop)."""
@@ -76,8 +81,8 @@ def split_loader(prepared_dir: PathLike, split: str, spec: FeatureSpec, batch_si
         raise FileNotFoundError(f"{path} not found: run the prepare step first")
     columns = spec.feature_names + (spec.label_names if with_labels else [])
     table = pq.read_table(path, columns=columns)
-    x = {name: table.column(name).to_numpy() for name in spec.feature_names}
-    y = {name: table.column(name).to_numpy() for name in spec.label_names} if with_labels else None
+    x = {name: _column(table, name) for name in spec.feature_names}
+    y = {name: _column(table, name) for name in spec.label_names} if with_labels else None
     return make_loader(x, y, batch_size=batch_size, shuffle=shuffle, seed=seed, device=device,
                        task_names=spec.label_names if with_labels else None)
 

@@ -1,0 +1,86 @@
+"""The training step over prepared Parquet: the model folder it writes, export parity, reload fidelity."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from components.model_factory import MODEL_NAMES, build_model, default_params, resolve_params
+from components.prepare import prepare
+from components.train import export, load_trained, predict_prepared, test_score as score_of, train
+
+SMALL = {"embed_dim": 4, "tower_dims": [8], "batch_size": 512}
+ARCH = {"shared_bottom": {"bottom_dims": [16]}, "esmm": {"bottom_dims": [16]}, "mmoe": {"n_expert": 2, "expert_dims": [16]},
+        "ple": {"n_level": 1, "n_expert_specific": 1, "n_expert_shared": 1, "expert_dims": [16]},
+        "aitm": {"bottom_dims": [16], "attention_dim": 8}}
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    out = tmp_path_factory.mktemp("prep") / "funnel"
+    prepare("synthetic-funnel", out, seed=3, options={"n_rows": 6000, "n_users": 300, "n_items": 100})
+    return out
+
+
+def test_factory_rejects_unknown_models_and_keys(prepared) -> None:
+    with pytest.raises(ValueError, match="unknown model 'mmoe2'"):
+        default_params("mmoe2")
+    with pytest.raises(ValueError, match=r"unknown hyperparameters for mmoe: \['bottom_dims'\]"):
+        resolve_params("mmoe", {"bottom_dims": [8]})
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_factory_builds_each_model_for_the_spec(prepared, name: str) -> None:
+    from components.feature_spec import FeatureSpec
+    spec = FeatureSpec.load(prepared / "feature_spec.json")
+    model = build_model(name, spec, {**SMALL, **ARCH[name]})
+    assert model.n_task == len(spec.label_names)
+    assert [f.name for f in model.features] == spec.feature_names
+    assert all(getattr(f, "embed_dim", 1) in (1, 4) for f in model.features)
+
+
+def test_train_writes_a_self_contained_model_folder(prepared, tmp_path) -> None:
+    out = tmp_path / "mmoe"
+    result = train(prepared, "mmoe", out, params={**SMALL, **ARCH["mmoe"]}, n_epoch=2, patience=1, progress=False, seed=7)
+    assert {"model.pt", "params.json", "metrics.json", "feature_spec.json"} <= {p.name for p in out.iterdir()}
+    assert not [p for p in out.iterdir() if p.name.startswith(".staging")]
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved["test_score"] == pytest.approx(result.test_score)
+    assert len(saved["history"]) == len(result.history) >= 1
+    # test_score is the mean of the tasks' AUCs (both funnel tasks are classification)
+    expected = np.mean([result.test_metrics[t]["auc"] for t in result.task_names])
+    assert result.test_score == pytest.approx(expected)
+    assert 0.5 < result.test_metrics["click"]["auc"] <= 1.0
+
+    model, spec, meta = load_trained(out)
+    assert meta["model_name"] == "mmoe" and meta["params"]["n_expert"] == 2
+    preds = predict_prepared(out, prepared, "test")
+    assert preds.shape == (spec.rows["test"], 2)
+    assert np.all((preds > 0) & (preds < 1))
+
+    exported = export(out, prepared)
+    assert exported.onnx_path.is_file() and exported.parity_max_abs_diff <= 1e-5
+    assert exported.n_rows_checked == min(2048, spec.rows["test"])
+
+
+def test_same_seed_same_model(prepared, tmp_path) -> None:
+    params = {**SMALL, **ARCH["esmm"]}
+    a = train(prepared, "esmm", tmp_path / "a", params=params, n_epoch=1, progress=False, seed=11)
+    b = train(prepared, "esmm", tmp_path / "b", params=params, n_epoch=1, progress=False, seed=11)
+    wa = torch.load(a.checkpoint_path, weights_only=True)
+    wb = torch.load(b.checkpoint_path, weights_only=True)
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert a.test_metrics == b.test_metrics
+
+
+def test_score_counts_rmse_as_lower_is_better() -> None:
+    metrics = {"ctr": {"auc": 0.8, "logloss": 0.4}, "watch": {"rmse": 0.3, "mae": 0.2}, "cvr": {"auc": 0.1}}
+    assert score_of(metrics, ["ctr", "watch"]) == pytest.approx((0.8 - 0.3) / 2)
+
+
+def test_missing_prepared_data_is_a_clear_error(tmp_path) -> None:
+    with pytest.raises(FileNotFoundError, match="run the prepare step first"):
+        train(tmp_path / "nothing", "mmoe", tmp_path / "out", n_epoch=1, progress=False)
