@@ -27,3 +27,19 @@ run: setup
 
 clean:
 	rm -rf $(VENV) mtlp-runs .pytest_cache
+
+# ---- container image (deploy/) ------------------------------------------------------------------
+# The image is tagged <registry>/mtl-pipeline:<version>-<git sha> (python3 pipeline/image.py), the
+# pipeline's default image. Registry: MTLP_IMAGE_REGISTRY (default localhost); CUDA build:
+# make image TORCH_INDEX_URL=https://download.pytorch.org/whl/cu128 TORCH_WHEELS_DIR=
+.PHONY: image image-test image-push
+
+image:
+	deploy/podman-smoke.sh --build-only
+
+# Build, then run data prep and a one-epoch training run in the image as its non-root user.
+image-test:
+	deploy/podman-smoke.sh
+
+image-push: image
+	podman push "$$(python3 pipeline/image.py)"

@@ -1,0 +1,471 @@
+"""deploy/: the kustomize manifests, the Dockerfile and the image reference the pipeline defaults to.
+
+The manifests are rendered with ``kubectl kustomize`` (skipped, with the reason, where kubectl is
+missing) and every rendered object is validated offline against the Kubernetes OpenAPI schemas of a
+pinned version (kubernetes-validate, strict: unknown fields are errors). The rest asserts what makes
+them safe to apply: non-root pods without privilege escalation, read-only root filesystems, resource
+requests and limits, probes, passwords only through Secret references, MLflow's --allowed-hosts, a
+namespaced least-privilege Role.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+DEPLOY = ROOT / "deploy"
+K8S = DEPLOY / "k8s"
+# The Kubernetes version the manifests are validated for (kubernetes-validate ships its schemas).
+K8S_VERSION = "1.33.0"
+
+MLFLOW_NS, KFP_NS = "mtl-pipeline", "kubeflow"
+SECRET_NAMES = {"mtl-postgres-admin", "mtl-mlflow-db", "mtl-optuna-db", "mtl-mlflow-s3"}
+WORKLOAD_KINDS = {"Deployment", "StatefulSet", "DaemonSet", "Job", "CronJob", "Pod"}
+SECRETISH = re.compile(r"PASSWORD|PASSWD|SECRET|TOKEN|ACCESS_KEY|API_KEY|CREDENTIAL", re.I)
+
+
+# ---- rendering ---------------------------------------------------------------------------------
+
+def _render(path: Path) -> list[dict]:
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.skip("kubectl is not installed: the manifests are rendered with `kubectl kustomize`")
+    out = subprocess.run([kubectl, "kustomize", str(path)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, f"kubectl kustomize {path} failed:\n{out.stderr}"
+    docs = [d for d in yaml.safe_load_all(out.stdout) if d]
+    assert docs, f"{path} rendered nothing"
+    return docs
+
+
+KUSTOMIZATIONS = {
+    "base": K8S,
+    "s3-artifacts": K8S / "overlays" / "s3-artifacts",
+    "serving": K8S / "serving",
+}
+
+
+@pytest.fixture(scope="module", params=sorted(KUSTOMIZATIONS))
+def any_rendered(request) -> list[dict]:
+    return _render(KUSTOMIZATIONS[request.param])
+
+
+@pytest.fixture(scope="module")
+def base() -> list[dict]:
+    return _render(K8S)
+
+
+@pytest.fixture(scope="module")
+def s3() -> list[dict]:
+    return _render(KUSTOMIZATIONS["s3-artifacts"])
+
+
+@pytest.fixture(scope="module")
+def serving() -> list[dict]:
+    return _render(KUSTOMIZATIONS["serving"])
+
+
+def _one(docs: list[dict], kind: str, name: str) -> dict:
+    found = [d for d in docs if d["kind"] == kind and d["metadata"]["name"] == name]
+    assert len(found) == 1, f"expected one {kind}/{name}, found {len(found)}"
+    return found[0]
+
+
+def _by_prefix(docs: list[dict], kind: str, prefix: str) -> dict:
+    """A generated ConfigMap (its name carries kustomize's content hash)."""
+    found = [d for d in docs if d["kind"] == kind and d["metadata"]["name"].startswith(prefix)]
+    assert len(found) == 1, f"expected one {kind}/{prefix}*, found {len(found)}"
+    return found[0]
+
+
+def _pod_spec(doc: dict) -> dict:
+    if doc["kind"] == "Pod":
+        return doc["spec"]
+    if doc["kind"] == "CronJob":
+        return doc["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    return doc["spec"]["template"]["spec"]
+
+
+def _workloads(docs: list[dict]) -> list[dict]:
+    return [d for d in docs if d["kind"] in WORKLOAD_KINDS]
+
+
+def _containers(doc: dict) -> list[dict]:
+    spec = _pod_spec(doc)
+    return list(spec.get("initContainers", [])) + list(spec["containers"])
+
+
+def _container(docs: list[dict], kind: str, name: str, container: str) -> dict:
+    return next(c for c in _containers(_one(docs, kind, name)) if c["name"] == container)
+
+
+def _env(container: dict) -> dict[str, dict]:
+    return {e["name"]: e for e in container.get("env", [])}
+
+
+def _strings(node) -> list[str]:
+    if isinstance(node, str):
+        return [node]
+    if isinstance(node, dict):
+        return [s for v in node.values() for s in _strings(v)]
+    if isinstance(node, list):
+        return [s for v in node for s in _strings(v)]
+    return []
+
+
+# ---- schema ------------------------------------------------------------------------------------
+
+def test_every_manifest_validates_against_the_pinned_kubernetes_schemas(any_rendered):
+    kubernetes_validate = pytest.importorskip("kubernetes_validate")
+    for doc in any_rendered:
+        try:
+            kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+        except kubernetes_validate.ValidationError as e:  # pragma: no cover - the message is the point
+            pytest.fail(f"{doc['kind']}/{doc['metadata']['name']} is invalid for Kubernetes {K8S_VERSION}: {e}")
+
+
+def test_expected_objects_in_their_namespaces(base):
+    kinds = {(d["kind"], d["metadata"]["name"]) for d in base}
+    for expected in [("Namespace", MLFLOW_NS), ("StatefulSet", "mtl-postgres"), ("Service", "mtl-postgres"),
+                     ("Deployment", "mlflow"), ("Service", "mlflow"), ("PersistentVolumeClaim", "mlflow-artifacts"),
+                     ("ServiceAccount", "mtl-pipeline-runner"), ("Role", "mtl-pipeline-runner"),
+                     ("RoleBinding", "mtl-pipeline-runner"), ("ConfigMap", "mtl-pipeline-env")]:
+        assert expected in kinds, f"{expected} missing from deploy/k8s"
+    for d in base:
+        if d["kind"] == "Namespace":
+            continue
+        want = KFP_NS if d["kind"] in {"ServiceAccount", "Role", "RoleBinding"} or d["metadata"]["name"] == "mtl-pipeline-env" else MLFLOW_NS
+        assert d["metadata"].get("namespace") == want, f"{d['kind']}/{d['metadata']['name']} not in {want}"
+
+
+def test_namespace_enforces_the_restricted_pod_security_standard(base):
+    labels = _one(base, "Namespace", MLFLOW_NS)["metadata"]["labels"]
+    assert labels["pod-security.kubernetes.io/enforce"] == "restricted"
+
+
+# ---- pod and container security -----------------------------------------------------------------
+
+def test_every_pod_runs_as_non_root_with_runtime_default_seccomp(any_rendered):
+    for doc in _workloads(any_rendered):
+        pod = _pod_spec(doc)
+        ctx = pod.get("securityContext", {})
+        assert ctx.get("runAsNonRoot") is True, f"{doc['metadata']['name']}: pod runAsNonRoot"
+        assert ctx.get("runAsUser", 1) != 0
+        assert ctx.get("seccompProfile", {}).get("type") == "RuntimeDefault"
+        assert pod.get("automountServiceAccountToken") is False, \
+            f"{doc['metadata']['name']}: these pods never call the Kubernetes API"
+        assert not pod.get("hostNetwork") and not pod.get("hostPID") and not pod.get("hostIPC")
+
+
+def test_every_container_is_locked_down(any_rendered):
+    for doc in _workloads(any_rendered):
+        for c in _containers(doc):
+            where = f"{doc['metadata']['name']}/{c['name']}"
+            ctx = c.get("securityContext", {})
+            assert ctx.get("allowPrivilegeEscalation") is False, where
+            assert ctx.get("privileged", False) is False, where
+            assert ctx.get("readOnlyRootFilesystem") is True, where
+            assert ctx.get("runAsNonRoot", _pod_spec(doc)["securityContext"].get("runAsNonRoot")) is True, where
+            assert ctx.get("capabilities", {}).get("drop") == ["ALL"], where
+            assert not ctx.get("capabilities", {}).get("add"), where
+
+
+def test_read_only_root_filesystems_get_a_writable_tmp(any_rendered):
+    for doc in _workloads(any_rendered):
+        volumes = {v["name"]: v for v in _pod_spec(doc).get("volumes", [])}
+        for c in _containers(doc):
+            mounts = {m["mountPath"]: m["name"] for m in c.get("volumeMounts", [])}
+            assert "/tmp" in mounts and "emptyDir" in volumes[mounts["/tmp"]], \
+                f"{doc['metadata']['name']}/{c['name']}: no emptyDir at /tmp"
+
+
+def test_every_container_has_cpu_and_memory_requests_and_limits(any_rendered):
+    for doc in _workloads(any_rendered):
+        for c in _containers(doc):
+            res = c.get("resources", {})
+            for section in ("requests", "limits"):
+                for resource in ("cpu", "memory"):
+                    assert resource in res.get(section, {}), f"{doc['metadata']['name']}/{c['name']}: {section}.{resource}"
+
+
+def test_images_are_pinned(any_rendered):
+    for doc in _workloads(any_rendered):
+        for c in _containers(doc):
+            image = c["image"]
+            name, _, tag = image.rpartition(":") if ":" in image.split("/")[-1] else (image, "", "")
+            assert tag and tag != "latest" or "@sha256:" in image, f"{image} is not pinned"
+
+
+# ---- probes ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kind,name,container", [("Deployment", "mlflow", "mlflow"),
+                                                 ("StatefulSet", "mtl-postgres", "postgres")])
+def test_mlflow_and_postgres_have_readiness_and_liveness_probes(base, kind, name, container):
+    c = _container(base, kind, name, container)
+    for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
+        assert probe in c, f"{name}: {probe}"
+    if name == "mlflow":
+        # /health is exempt from MLflow's host check, so kubelet probes (Host: <pod IP>) are not refused.
+        assert c["readinessProbe"]["httpGet"]["path"] == "/health"
+        assert c["livenessProbe"]["httpGet"]["path"] == "/health"
+    else:
+        assert c["readinessProbe"]["exec"]["command"][0] == "pg_isready"
+
+
+def test_model_server_has_probes(serving):
+    c = _container(serving, "Deployment", "mtl-champion", "model-server")
+    assert c["readinessProbe"]["httpGet"]["path"] == "/ping" and "livenessProbe" in c
+
+
+# ---- secrets -----------------------------------------------------------------------------------
+
+def test_no_secret_objects_or_plaintext_passwords_in_the_manifests(any_rendered):
+    assert not [d for d in any_rendered if d["kind"] == "Secret"], "Secrets are created by deploy/create-secrets.sh"
+    for doc in any_rendered:
+        for s in _strings(doc):
+            for url in re.findall(r"[a-z0-9+]+://\S+", s):
+                assert urlsplit(url).password is None, f"credentials in a URL in {doc['metadata']['name']}: {url}"
+        for wl in [doc] if doc["kind"] in WORKLOAD_KINDS else []:
+            for c in _containers(wl):
+                for e in c.get("env", []):
+                    if SECRETISH.search(e["name"]):
+                        assert "value" not in e and "secretKeyRef" in e.get("valueFrom", {}), \
+                            f"{wl['metadata']['name']}/{c['name']}: {e['name']} must come from a Secret"
+
+
+def test_secret_references(any_rendered):
+    create_secrets = (DEPLOY / "create-secrets.sh").read_text()
+    for doc in _workloads(any_rendered):
+        for c in _containers(doc):
+            refs = [e["valueFrom"]["secretKeyRef"]["name"] for e in c.get("env", []) if "secretKeyRef" in e.get("valueFrom", {})]
+            refs += [e["secretRef"]["name"] for e in c.get("envFrom", []) if "secretRef" in e]
+            for name in refs:
+                assert name in SECRET_NAMES, name
+                assert name in create_secrets, f"deploy/create-secrets.sh does not create {name}"
+
+
+def test_postgres_and_mlflow_passwords_come_from_their_secrets(base):
+    pg = _env(_container(base, "StatefulSet", "mtl-postgres", "postgres"))
+    assert pg["POSTGRES_PASSWORD"]["valueFrom"]["secretKeyRef"] == {"name": "mtl-postgres-admin", "key": "password"}
+    assert pg["MLFLOW_DB_PASSWORD"]["valueFrom"]["secretKeyRef"]["name"] == "mtl-mlflow-db"
+    assert pg["OPTUNA_DB_PASSWORD"]["valueFrom"]["secretKeyRef"]["name"] == "mtl-optuna-db"
+    mlflow = _env(_container(base, "Deployment", "mlflow", "mlflow"))
+    # libpq reads PGPASSWORD, so the backend-store URI carries no password.
+    assert mlflow["PGPASSWORD"]["valueFrom"]["secretKeyRef"] == {"name": "mtl-mlflow-db", "key": "password"}
+
+
+# ---- MLflow ------------------------------------------------------------------------------------
+
+def _mlflow_args(docs) -> dict[str, str]:
+    c = _container(docs, "Deployment", "mlflow", "mlflow")
+    assert c["command"][:2] == ["mlflow", "server"]
+    return dict(a[2:].split("=", 1) if "=" in a else (a[2:], "") for a in c["args"])
+
+
+def test_mlflow_backend_store_is_the_postgres_service(base):
+    args = _mlflow_args(base)
+    url = urlsplit(args["backend-store-uri"])
+    assert url.scheme.startswith("postgresql") and url.password is None
+    assert url.hostname == _one(base, "Service", "mtl-postgres")["metadata"]["name"]
+    assert url.path == "/mlflow" and url.username == "mlflow"
+
+
+def test_mlflow_allowed_hosts_cover_its_service_names(base, serving):
+    args = _mlflow_args(base)
+    hosts = args["allowed-hosts"].split(",")
+    assert "*" not in hosts
+    svc = _one(base, "Service", "mlflow")
+    name, port = svc["metadata"]["name"], svc["spec"]["ports"][0]["port"]
+    fqdn = f"{name}.{MLFLOW_NS}.svc.cluster.local"
+    for host in (name, f"{name}:{port}", fqdn, f"{fqdn}:{port}"):
+        assert host in hosts, f"--allowed-hosts lacks {host}: pods using it would get 403"
+    # The tracking URI pipeline pods and the model server use must be one the server accepts.
+    env_cm = _one(base, "ConfigMap", "mtl-pipeline-env")["data"]
+    serving_env = _env(_container(serving, "Deployment", "mtl-champion", "model-server"))
+    for uri in (env_cm["MLFLOW_TRACKING_URI"], serving_env["MLFLOW_TRACKING_URI"]["value"]):
+        assert urlsplit(uri).netloc in hosts, uri
+
+
+def test_mlflow_proxies_artifacts_to_the_pvc_by_default(base):
+    args = _mlflow_args(base)
+    assert "serve-artifacts" in args
+    assert args["artifacts-destination"] == "$(MLFLOW_ARTIFACTS_DESTINATION)"
+    dest = _by_prefix(base, "ConfigMap", "mlflow-config")["data"]["artifacts-destination"]
+    deploy = _one(base, "Deployment", "mlflow")
+    c = _container(base, "Deployment", "mlflow", "mlflow")
+    mount = next(m for m in c["volumeMounts"] if dest.startswith(m["mountPath"]))
+    volume = next(v for v in _pod_spec(deploy)["volumes"] if v["name"] == mount["name"])
+    assert volume["persistentVolumeClaim"]["claimName"] == "mlflow-artifacts"
+    assert deploy["spec"]["strategy"]["type"] == "Recreate"  # a ReadWriteOnce volume
+
+
+def test_s3_overlay_points_artifacts_at_a_bucket_with_keys_from_a_secret(s3):
+    data = _by_prefix(s3, "ConfigMap", "mlflow-config")["data"]
+    assert data["artifacts-destination"].startswith("s3://")
+    c = _container(s3, "Deployment", "mlflow", "mlflow")
+    assert {"secretRef": {"name": "mtl-mlflow-s3", "optional": True}} in c["envFrom"]
+    assert _env(c)["MLFLOW_S3_ENDPOINT_URL"]["valueFrom"]["configMapKeyRef"]["key"] == "s3-endpoint-url"
+
+
+# ---- PostgreSQL ----------------------------------------------------------------------------------
+
+def test_postgres_keeps_its_data_on_a_pvc(base):
+    sts = _one(base, "StatefulSet", "mtl-postgres")
+    claims = {t["metadata"]["name"]: t for t in sts["spec"]["volumeClaimTemplates"]}
+    c = _container(base, "StatefulSet", "mtl-postgres", "postgres")
+    data_mount = next(m for m in c["volumeMounts"] if m["name"] in claims)
+    assert _env(c)["PGDATA"]["value"].startswith(data_mount["mountPath"] + "/")  # a subfolder: lost+found
+    assert sts["spec"]["serviceName"] == "mtl-postgres"
+
+
+def test_postgres_init_creates_the_mlflow_and_optuna_databases(base):
+    sts = _one(base, "StatefulSet", "mtl-postgres")
+    init = next(v for v in _pod_spec(sts)["volumes"] if v["name"] == "init")
+    assert init["configMap"]["defaultMode"] == 0o555
+    script = _by_prefix(base, "ConfigMap", "postgres-init")["data"]["postgres-init.sh"]
+    for db in ("mlflow", "optuna"):
+        assert f"CREATE DATABASE {db} OWNER {db}" in script
+    assert "\\getenv" in script  # passwords from the environment, not the command line
+    optuna = urlsplit(_one(base, "ConfigMap", "mtl-pipeline-env")["data"]["OPTUNA_STORAGE"])
+    assert optuna.hostname == f"mtl-postgres.{MLFLOW_NS}.svc.cluster.local" and optuna.path == "/optuna"
+    assert optuna.password is None
+
+
+# ---- RBAC ----------------------------------------------------------------------------------------
+
+def test_pipeline_service_account_has_a_minimal_namespaced_role(base):
+    assert not [d for d in base if d["kind"] in {"ClusterRole", "ClusterRoleBinding"}]
+    role = _one(base, "Role", "mtl-pipeline-runner")
+    for rule in role["rules"]:
+        assert "*" not in rule["verbs"] and "*" not in rule["resources"] and "*" not in rule["apiGroups"]
+        assert set(rule["verbs"]) <= {"get", "create", "patch"}, rule
+        assert not {"pods/exec", "pods/attach", "roles", "rolebindings", "serviceaccounts/token"} & set(rule["resources"])
+        if "secrets" in rule["resources"] or "configmaps" in rule["resources"]:
+            assert rule.get("resourceNames"), f"{rule['resources']} must be limited by name"
+            assert rule["verbs"] == ["get"]
+    binding = _one(base, "RoleBinding", "mtl-pipeline-runner")
+    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "mtl-pipeline-runner"}
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "mtl-pipeline-runner", "namespace": KFP_NS}]
+
+
+# ---- the Dockerfile ------------------------------------------------------------------------------
+
+def _dockerfile() -> list[str]:
+    text = (DEPLOY / "Dockerfile").read_text()
+    text = re.sub(r"\\\n", " ", text)  # join continuation lines
+    return [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.strip().startswith("#")]
+
+
+def _stages(lines: list[str]) -> list[list[str]]:
+    stages: list[list[str]] = []
+    for ln in lines:
+        if ln.upper().startswith("FROM "):
+            stages.append([])
+        if stages:
+            stages[-1].append(ln)
+    return stages
+
+
+def test_dockerfile_is_multi_stage_and_the_final_stage_runs_as_non_root():
+    stages = _stages(_dockerfile())
+    assert len(stages) >= 2, "multi-stage: build in one stage, copy the result into a clean one"
+    final = stages[-1]
+    users = [ln.split(None, 1)[1] for ln in final if ln.upper().startswith("USER ")]
+    assert users, "the final stage sets USER"
+    user = users[-1].split(":")[0]
+    assert user not in {"root", "0"}
+    assert user.isdigit(), "a numeric USER lets Kubernetes' runAsNonRoot verify it"
+    assert any(re.match(r"COPY\s+--from=\w+", ln, re.I) for ln in final)
+    # no build tools or package caches in the final stage
+    assert not any(re.search(r"\b(gcc|g\+\+|build-essential|make)\b", ln) for ln in final if ln.upper().startswith("RUN"))
+
+
+def test_dockerfile_base_and_torch_index_are_build_args():
+    lines = _dockerfile()
+    args = dict((ln.split(None, 1)[1].split("=", 1) + [""])[:2] for ln in lines if ln.upper().startswith("ARG "))
+    assert "slim" in args["BASE_IMAGE"]
+    assert args["TORCH_INDEX_URL"].startswith("https://download.pytorch.org/whl/cpu")
+    assert any(ln.startswith("FROM ${BASE_IMAGE}") for ln in lines)
+
+
+def test_dockerfile_bakes_in_no_secret():
+    for ln in _dockerfile():
+        keyword = ln.split(None, 1)[0].upper()
+        if keyword in {"ENV", "ARG", "LABEL"}:
+            assert not SECRETISH.search(ln), f"secret-looking {keyword}: {ln}"
+    assert "PIP_NO_CACHE_DIR=1" in " ".join(_dockerfile())
+
+
+def test_dockerignore_keeps_local_state_and_credentials_out_of_the_context():
+    entries = {ln.strip() for ln in (ROOT / ".dockerignore").read_text().splitlines()
+               if ln.strip() and not ln.startswith("#")}
+    for required in (".venv", ".git", "mtlp-runs", "**/__pycache__", ".env"):
+        assert required in entries, required
+
+
+@pytest.mark.parametrize("script", ["podman-smoke.sh", "create-secrets.sh"])
+def test_shell_scripts_parse(script):
+    bash = shutil.which("bash")
+    if bash is None:
+        pytest.skip("bash is not installed")
+    path = DEPLOY / script
+    assert path.stat().st_mode & 0o111, f"{script} is executable"
+    out = subprocess.run([bash, "-n", str(path)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+
+
+# ---- the image reference -------------------------------------------------------------------------
+
+def test_default_image_is_tied_to_the_commit(monkeypatch):
+    from pipeline import image
+
+    monkeypatch.delenv("MTLP_IMAGE", raising=False)
+    monkeypatch.delenv("MTLP_IMAGE_REGISTRY", raising=False)
+    ref = image.default_image()
+    assert ref.startswith(f"{image.DEFAULT_REGISTRY}/mtl-pipeline:{image.package_version()}")
+    git = shutil.which("git")
+    if git and (ROOT / ".git").exists():
+        sha = subprocess.run([git, "-C", str(ROOT), "rev-parse", "--short=12", "HEAD"],
+                             capture_output=True, text=True).stdout.strip()
+        assert ref.endswith(f":{image.package_version()}-{sha}")
+
+
+def test_default_image_overrides(monkeypatch):
+    from pipeline import image
+
+    monkeypatch.setenv("MTLP_IMAGE", "registry.example.com/ml/mtl-pipeline:custom")
+    assert image.default_image() == "registry.example.com/ml/mtl-pipeline:custom"
+    monkeypatch.delenv("MTLP_IMAGE")
+    monkeypatch.setenv("MTLP_IMAGE_REGISTRY", "registry.example.com/ml/")
+    assert image.default_image() == f"registry.example.com/ml/mtl-pipeline:{image.image_tag()}"
+
+
+def test_default_image_outside_git_and_inside_the_image(monkeypatch, tmp_path):
+    from pipeline import image
+
+    assert image.git_sha(repo=tmp_path) is None
+    monkeypatch.setattr(image, "git_sha", lambda repo=None: None)
+    assert image.image_tag() == image.package_version()
+    # Inside the image the build wrote pipeline/_build_info.py; emulate it.
+    monkeypatch.undo()
+    monkeypatch.setattr(image, "_build_info", lambda: {"GIT_SHA": "0123456789abcdef", "VERSION": "9.9.9"})
+    assert image.image_tag() == "9.9.9-0123456789ab"
+
+
+def test_make_image_and_the_pipeline_compute_the_same_reference(monkeypatch):
+    """`make image` tags with `python3 pipeline/image.py` run as a plain script (no package imports)."""
+    from pipeline import image
+
+    monkeypatch.delenv("MTLP_IMAGE", raising=False)
+    env = {k: v for k, v in __import__("os").environ.items() if k not in {"MTLP_IMAGE", "MTLP_IMAGE_REGISTRY"}}
+    out = subprocess.run([sys.executable, "-S", str(ROOT / "pipeline" / "image.py")],
+                         capture_output=True, text=True, env=env, cwd="/")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == image.default_image()
