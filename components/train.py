@@ -186,7 +186,7 @@ def export(out_dir: PathLike, prepared_dir: Optional[PathLike] = None, split: st
     source = Path(prepared_dir) if prepared_dir is not None else None
     if source is not None:
         table = pq.read_table(source / f"{split}.parquet", columns=spec.feature_names).slice(0, n_check)
-        x = {n: torch.from_numpy(table.column(n).to_numpy()) for n in spec.feature_names}
+        x = {n: torch.from_numpy(_column(table, n)) for n in spec.feature_names}
     else:
         from mtl_models.onnx_export import example_inputs
         x = example_inputs(model, batch_size=n_check)
