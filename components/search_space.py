@@ -1,0 +1,215 @@
+"""Search spaces per model: defaults, overrides from the config file, and sampling into flat hyperparameters.
+
+A space is a mapping from a flat hyperparameter name (the keys of ``model_factory.default_params``) to a
+spec; the spec forms, as they read in the config file::
+
+    lr: {low: 1.0e-4, high: 1.0e-2, log: true}   # float range (log scale when ``log``)
+    n_expert: {low: 2, high: 16}                  # int range (both bounds ints); ``step`` allowed
+    weighting: [equal, uwl, gradnorm]            # categorical
+    activation: relu                              # a fixed value (not searched, still applied)
+    expert_dims: {depth: [1, 4], widths: [32, 64, 128, 256], shape: funnel}   # a list of layer widths
+    n_level: null                                 # drop from the search: the model default is used
+
+``*_dims`` specs sample a depth (int, or ``[low, high]``) and widths from a set. ``shape``: ``funnel``
+(first width sampled, each further layer half the previous, never below the smallest width in the set),
+``constant`` (one width for every layer) or ``free`` (each layer's width sampled on its own).
+
+Overrides (``search_space`` in the config) are ``{"common": {...}, "<model>": {...}}``, or one flat mapping
+applied to every model. ``common`` keys a model does not have are skipped (a model without experts searches
+only what it has); a key under a model's own section that the model does not have is an error.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import Any, Mapping, Optional
+
+from .model_factory import MODEL_NAMES, default_params
+
+__all__ = ["DEFAULT_COMMON", "DEFAULT_PER_MODEL", "SearchSpace", "default_space", "build_space", "DIMS_SHAPES"]
+
+DIMS_SHAPES = ("funnel", "constant", "free")
+_WIDTHS = [32, 64, 128, 256]
+
+DEFAULT_COMMON: dict[str, Any] = {
+    "lr": {"low": 1e-4, "high": 1e-2, "log": True},
+    "dropout": {"low": 0.0, "high": 0.4},
+    "embed_dim": [8, 16, 32],
+    "weighting": ["equal", "uwl", "gradnorm"],
+    "tower_dims": {"depth": [1, 3], "widths": [16, 32, 64], "shape": "funnel"},
+}
+_BOTTOM = {"bottom_dims": {"depth": [1, 4], "widths": list(_WIDTHS), "shape": "funnel"}}
+_EXPERTS = {"expert_dims": {"depth": [1, 4], "widths": list(_WIDTHS), "shape": "funnel"}}
+DEFAULT_PER_MODEL: dict[str, dict[str, Any]] = {
+    "shared_bottom": dict(_BOTTOM),
+    "esmm": dict(_BOTTOM),
+    "mmoe": {"n_expert": {"low": 2, "high": 16}, **_EXPERTS},
+    "ple": {"n_level": {"low": 1, "high": 3}, "n_expert_specific": {"low": 1, "high": 8},
+            "n_expert_shared": {"low": 1, "high": 8}, **_EXPERTS},
+    "aitm": {**_BOTTOM, "attention_dim": [16, 32, 64]},
+}
+
+
+def _is_dims_key(name: str) -> bool:
+    return name.endswith("_dims")
+
+
+def _check_spec(model_name: str, name: str, spec: Any) -> None:
+    where = f"search space for {model_name}: {name!r}"
+    if _is_dims_key(name):
+        if isinstance(spec, Mapping):
+            unknown = set(spec) - {"depth", "widths", "shape"}
+            if unknown:
+                raise ValueError(f"{where}: unknown keys {sorted(unknown)} (allowed: depth, widths, shape)")
+            depth = spec.get("depth", 1)
+            lo, hi = (depth, depth) if isinstance(depth, int) else tuple(depth)
+            if not (isinstance(lo, int) and isinstance(hi, int) and 0 <= lo <= hi):
+                raise ValueError(f"{where}: depth must be an int or [low, high] with 0 <= low <= high, got {depth!r}")
+            widths = spec.get("widths")
+            if not widths or not all(isinstance(w, int) and w > 0 for w in widths):
+                raise ValueError(f"{where}: widths must be a non-empty list of positive ints, got {widths!r}")
+            if spec.get("shape", "funnel") not in DIMS_SHAPES:
+                raise ValueError(f"{where}: shape must be one of {list(DIMS_SHAPES)}, got {spec.get('shape')!r}")
+            return
+        if isinstance(spec, list) and all(isinstance(w, int) for w in spec):
+            return  # a fixed list of widths
+        raise ValueError(f"{where}: expected {{depth, widths, shape}} or a fixed list of ints, got {spec!r}")
+    if isinstance(spec, Mapping):
+        if "low" not in spec or "high" not in spec:
+            raise ValueError(f"{where}: a range needs low and high, got {dict(spec)!r}")
+        unknown = set(spec) - {"low", "high", "log", "step", "type"}
+        if unknown:
+            raise ValueError(f"{where}: unknown keys {sorted(unknown)} (allowed: low, high, log, step, type)")
+        if not spec["low"] <= spec["high"]:
+            raise ValueError(f"{where}: low > high in {dict(spec)!r}")
+        if spec.get("log") and spec["low"] <= 0:
+            raise ValueError(f"{where}: a log range needs low > 0")
+    elif isinstance(spec, (list, tuple)) and not spec:
+        raise ValueError(f"{where}: an empty list of choices")
+
+
+class SearchSpace:
+    """One model's resolved space; ``sample(trial)`` -> flat params for ``model_factory``/``train``."""
+
+    def __init__(self, model_name: str, specs: Mapping[str, Any]) -> None:
+        if model_name not in MODEL_NAMES:
+            raise ValueError(f"unknown model {model_name!r}; choose from {list(MODEL_NAMES)}")
+        allowed = default_params(model_name)
+        for name, spec in specs.items():
+            if name not in allowed:
+                raise ValueError(f"search space for {model_name}: {name!r} is not a hyperparameter of the model; "
+                                 f"allowed: {sorted(allowed)}")
+            _check_spec(model_name, name, spec)
+        self.model_name = model_name
+        self.specs: dict[str, Any] = copy.deepcopy(dict(specs))
+
+    def to_dict(self) -> dict[str, Any]:
+        return copy.deepcopy(self.specs)
+
+    def searched(self) -> list[str]:
+        """Names of the flat hyperparameters that vary (fixed values excluded)."""
+        return [n for n, s in self.specs.items() if isinstance(s, (Mapping, tuple)) or
+                (isinstance(s, list) and not _is_dims_key(n))]
+
+    def sample(self, trial: Any) -> dict[str, Any]:
+        """Flat params from an ``optuna`` trial (or ``optuna.trial.FixedTrial`` of a trial's ``params``)."""
+        out: dict[str, Any] = {}
+        for name, spec in self.specs.items():
+            if _is_dims_key(name):
+                out[name] = self._sample_dims(trial, name, spec)
+            elif isinstance(spec, Mapping):
+                out[name] = self._sample_range(trial, name, spec)
+            elif isinstance(spec, (list, tuple)):
+                out[name] = trial.suggest_categorical(name, list(spec))
+            else:
+                out[name] = spec
+        return out
+
+    @staticmethod
+    def _sample_range(trial: Any, name: str, spec: Mapping[str, Any]) -> Any:
+        lo, hi = spec["low"], spec["high"]
+        kind = spec.get("type") or ("int" if isinstance(lo, int) and isinstance(hi, int) and not spec.get("log") else "float")
+        if kind == "int":
+            return trial.suggest_int(name, int(lo), int(hi), step=int(spec.get("step", 1)), log=bool(spec.get("log", False)))
+        if spec.get("step") is not None:
+            return trial.suggest_float(name, float(lo), float(hi), step=float(spec["step"]))
+        return trial.suggest_float(name, float(lo), float(hi), log=bool(spec.get("log", False)))
+
+    @staticmethod
+    def _sample_dims(trial: Any, name: str, spec: Any) -> list[int]:
+        if isinstance(spec, list):
+            return [int(w) for w in spec]
+        depth = spec.get("depth", 1)
+        lo, hi = (depth, depth) if isinstance(depth, int) else (int(depth[0]), int(depth[1]))
+        base = name[: -len("_dims")]
+        n = trial.suggest_int(f"{base}_depth", lo, hi) if lo != hi else lo
+        widths = sorted(int(w) for w in spec["widths"])
+        shape = spec.get("shape", "funnel")
+        if n == 0:
+            return []
+        if shape == "free":
+            return [int(trial.suggest_categorical(f"{base}_width_{i}", widths)) for i in range(n)]
+        first = int(trial.suggest_categorical(f"{base}_width", widths)) if len(widths) > 1 else widths[0]
+        if shape == "constant":
+            return [first] * n
+        floor = widths[0]
+        return [max(floor, first >> i) for i in range(n)]
+
+    def params_of(self, trial_params: Mapping[str, Any]) -> dict[str, Any]:
+        """The flat params a finished trial's Optuna ``params`` stand for (e.g. the best trial's)."""
+        import optuna
+
+        return self.sample(optuna.trial.FixedTrial(dict(trial_params)))
+
+    def n_points_hint(self) -> float:
+        """Rough size of the discrete part of the space (inf with any float range); for messages only."""
+        size = 1.0
+        for name, spec in self.specs.items():
+            if isinstance(spec, (list, tuple)) and not _is_dims_key(name):
+                size *= len(spec)
+            elif isinstance(spec, Mapping) and "low" in spec:
+                lo, hi = spec["low"], spec["high"]
+                if isinstance(lo, int) and isinstance(hi, int) and not spec.get("log"):
+                    size *= (hi - lo) // int(spec.get("step", 1)) + 1
+                else:
+                    return math.inf
+        return size
+
+
+def default_space(model_name: str) -> dict[str, Any]:
+    """The default spec mapping for ``model_name`` (a copy)."""
+    if model_name not in MODEL_NAMES:
+        raise ValueError(f"unknown model {model_name!r}; choose from {list(MODEL_NAMES)}")
+    return copy.deepcopy({**DEFAULT_COMMON, **DEFAULT_PER_MODEL[model_name]})
+
+
+def build_space(model_name: str, overrides: Optional[Mapping[str, Any]] = None) -> SearchSpace:
+    """Defaults for ``model_name`` overlaid with the config's ``search_space`` (see the module docstring).
+
+    A value of ``None`` removes the key from the search (the model default then applies).
+    """
+    specs = default_space(model_name)
+    allowed = default_params(model_name)
+    overrides = dict(overrides or {})
+    sectioned = any(k == "common" or k in MODEL_NAMES for k in overrides)
+    if sectioned:
+        stray = [k for k in overrides if k != "common" and k not in MODEL_NAMES]
+        if stray:
+            raise ValueError(f"search space overrides: keys {stray} are neither 'common' nor a model name "
+                             f"({list(MODEL_NAMES)}); put hyperparameters under one of those")
+        layers = [(dict(overrides.get("common") or {}), False), (dict(overrides.get(model_name) or {}), True)]
+    else:
+        layers = [(overrides, False)]
+    for layer, strict in layers:
+        for name, spec in layer.items():
+            if name not in allowed:
+                if strict:
+                    raise ValueError(f"search space for {model_name}: {name!r} is not a hyperparameter of the model; "
+                                     f"allowed: {sorted(allowed)}")
+                continue  # e.g. n_expert under common: only the models that have experts use it
+            if spec is None:
+                specs.pop(name, None)
+            else:
+                specs[name] = copy.deepcopy(spec)
+    return SearchSpace(model_name, specs)
