@@ -3,11 +3,11 @@
 # written to disk or committed. Existing Secrets are left as they are (PostgreSQL keeps the passwords
 # it was initialised with; to rotate one, ALTER ROLE in the database, then replace the Secret).
 #
-#   deploy/create-secrets.sh          # mtl-postgres-admin, mtl-mlflow-db, mtl-optuna-db
+#   deploy/create-secrets.sh          # mtl-postgres-admin, mtl-mlflow-db, mtl-optuna-db; optuna-db in kubeflow
 #   deploy/create-secrets.sh --s3     # also mtl-mlflow-s3 from $AWS_ACCESS_KEY_ID/$AWS_SECRET_ACCESS_KEY
 #
 # Namespaces: MTLP_NAMESPACE (default mtl-pipeline) and KFP_NAMESPACE (default kubeflow, where pipeline
-# pods run and read mtl-optuna-db).
+# pods run and read optuna-db).
 set -euo pipefail
 NS="${MTLP_NAMESPACE:-mtl-pipeline}"
 KFP_NS="${KFP_NAMESPACE:-kubeflow}"
@@ -32,14 +32,16 @@ kubectl get namespace "$NS" >/dev/null 2>&1 || kubectl create namespace "$NS"
 create "$NS" mtl-postgres-admin "password=$(rand)"
 create "$NS" mtl-mlflow-db username=mlflow "password=$(rand)"
 
-# The same Optuna password in both namespaces: PostgreSQL creates the role with it, pipeline pods use it.
+# One Optuna password, twice: PostgreSQL creates the role with it (mtl-optuna-db), and the pipeline's
+# pods get the study storage URL holding it as OPTUNA_STORAGE (optuna-db, pipeline.config's secrets.database).
 if exists "$NS" mtl-optuna-db; then
     optuna_pw="$(kubectl -n "$NS" get secret mtl-optuna-db -o jsonpath='{.data.password}' | base64 -d)"
 else
     optuna_pw="$(rand)"
 fi
 create "$NS" mtl-optuna-db username=optuna "password=$optuna_pw"
-create "$KFP_NS" mtl-optuna-db username=optuna "password=$optuna_pw"
+create "$KFP_NS" optuna-db \
+    "OPTUNA_STORAGE=postgresql://optuna:${optuna_pw}@mtl-postgres.${NS}.svc.cluster.local:5432/optuna"
 unset optuna_pw
 
 if [ "${1:-}" = "--s3" ]; then

@@ -333,9 +333,13 @@ def test_postgres_init_creates_the_mlflow_and_optuna_databases(base):
     for db in ("mlflow", "optuna"):
         assert f"CREATE DATABASE {db} OWNER {db}" in script
     assert "\\getenv" in script  # passwords from the environment, not the command line
-    optuna = urlsplit(_one(base, "ConfigMap", "mtl-pipeline-env")["data"]["OPTUNA_STORAGE"])
+    # The pipeline's Optuna storage URL (Secret optuna-db, made by create-secrets.sh) names this database.
+    create_secrets = (DEPLOY / "create-secrets.sh").read_text()
+    m = re.search(r"OPTUNA_STORAGE=(postgresql://\S+?)\"", create_secrets)
+    assert m, "create-secrets.sh writes OPTUNA_STORAGE"
+    optuna = urlsplit(m.group(1).replace("${optuna_pw}", "pw").replace("${NS}", MLFLOW_NS))
     assert optuna.hostname == f"mtl-postgres.{MLFLOW_NS}.svc.cluster.local" and optuna.path == "/optuna"
-    assert optuna.password is None
+    assert optuna.username == "optuna" and optuna.port == 5432
 
 
 # ---- RBAC ----------------------------------------------------------------------------------------
