@@ -31,7 +31,10 @@ def _column_tensor(values: Any) -> Tensor:
                 values = values.to_numpy(zero_copy_only=False)
             except TypeError:  # pandas' to_numpy has no zero_copy_only
                 values = values.to_numpy()
-        t = torch.from_numpy(np.ascontiguousarray(np.asarray(values)))
+        arr = np.ascontiguousarray(np.asarray(values))
+        if not arr.flags.writeable:  # zero-copy Arrow buffers are read-only; torch wants to own its memory
+            arr = arr.copy()
+        t = torch.from_numpy(arr)
     t = t.reshape(-1)
     if t.dtype in (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8):
         return t.to(torch.int64).contiguous()

@@ -47,3 +47,18 @@ def build_model(name: str, task_types=("classification", "classification"), seed
         return AITM(feats, tt, bottom_params={"dims": [32, 16]}, tower_params_list=towers,
                     attention_params={"attention_dim": 8})
     raise ValueError(name)
+
+
+def one_thread():
+    """Context for a fixture: tiny models run fastest, and steadiest on a shared machine, on one thread."""
+    import contextlib
+
+    @contextlib.contextmanager
+    def ctx():
+        before = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(before)
+    return ctx()
