@@ -161,6 +161,10 @@ def build_from_raw(dataset: str, raw: RawTables, seed: int, val_fraction: float,
     _check_columns(raw.train, schema, "train data")
     if raw.test is not None:
         _check_columns(raw.test, schema, "test data")
+    for frame, where in ((raw.train, "train"), (raw.test, "test")):  # whole files, so counts in errors are too
+        if frame is not None:
+            for label in schema.labels:
+                encode_label(label, frame[label.source], schema.missing_values)
     test_fraction = 0.0 if raw.test is not None else raw.test_fraction
     split_fractions(val_fraction, test_fraction)
     frames = _split(raw, seed, val_fraction, test_fraction)

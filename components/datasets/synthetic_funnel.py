@@ -1,7 +1,7 @@
 """Synthetic impression -> click -> conversion data with known ground truth, from thousands to tens of millions of rows.
 
 Users and items are Zipf-distributed; pCTR and pCVR of each impression come from a logistic model of user,
-item and dense features whose intercepts are calibrated to the requested rates; the true probabilities are
+item and dense features whose intercepts are calibrated (on the first 100k rows) to the requested rates; the true probabilities are
 kept in ``true_pctr`` / ``true_pcvr`` / ``true_pctcvr`` (never features), so CVR can be evaluated over the
 whole impression space. Generated with numpy only, already as ids, so encoding is an addition: rows are
 i.i.d. draws from the seed, so contiguous train/val/test slices are a seeded random split without copies.
@@ -25,33 +25,32 @@ GROUND_TRUTH = ["true_pctr", "true_pcvr", "true_pctcvr"]
 
 
 def zipf_ids(rng: np.random.Generator, n: int, n_ids: int, exponent: float) -> np.ndarray:
-    """Exact draws of ranks k in [0, n_ids) with P(k) proportional to (k+1)^-exponent, vectorised.
+    """Exact draws of ranks k in [0, n_ids) with P(k) proportional to (k+1)^-exponent (inverse CDF, vectorised).
 
-    Rejection from the continuous power law on [1, n_ids + 1) (proposal floor(X)): exact, and much faster than
-    a binary search in a cumulative table of a million ids; about 3 in 4 proposals are accepted.
+    Rank 0 is the most popular id. A guide table (the first rank of each of ``n_buckets`` equal slices of
+    [0, 1)) narrows every draw's search to a few ranks, then a vectorised bisection finishes it: about four
+    times faster than ``np.searchsorted`` over the whole table, which was the generator's bottleneck.
     """
-    s = float(exponent)
-    out = np.empty(n, dtype=np.int64)
-    pending = np.arange(n)
-    top = float(n_ids + 1)
-
-    def mass(k: np.ndarray) -> np.ndarray:  # integral of x^-s over [k, k + 1)
-        if abs(s - 1.0) < 1e-9:
-            return np.log1p(1.0 / k)
-        return (k ** (1.0 - s) - (k + 1.0) ** (1.0 - s)) / (s - 1.0)
-
-    bound = 1.0 / float(mass(np.array([1.0]))[0])  # max of k^-s / mass(k), reached at k = 1
-    while pending.size:
-        u = rng.random(pending.size)
-        if abs(s - 1.0) < 1e-9:
-            x = np.exp(u * np.log(top))
-        else:
-            x = (1.0 + u * (top ** (1.0 - s) - 1.0)) ** (1.0 / (1.0 - s))
-        k = np.minimum(np.floor(x), n_ids)
-        accept = rng.random(pending.size) * bound * mass(k) <= k ** -s
-        out[pending[accept]] = k[accept].astype(np.int64) - 1
-        pending = pending[~accept]
-    return out
+    weights = np.arange(1, n_ids + 1, dtype=np.float64) ** -float(exponent)
+    cdf = np.cumsum(weights)
+    cdf /= cdf[-1]
+    cdf[-1] = 1.0
+    n_buckets = int(min(max(4 * n_ids, 1024), 1 << 22))
+    guide = np.searchsorted(cdf, np.arange(n_buckets + 1, dtype=np.float64) / n_buckets, side="right")
+    np.minimum(guide, n_ids - 1, out=guide)
+    u = rng.random(n)
+    bucket = (u * n_buckets).astype(np.int64)
+    lo, hi = guide[bucket], guide[bucket + 1]  # the answer, the first k with cdf[k] > u, lies in [lo, hi]
+    del bucket
+    while True:
+        open_ = np.flatnonzero(lo < hi)
+        if open_.size == 0:
+            return lo
+        l, h, uu = lo[open_], hi[open_], u[open_]
+        mid = (l + h) >> 1
+        right = cdf[mid] <= uu
+        lo[open_] = np.where(right, mid + 1, l)
+        hi[open_] = np.where(right, h, mid)
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
@@ -65,9 +64,10 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
 def _calibrate(logit: np.ndarray, target: float, weights: Optional[np.ndarray] = None) -> float:
     """Intercept b with weighted mean sigmoid(logit + b) == target (bisection on a sample)."""
     lo, hi = -30.0, 30.0
-    for _ in range(60):
+    logit = logit.astype(np.float64)
+    for _ in range(40):  # 60 / 2^40: far below the sampling noise of any rate
         mid = (lo + hi) / 2
-        p = 1.0 / (1.0 + np.exp(-(logit.astype(np.float64) + mid)))
+        p = 1.0 / (1.0 + np.exp(-(logit + mid)))
         rate = np.average(p, weights=weights)
         lo, hi = (mid, hi) if rate < target else (lo, mid)
     return (lo + hi) / 2
@@ -114,7 +114,7 @@ def generate(seed: int, opts: Mapping[str, Any]) -> dict[str, np.ndarray]:
         if j == 0:  # one heavy-tailed, price-like column: exp of the latent value
             np.exp(x, out=x)
         columns[f"dense_{j + 1}"] = x
-    sample = slice(0, min(n, 200_000))
+    sample = slice(0, min(n, 100_000))
     logit_ctr += np.float32(_calibrate(logit_ctr[sample], float(opts["ctr"])))
     pctr = _sigmoid(logit_ctr)
     del logit_ctr
