@@ -1,0 +1,140 @@
+"""PNG plots for MLflow artifacts (matplotlib, Agg backend, no display): training curves, ROC per classification
+task, the comparison of one pipeline run's models, and a search's optimisation history."""
+
+from __future__ import annotations
+
+import os
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Mapping, Optional, Sequence
+
+import numpy as np
+
+__all__ = ["training_curves", "roc_curves", "roc_curves_for_result", "model_comparison", "search_history"]
+
+
+def _pyplot():
+    import matplotlib
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def _save(fig: Any, path: str | os.PathLike) -> Path:
+    plt = _pyplot()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def training_curves(history: Sequence[Mapping[str, float]], path: str | os.PathLike, title: str = "") -> Path:
+    """Three panels over epochs: train losses, validation metrics, adaptive task weights."""
+    plt = _pyplot()
+    series: dict[str, list[tuple[int, float]]] = defaultdict(list)
+    for i, row in enumerate(history):
+        epoch = int(row.get("epoch", i))
+        for key, value in row.items():
+            if key != "epoch" and isinstance(value, (int, float)) and np.isfinite(value):
+                series[key].append((epoch, float(value)))
+    groups = [("train loss", lambda k: k.startswith("train/")), ("validation", lambda k: k.startswith("val/")),
+              ("task weights", lambda k: k.startswith("weight/"))]
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    for ax, (label, keep) in zip(axes, groups):
+        keys = sorted(k for k in series if keep(k))
+        for key in keys:
+            xs, ys = zip(*series[key])
+            ax.plot(xs, ys, marker="o", label=key)
+        ax.set_title(label)
+        ax.set_xlabel("epoch")
+        if keys:
+            ax.legend(fontsize=7)
+        else:
+            ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes)
+    if title:
+        fig.suptitle(title)
+    return _save(fig, path)
+
+
+def roc_curves(y_true: np.ndarray, y_pred: np.ndarray, task_names: Sequence[str], task_types: Sequence[str],
+               out_dir: str | os.PathLike, title: str = "") -> list[Path]:
+    """One ``roc_<task>.png`` per classification task (``y_true``/``y_pred``: ``[N, n_task]``)."""
+    from sklearn.metrics import roc_auc_score, roc_curve
+
+    plt = _pyplot()
+    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+    paths = []
+    for j, (task, kind) in enumerate(zip(task_names, task_types)):
+        if kind != "classification" or j >= y_pred.shape[1]:
+            continue
+        t, p = y_true[:, j], y_pred[:, j]
+        if len(np.unique(t)) < 2:
+            continue
+        fpr, tpr, _ = roc_curve(t, p)
+        auc = roc_auc_score(t, p)
+        fig, ax = plt.subplots(figsize=(5, 5))
+        ax.plot(fpr, tpr, label=f"AUC = {auc:.4f}")
+        ax.plot([0, 1], [0, 1], linestyle="--", color="grey")
+        ax.set_xlabel("false positive rate")
+        ax.set_ylabel("true positive rate")
+        ax.set_title(f"{title} {task}".strip())
+        ax.legend(loc="lower right")
+        paths.append(_save(fig, Path(out_dir) / f"roc_{task}.png"))
+    return paths
+
+
+def roc_curves_for_result(result: Any, prepared_dir: str | os.PathLike, out_dir: str | os.PathLike) -> list[Path]:
+    """ROC curves of a ``TrainResult`` on the prepared test split (its labels and the trained model's predictions)."""
+    import pyarrow.parquet as pq
+
+    from .feature_spec import FeatureSpec
+    from .train import predict_prepared
+
+    spec = FeatureSpec.load(Path(prepared_dir) / "feature_spec.json")
+    pred = predict_prepared(result.out_dir, prepared_dir, split="test")
+    table = pq.read_table(Path(prepared_dir) / "test.parquet", columns=spec.label_names)
+    y = np.stack([table.column(n).to_numpy() for n in spec.label_names], axis=1)
+    return roc_curves(y, pred, spec.label_names, spec.task_types, out_dir, title=result.model_name)
+
+
+def model_comparison(table: Mapping[str, Mapping[str, float]], path: str | os.PathLike,
+                     title: str = "test metrics by model") -> Path:
+    """Grouped bars: one group per metric (``test_score``, ``<task>/auc``...), one bar per model."""
+    plt = _pyplot()
+    models = list(table)
+    metrics = sorted({m for row in table.values() for m in row}, key=lambda m: (m != "test_score", m))
+    fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(metrics) * max(1, len(models)) / 2), 4.5))
+    width = 0.8 / max(1, len(models))
+    x = np.arange(len(metrics))
+    for i, model in enumerate(models):
+        values = [table[model].get(m, np.nan) for m in metrics]
+        bars = ax.bar(x + i * width, values, width, label=model)
+        for bar, v in zip(bars, values):
+            if np.isfinite(v):
+                ax.annotate(f"{v:.3f}", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                            ha="center", va="bottom", fontsize=6)
+    ax.set_xticks(x + width * (len(models) - 1) / 2)
+    ax.set_xticklabels(metrics, rotation=30, ha="right", fontsize=8)
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def search_history(values: Sequence[Optional[float]], path: str | os.PathLike, maximize: bool = True,
+                   title: str = "search: objective by trial") -> Path:
+    """Objective per trial (None = failed/pruned, skipped) with the best-so-far line."""
+    plt = _pyplot()
+    xs = [i for i, v in enumerate(values) if v is not None and np.isfinite(v)]
+    ys = [float(values[i]) for i in xs]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    if ys:
+        best = np.maximum.accumulate(ys) if maximize else np.minimum.accumulate(ys)
+        ax.scatter(xs, ys, label="trial", s=14)
+        ax.step(xs, best, where="post", color="red", label="best so far")
+        ax.legend()
+    ax.set_xlabel("trial")
+    ax.set_ylabel("objective")
+    ax.set_title(title)
+    return _save(fig, path)

@@ -1,0 +1,70 @@
+"""``mtlp promote``: move the champion by hand, or roll it back, recording who asked, when and why.
+
+    python -m components.promote --model NAME --version V [--reason TEXT]
+    python -m components.promote --model NAME --rollback [--reason TEXT]
+    python -m components.promote --model NAME --show
+
+The tracking store: ``--tracking-uri``, else ``MLFLOW_TRACKING_URI``, else the embedded SQLite store in
+``--work-dir`` (default: the current directory).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Optional, Sequence
+
+__all__ = ["main", "build_parser"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mtlp promote", description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", required=True, help="registered model name")
+    action = p.add_mutually_exclusive_group(required=True)
+    action.add_argument("--version", help="version to make champion")
+    action.add_argument("--rollback", action="store_true", help="restore the previous champion")
+    action.add_argument("--show", action="store_true", help="print the champion, challenger and history")
+    p.add_argument("--reason", default=None, help="why (recorded on the registry; default: 'manual via CLI')")
+    p.add_argument("--user", default=None, help="who asks (default: $MTLP_USER or the login name)")
+    p.add_argument("--tracking-uri", default=None, help="MLflow tracking/registry URI")
+    p.add_argument("--work-dir", default=".", help="folder of the embedded store when no URI is given")
+    p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the tracking store")
+    return p
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    from mlflow.exceptions import MlflowException
+
+    from . import registry
+    from .tracking import TrackingUnavailable, _client, check_tracking_reachable, resolve_tracking_uri
+
+    try:
+        uri, _ = resolve_tracking_uri(args.work_dir, args.tracking_uri)
+        check_tracking_reachable(uri, timeout=args.timeout)
+        client = _client(uri)
+        reason = args.reason or "manual via CLI"
+        if args.show:
+            out = {"model": args.model, "champion": registry.champion_version(client, args.model),
+                   "history": registry.champion_history(client, args.model)}
+            print(json.dumps(out, indent=2))
+            return 0
+        if args.rollback:
+            previous = registry.champion_version(client, args.model)
+            restored = registry.rollback(client, args.model, reason=reason, user=args.user)
+            print(f"{args.model}: champion rolled back from version {previous} to version {restored}")
+        else:
+            previous = registry.promote_version(client, args.model, args.version, reason=reason, user=args.user)
+            print(f"{args.model}: champion is now version {args.version} (was {previous})")
+        return 0
+    except (registry.RegistryError, TrackingUnavailable) as e:
+        print(f"mtlp promote: error: {e}", file=sys.stderr)
+        return 2
+    except MlflowException as e:
+        print(f"mtlp promote: error: {e.message}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

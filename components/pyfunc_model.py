@@ -1,0 +1,52 @@
+"""MLflow models-from-code file for a candidate: raw rows in, one prediction column per task out.
+
+MLflow copies this file into the logged model and executes it on load; it is not imported by the project.
+It needs numpy, pandas, onnxruntime and mlflow only: the feature encoders come from ``mtlp_featurespec``, a
+verbatim copy of ``components/feature_spec.py`` (+ ``encoders.py``, ``errors.py``) shipped in the model's
+``code/`` folder, so serving encodes raw rows exactly as the prepare step did, and no torch is needed.
+"""
+
+import mlflow
+import numpy as np
+import pandas as pd
+from mlflow.pyfunc import PythonModel
+
+BATCH_ROWS = 65536
+
+
+class RawRowsMultiTaskModel(PythonModel):
+    """Artifacts: ``feature_spec`` (feature_spec.json) and ``onnx_model`` (model.onnx)."""
+
+    def load_context(self, context):
+        import onnxruntime as ort
+        from mtlp_featurespec import FeatureSpec
+
+        self.spec = FeatureSpec.load(context.artifacts["feature_spec"])
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        self.session = ort.InferenceSession(context.artifacts["onnx_model"], sess_options=options,
+                                            providers=["CPUExecutionProvider"])
+        self.input_names = [i.name for i in self.session.get_inputs()]
+        missing = set(self.input_names) - set(self.spec.feature_names)
+        if missing:
+            raise ValueError(f"ONNX model inputs {sorted(missing)} are not features of the feature spec")
+        self.columns = list(self.spec.label_names)
+
+    def predict(self, context, model_input, params=None):
+        if not isinstance(model_input, pd.DataFrame):
+            model_input = pd.DataFrame(model_input)
+        if len(model_input) == 0:
+            return pd.DataFrame({c: np.zeros(0, dtype=np.float32) for c in self.columns})
+        encoded = self.spec.encode(model_input.reset_index(drop=True))
+        feeds = {name: np.ascontiguousarray(encoded[name]) for name in self.input_names}
+        n = len(model_input)
+        parts = []
+        for start in range(0, n, BATCH_ROWS):
+            chunk = {k: v[start:start + BATCH_ROWS] for k, v in feeds.items()}
+            (out,) = self.session.run(None, chunk)
+            parts.append(out)
+        pred = np.concatenate(parts, axis=0)
+        return pd.DataFrame(pred[:, :len(self.columns)], columns=self.columns, index=model_input.index)
+
+
+mlflow.models.set_model(RawRowsMultiTaskModel())

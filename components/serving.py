@@ -1,0 +1,156 @@
+"""Logging a candidate as an MLflow pyfunc that takes raw rows and is served by onnxruntime (no torch).
+
+The model is "models from code" (``components/pyfunc_model.py``, nothing pickled) with two artifacts, the
+feature spec JSON and the ONNX file, and one code folder: ``mtlp_featurespec``, a package made of verbatim
+copies of ``components/feature_spec.py``, ``encoders.py`` and ``errors.py``. Loading therefore needs neither
+this repository on ``sys.path`` nor a second implementation of the encoders.
+
+Signature: one input column per raw source column, typed as the raw data spells it (the input example's dtypes:
+Adult's numbers are ``long``, its categories ``string``; without an example, numbers are ``double``), one
+``float`` output column per task.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import pandas as pd
+
+__all__ = ["SPEC_PACKAGE", "PYFUNC_FILE", "build_spec_package", "raw_signature", "example_rows",
+           "pip_requirements", "log_candidate_model", "serve_command", "read_adult_raw"]
+
+SPEC_PACKAGE = "mtlp_featurespec"
+SPEC_MODULES = ("feature_spec.py", "encoders.py", "errors.py")
+PYFUNC_FILE = Path(__file__).with_name("pyfunc_model.py")
+
+
+def build_spec_package(dest_dir: str | os.PathLike) -> Path:
+    """``dest_dir/mtlp_featurespec/``: the feature-spec modules copied byte for byte, plus an ``__init__``."""
+    src = Path(__file__).parent
+    pkg = Path(dest_dir) / SPEC_PACKAGE
+    pkg.mkdir(parents=True, exist_ok=True)
+    for name in SPEC_MODULES:
+        shutil.copyfile(src / name, pkg / name)
+    (pkg / "__init__.py").write_text(
+        '"""Verbatim copy of components.feature_spec (+ encoders, errors) shipped with an MLflow model."""\n'
+        "from .feature_spec import FeatureSpec\n\n__all__ = [\"FeatureSpec\"]\n")
+    return pkg
+
+
+def _raw_type(spec: Any, source: str, example: Optional[pd.DataFrame]) -> str:
+    from .encoders import DenseEncoder, SparseEncoder
+
+    encoder = next(f for f in spec.features if f.source == source)
+    if example is not None and source in example.columns:
+        dtype = example[source].dtype
+        if pd.api.types.is_bool_dtype(dtype):
+            return "boolean"
+        if pd.api.types.is_integer_dtype(dtype):
+            return "long"
+        if pd.api.types.is_float_dtype(dtype):
+            return "double"
+        return "double" if isinstance(encoder, DenseEncoder) else "string"
+    if isinstance(encoder, DenseEncoder):
+        return "double"
+    assert isinstance(encoder, SparseEncoder)
+    return "long" if encoder.id_range is not None else "string"
+
+
+def raw_signature(spec: Any, example: Optional[pd.DataFrame] = None):
+    """Inputs: the spec's source columns with their raw types; outputs: one float column per task."""
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, Schema
+
+    inputs = Schema([ColSpec(_raw_type(spec, s, example), s) for s in dict.fromkeys(spec.source_columns)])
+    outputs = Schema([ColSpec("float", name) for name in spec.label_names])
+    return ModelSignature(inputs=inputs, outputs=outputs)
+
+
+def example_rows(spec: Any, n: int = 2) -> pd.DataFrame:
+    """Plausible raw rows from the spec alone (most frequent categories, median numbers) when none are given."""
+    from .encoders import DenseEncoder
+
+    data: dict[str, list] = {}
+    for f in spec.features:
+        if isinstance(f, DenseEncoder):
+            data[f.source] = [float(f.median)] * n
+        elif f.vocabulary is not None:
+            vocab = f.vocabulary or [""]
+            data[f.source] = [vocab[i % len(vocab)] for i in range(n)]
+        else:
+            data[f.source] = [i % max(int(f.id_range), 1) for i in range(n)]
+    return pd.DataFrame(data)
+
+
+def pip_requirements() -> list[str]:
+    """Pinned to the versions in this environment: what the model was validated with."""
+    reqs = []
+    for dist in ("mlflow", "numpy", "pandas", "onnxruntime"):
+        try:
+            reqs.append(f"{dist}=={importlib.metadata.version(dist)}")
+        except importlib.metadata.PackageNotFoundError:
+            reqs.append(dist)
+    return reqs
+
+
+def log_candidate_model(client: Any, run_id: str, onnx_path: str | os.PathLike, spec_path: str | os.PathLike,
+                        input_example: Optional[pd.DataFrame] = None, name: str = "model",
+                        tags: Optional[dict[str, Any]] = None) -> Any:
+    """Log the raw-rows pyfunc on ``run_id`` (a child run) and return MLflow's ``ModelInfo``.
+
+    ``input_example``: a few raw rows as the raw data spells them (strings and numbers); it also fixes the
+    raw types of categorical columns in the signature. ``model_info.model_uri`` is what
+    :func:`components.registry.register_candidate` registers.
+    """
+    import mlflow
+    from mlflow.models import Model
+
+    from .feature_spec import FeatureSpec
+
+    spec = FeatureSpec.load(spec_path)
+    if input_example is not None:
+        input_example = input_example[list(dict.fromkeys(spec.source_columns))].head(5).reset_index(drop=True)
+    else:
+        input_example = example_rows(spec)
+    signature = raw_signature(spec, input_example)
+    uri = client.tracking_uri
+    if mlflow.get_tracking_uri() != uri:
+        mlflow.set_tracking_uri(uri)
+    run = client.get_run(run_id)
+    mlflow.set_experiment(experiment_id=run.info.experiment_id)
+    with tempfile.TemporaryDirectory(prefix="mtlp-pyfunc-") as tmp:
+        pkg = build_spec_package(tmp)
+        return Model.log(artifact_path=None, name=name, flavor=mlflow.pyfunc, run_id=run_id,
+                         python_model=str(PYFUNC_FILE), code_paths=[str(pkg)],
+                         artifacts={"feature_spec": str(spec_path), "onnx_model": str(onnx_path)},
+                         signature=signature, input_example=input_example,
+                         pip_requirements=pip_requirements(), tags=tags)
+
+
+def serve_command(model_uri: str, port: int, host: str = "127.0.0.1", workers: int = 1) -> list[str]:
+    """``mlflow models serve`` in this environment (``--env-manager local``: no conda/virtualenv build)."""
+    mlflow_bin = Path(sys.executable).with_name("mlflow")
+    head = [str(mlflow_bin)] if mlflow_bin.exists() else [sys.executable, "-m", "mlflow"]
+    return head + ["models", "serve", "-m", model_uri, "-h", host, "-p", str(port), "-w", str(workers),
+                   "--env-manager", "local"]
+
+
+def read_adult_raw(path: str | os.PathLike, nrows: Optional[int] = None, columns: Optional[Sequence[str]] = None
+                   ) -> pd.DataFrame:
+    """Raw Adult rows as a client would send them: numbers as numbers, categories as the file's strings
+    (``?`` kept), the test file's header line skipped and the label's trailing dot removed."""
+    names = ["age", "workclass", "fnlwgt", "education", "education-num", "marital-status", "occupation",
+             "relationship", "race", "sex", "capital-gain", "capital-loss", "hours-per-week", "native-country",
+             "income"]
+    with open(path, encoding="utf-8") as f:
+        skip = 1 if f.readline().startswith("|") else 0
+    frame = pd.read_csv(path, header=None, names=names, skiprows=skip, skipinitialspace=True, nrows=nrows,
+                        keep_default_na=False)
+    frame["income"] = frame["income"].astype(str).str.rstrip(".")
+    return frame[list(columns)] if columns else frame
