@@ -51,6 +51,7 @@ def run_size(n_rows: int) -> dict:
                             check=True)
     record = json.loads(result.stdout.strip().splitlines()[-1])
     record["peak_over_data"] = record["peak_rss_bytes"] / record["data_bytes"]
+    record["growth_over_data"] = (record["peak_rss_bytes"] - record["baseline_rss_bytes"]) / record["data_bytes"]
     return record
 
 
@@ -69,11 +70,11 @@ def main() -> int:
     out = RESULTS / "bench_prepare.json"
     out.write_text(json.dumps({"machine": {"python": platform.python_version(), "cpus": __import__("os").cpu_count(),
                                            "platform": platform.platform()}, "results": records}, indent=1))
-    print(f"{'rows':>12} {'seconds':>8} {'rows/s':>12} {'rows/CPU-s':>12} {'peak RSS MiB':>13} {'data MiB':>9} {'peak/data':>9} "
+    print(f"{'rows':>12} {'seconds':>8} {'rows/s':>12} {'rows/CPU-s':>12} {'peak RSS MiB':>13} {'data MiB':>9} {'peak/data':>9} {'(peak-base)/data':>16} "
           f"{'parquet MiB':>11}")
     for r in records:
         print(f"{r['n_rows']:>12,} {r['seconds']:>8.2f} {r['rows_per_s']:>12,.0f} {r['rows_per_cpu_s']:>12,.0f} {r['peak_rss_bytes'] / 2**20:>13.0f} "
-              f"{r['data_bytes'] / 2**20:>9.0f} {r['peak_over_data']:>9.2f} {r['parquet_bytes'] / 2**20:>11.0f}")
+              f"{r['data_bytes'] / 2**20:>9.0f} {r['peak_over_data']:>9.2f} {r['growth_over_data']:>16.2f} {r['parquet_bytes'] / 2**20:>11.0f}")
     print(f"load average at the end: {__import__('os').getloadavg()[0]:.1f} on {__import__('os').cpu_count()} CPUs")
     print(f"targets: >= 1,000,000 rows/s and peak/data <= 3.0; results in {out}")
     return 0
