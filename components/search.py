@@ -267,6 +267,7 @@ def create_or_load_study(storage: Any, study_name: str, settings: Mapping[str, A
 
     pruner = make_pruner(settings["pruner"], settings["n_epoch"]) if len(settings["directions"]) == 1 \
         else optuna.pruners.NopPruner()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(storage=storage, study_name=study_name, directions=list(settings["directions"]),
                                 sampler=_make_sampler(settings, worker_index), pruner=pruner, load_if_exists=True)
     existing = study.user_attrs.get(SETTINGS_ATTR)
@@ -487,7 +488,7 @@ class _Objective:
         params = self.space.sample(trial)
         trial.set_user_attr(PARAMS_ATTR, params)
         prune_cb = PruningCallback(trial, self.keys[0], prune=not self.multi)
-        callbacks: list[Any] = [prune_cb]
+        callbacks: list[Any] = []
         run_id = None
         if self.client is not None:
             from .tracking import MlflowCallback, create_child_run, log_params
@@ -498,6 +499,7 @@ class _Objective:
                                                           "optuna.trial": trial.number})
             log_params(self.client, run_id, {"trial_number": trial.number, **params})
             callbacks.append(MlflowCallback(run_id, client=self.client, system_metrics=False))
+        callbacks.append(prune_cb)  # last: it may raise TrialPruned, after the epoch has been logged
         out_dir = self.work_dir / "trials" / f"trial_{trial.number:05d}"
         heartbeat = _JournalHeartbeat(study, trial._trial_id, float(self.settings.get("heartbeat_interval") or 15)) \
             if _uses_journal(study) else None
