@@ -473,3 +473,47 @@ def test_make_image_and_the_pipeline_compute_the_same_reference(monkeypatch):
                          capture_output=True, text=True, env=env, cwd="/")
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == image.default_image()
+
+
+# ---- the compiled pipeline runs every component in the image -------------------------------------
+
+def _compile(tmp_path, config) -> dict:
+    graph = pytest.importorskip("pipeline.graph", reason="pipeline.graph (the KFP graph) is not written yet")
+    compiler = pytest.importorskip("kfp.compiler")
+    path = tmp_path / "pipeline.yaml"
+    compiler.Compiler().compile(graph.build_pipeline(config), str(path))
+    return next(yaml.safe_load_all(path.read_text()))
+
+
+def _assert_every_component_runs_in(spec: dict, image: str) -> None:
+    placeholder = "{{$.inputs.parameters['pipelinechannel--image']}}"
+    executors = spec["deploymentSpec"]["executors"]
+    assert executors
+    for name, ex in executors.items():
+        assert ex["container"]["image"] in {image, placeholder}, f"{name} runs in {ex['container']['image']}"
+    assert spec["root"]["inputDefinitions"]["parameters"]["image"]["defaultValue"] == image
+    # Where the image is the run parameter, every task, in every (nested) DAG, passes that parameter on.
+    components = spec["components"]
+    dags = [("root", spec["root"])] + [(n, c) for n, c in components.items() if "dag" in c]
+    for dag_name, dag in dags:
+        for task_name, task in dag["dag"]["tasks"].items():
+            comp = components[task["componentRef"]["name"]]
+            if "pipelinechannel--image" not in comp.get("inputDefinitions", {}).get("parameters", {}):
+                continue
+            bound = task["inputs"]["parameters"]["pipelinechannel--image"]["componentInputParameter"]
+            assert bound == ("image" if dag_name == "root" else "pipelinechannel--image"), (dag_name, task_name, bound)
+
+
+def test_compiled_pipeline_runs_every_component_in_the_given_image(tmp_path):
+    config_mod = pytest.importorskip("pipeline.config")
+    image = "registry.example.com/ml/mtl-pipeline:9.9.9-0123456789ab"
+    _assert_every_component_runs_in(_compile(tmp_path, config_mod.PipelineConfig(image=image)), image)
+
+
+def test_compiled_pipeline_defaults_to_the_image_of_this_commit(tmp_path, monkeypatch):
+    config_mod = pytest.importorskip("pipeline.config")
+    from pipeline.image import default_image
+
+    monkeypatch.delenv("MTLP_IMAGE", raising=False)
+    monkeypatch.setenv("MTLP_IMAGE_REGISTRY", "registry.example.com/ml")
+    _assert_every_component_runs_in(_compile(tmp_path, config_mod.PipelineConfig()), default_image())
