@@ -155,13 +155,19 @@ class MTLTrainer:
             loader.to(self.device)
         return loader
 
+    @staticmethod
+    def _bce(p: Tensor, y: Tensor) -> Tensor:
+        """Elementwise BCE on probabilities, logs clamped at -100 like ``F.binary_cross_entropy``, but a NaN
+        prediction yields a NaN loss (reported by task and step) instead of a range error or device assert."""
+        return -(y * torch.log(p).clamp_min(-100.0) + (1 - y) * torch.log1p(-p).clamp_min(-100.0))
+
     def task_losses(self, pred: Tensor, target: Tensor) -> Tensor:
         """pred, target: ``[B, T]`` -> ``[T]``: BCE on classification columns, MSE on regression columns."""
         if not self._reg_idx:
-            return F.binary_cross_entropy(pred, target, reduction="none").mean(0)
+            return self._bce(pred, target).mean(0)
         if not self._cls_idx:
             return (pred - target).pow(2).mean(0)
-        cls = F.binary_cross_entropy(pred[:, self._cls_idx], target[:, self._cls_idx], reduction="none").mean(0)
+        cls = self._bce(pred[:, self._cls_idx], target[:, self._cls_idx]).mean(0)
         reg = (pred[:, self._reg_idx] - target[:, self._reg_idx]).pow(2).mean(0)
         return torch.cat([cls, reg]).index_select(0, self._inverse)  # [T]
 
