@@ -1,0 +1,279 @@
+"""Shared by the MLflow tests: quiet MLflow, one prepared Adult per test process, a tiny two-model pipeline run
+and the checks of what it left in the tracking store and the registry (the same checks for every backend)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import pandas as pd
+
+REPO = Path(__file__).resolve().parents[1]
+MODEL_NAME = "adult-mtl"
+MODELS = {
+    "shared_bottom": {"embed_dim": 4, "bottom_dims": [16], "tower_dims": [8], "batch_size": 4096, "lr": 0.01},
+    "mmoe": {"embed_dim": 4, "n_expert": 2, "expert_dims": [16], "tower_dims": [8], "batch_size": 4096, "lr": 0.01},
+}
+N_EPOCH = 2
+
+
+def quiet_mlflow() -> None:
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    os.environ.setdefault("DO_NOT_TRACK", "true")
+    for name in ("mlflow", "alembic", "mlflow.store.db.utils", "mlflow.models", "mlflow.pyfunc"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+_PREPARED: dict[str, Path] = {}
+
+
+def prepared_adult(adult_dir: Path, root: Path) -> Path:
+    """Prepare Adult once per test process (the files are read-only afterwards)."""
+    if "adult" not in _PREPARED:
+        from components.prepare import prepare
+
+        out = root / "prepared-adult"
+        prepare("adult", out, data_dir=adult_dir, seed=7)
+        _PREPARED["adult"] = out
+    return _PREPARED["adult"]
+
+
+def raw_test_rows(adult_dir: Path, nrows: Optional[int] = None) -> pd.DataFrame:
+    from components.serving import read_adult_raw
+    return read_adult_raw(adult_dir / "adult.test", nrows=nrows)
+
+
+@dataclass
+class PipelineRun:
+    tracking: Any
+    parent_run_id: str
+    pipeline_run_id: str
+    candidates: list
+    decision: Any
+    prepared: Path
+    work: Path
+
+
+def run_pipeline(trk: Any, prepared: Path, work: Path, raw_example: pd.DataFrame,
+                 pipeline_run_id: str = "pr-0001") -> PipelineRun:
+    """prepare (given) -> train two tiny models in child runs -> register -> promote the best."""
+    from components import candidates, tracking
+    from components.feature_spec import FeatureSpec
+
+    spec = FeatureSpec.load(prepared / "feature_spec.json")
+    config = {"experiment": trk.experiment_name, "dataset": spec.dataset, "models": MODELS,
+              "train": {"n_epoch": N_EPOCH, "patience": N_EPOCH}, "promotion": {"metric": "test_score", "margin": 0.0}}
+    parent = tracking.start_parent_run(trk, pipeline_run_id, dataset=spec.dataset, raw_sha256=spec.raw_sha256,
+                                       config=config)
+    cands = []
+    for name, params in MODELS.items():
+        cands.append(candidates.train_candidate(
+            trk, parent, prepared, name, work / name, params=params, n_epoch=N_EPOCH, patience=N_EPOCH,
+            device="cpu", seed=3, registered_model=MODEL_NAME, raw_example=raw_example, config=config))
+    decision = candidates.finish_pipeline_run(trk, parent, cands, work / "comparison", registered_model=MODEL_NAME)
+    tracking.end_run(trk.client, parent)
+    return PipelineRun(trk, parent, pipeline_run_id, cands, decision, prepared, work)
+
+
+def _artifact_paths(client: Any, run_id: str, path: Optional[str] = None) -> set[str]:
+    out: set[str] = set()
+    for item in client.list_artifacts(run_id, path):
+        if item.is_dir:
+            out |= _artifact_paths(client, run_id, item.path)
+        else:
+            out.add(item.path)
+    return out
+
+
+def check_layout(run: PipelineRun) -> None:
+    """Parent/child runs, params, per-epoch history, artifacts, versions with tags, aliases, promotion tags."""
+    from mlflow import MlflowClient
+
+    from components import registry, tracking
+
+    client = MlflowClient(run.tracking.uri, run.tracking.uri)
+    parent = client.get_run(run.parent_run_id)
+    tags = parent.data.tags
+    assert tags[tracking.TAGS["pipeline_run_id"]] == run.pipeline_run_id
+    assert tags[tracking.TAGS["dataset"]] == "adult"
+    sha = json.loads(tags[tracking.TAGS["raw_sha256"]])
+    assert sha["adult.test"] == "ceb625d3b5aeddf1e04cd5eec3268e18af4140fbde5a853a11223deeebcfe0f5"
+    assert len(tags[tracking.TAGS["git_commit"]].split("-")[0]) == 40
+    assert json.loads(tags[tracking.TAGS["config"]])["models"]["mmoe"]["n_expert"] == 2
+    assert parent.data.params["config.models.shared_bottom.bottom_dims"] == "[16]"
+    assert parent.info.status == "FINISHED"
+    parent_files = _artifact_paths(client, run.parent_run_id)
+    assert {"config.json", "comparison/model_comparison.png", "comparison/comparison.json"} <= parent_files
+
+    children = client.search_runs([run.tracking.experiment_id],
+                                  filter_string=f"tags.mlflow.parentRunId = '{run.parent_run_id}'")
+    assert sorted(c.data.tags[tracking.TAGS["model_name"]] for c in children) == sorted(MODELS)
+    for cand in run.candidates:
+        child = client.get_run(cand.run_id)
+        assert child.info.status == "FINISHED"
+        assert child.data.tags["mlflow.parentRunId"] == run.parent_run_id
+        assert child.data.tags[tracking.TAGS["pipeline_run_id"]] == run.pipeline_run_id
+        params = child.data.params
+        for key, value in MODELS[cand.model_name].items():
+            assert params[key] == (json.dumps(value) if isinstance(value, list) else str(value)), key
+        assert params["weighting"] == "equal" and params["model_name"] == cand.model_name  # resolved defaults too
+        # per-epoch history: one point per epoch for losses, validation metrics and weights
+        for key in ("train/loss", "train/income/loss", "train/never_married/loss", "val/income/auc",
+                    "val/never_married/logloss", "val/monitor", "weight/income", "weight/never_married"):
+            history = client.get_metric_history(cand.run_id, key)
+            assert sorted(m.step for m in history) == [h.get("epoch", i) for i, h in enumerate(cand.result.history)]
+            assert len(history) == N_EPOCH, key
+        want = {m.step: m.value for m in client.get_metric_history(cand.run_id, "train/loss")}
+        for i, h in enumerate(cand.result.history):
+            assert want[h.get("epoch", i)] == pytest_approx(h["train/loss"])
+        metrics = child.data.metrics
+        for task in ("income", "never_married"):
+            assert metrics[f"test/{task}/auc"] == pytest_approx(cand.result.test_metrics[task]["auc"])
+            assert f"test/{task}/logloss" in metrics
+        assert metrics["test/score"] == pytest_approx(cand.result.test_score)
+        assert any(k.startswith("system/") for k in metrics)  # psutil is installed here
+        files = _artifact_paths(client, cand.run_id)
+        assert {"feature_spec.json", "params.json", "metrics.json", "onnx/model.onnx", "config.json",
+                "plots/training_curves.png", "plots/roc_income.png", "plots/roc_never_married.png"} <= files, files
+        # registered version with its tags
+        mv = client.get_model_version(MODEL_NAME, cand.version)
+        assert mv.run_id == cand.run_id
+        assert mv.tags[registry.TAG["architecture"]] == cand.model_name
+        assert mv.tags[registry.TAG["pipeline_run_id"]] == run.pipeline_run_id
+        assert float(mv.tags["metric.test_score"]) == pytest_approx(cand.result.test_score)
+        assert float(mv.tags["metric.test/income/auc"]) == pytest_approx(cand.result.test_metrics["income"]["auc"])
+        model = client.get_logged_model(cand.model_uri.split("/", 1)[1])
+        assert model.source_run_id == cand.run_id and model.experiment_id == run.tracking.experiment_id
+
+    versions = [c.version for c in run.candidates]
+    assert str(client.get_model_version_by_alias(MODEL_NAME, "challenger").version) == max(versions, key=int)
+    best = max(run.candidates, key=lambda c: c.result.test_score)
+    assert run.decision.promoted and run.decision.decision == "no_champion"
+    assert str(client.get_model_version_by_alias(MODEL_NAME, "champion").version) == best.version
+    assert client.get_model_version(MODEL_NAME, best.version).tags[registry.TAG["decision"]] == "no_champion"
+
+
+def pytest_approx(x: float):
+    import pytest
+    return pytest.approx(x, rel=1e-9, abs=1e-12)
+
+
+def check_champion_parity(run: PipelineRun, adult_dir: Path) -> None:
+    """Champion pyfunc on raw adult.test rows == the trainer's predictions on the prepared test split."""
+    import mlflow
+
+    from components.train import predict_prepared
+
+    raw = raw_test_rows(adult_dir)
+    assert (raw == "?").any().any()  # raw rows with missing values, as in the file
+    champion = mlflow.pyfunc.load_model(f"models:/{MODEL_NAME}@champion")
+    version = str(mlflow.MlflowClient(run.tracking.uri).get_model_version_by_alias(MODEL_NAME, "champion").version)
+    cand = next(c for c in run.candidates if c.version == version)
+    got = champion.predict(raw)
+    assert list(got.columns) == ["income", "never_married"]
+    expected = predict_prepared(run.work / cand.model_name, run.prepared, split="test")
+    assert got.shape == expected.shape == (len(raw), 2)
+    assert float(np.abs(got.to_numpy() - expected).max()) <= 1e-5
+
+    # unseen categories behave like missing ones (id 0), as in the feature spec
+    rows = raw.head(20).copy()
+    unseen, missing = rows.copy(), rows.copy()
+    unseen["workclass"], missing["workclass"] = "Astronaut", "?"
+    unseen["native-country"], missing["native-country"] = "Atlantis", "?"
+    a, b = champion.predict(unseen).to_numpy(), champion.predict(missing).to_numpy()
+    assert np.array_equal(a, b)
+    assert not np.allclose(a, champion.predict(rows).to_numpy())
+
+
+def check_promotion_rules(run: PipelineRun) -> None:
+    """With the two real candidates: worse does not move the champion, better does, rollback restores."""
+    from mlflow import MlflowClient
+
+    from components import registry
+
+    client = MlflowClient(run.tracking.uri, run.tracking.uri)
+    worse, better = sorted(run.candidates, key=lambda c: c.result.test_score)
+    assert worse.result.test_score < better.result.test_score
+    assert registry.champion_version(client, MODEL_NAME) == better.version
+    d = registry.promote(client, MODEL_NAME, worse.version, user="ci")
+    assert not d.promoted and d.decision == "rejected"
+    assert registry.champion_version(client, MODEL_NAME) == better.version
+    tags = client.get_model_version(MODEL_NAME, worse.version).tags
+    assert float(tags[registry.TAG["candidate_score"]]) == pytest_approx(worse.result.test_score)
+    assert float(tags[registry.TAG["champion_score"]]) == pytest_approx(better.result.test_score)
+    assert tags[registry.TAG["decision"]] == "rejected" and tags[registry.TAG["by"]] == "ci"
+
+    # make the worse one champion by hand, then the better one wins the guarded promotion
+    registry.promote_version(client, MODEL_NAME, worse.version, reason="test: force the worse model", user="ci")
+    assert registry.champion_version(client, MODEL_NAME) == worse.version
+    d = registry.promote(client, MODEL_NAME, better.version, user="ci")
+    assert d.promoted and d.decision == "promoted" and d.champion_version == worse.version
+    assert registry.champion_version(client, MODEL_NAME) == better.version
+
+    restored = registry.rollback(client, MODEL_NAME, reason="test: regression in prod", user="oncall")
+    assert restored == worse.version == registry.champion_version(client, MODEL_NAME)
+    rm = client.get_registered_model(MODEL_NAME)
+    last = json.loads(rm.tags[registry.TAG["last_action"]])
+    assert last["action"] == "rollback" and last["by"] == "oncall" and last["reason"] == "test: regression in prod"
+    assert last["previous"] == better.version and last["at"]
+    assert client.get_model_version(MODEL_NAME, better.version).tags["mtlp.rollback.by"] == "oncall"
+
+
+# ---- servers -------------------------------------------------------------------------------------------------
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(url: str, proc: subprocess.Popen, timeout: float, log_path: Path) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}")
+        with contextlib.suppress(OSError):
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status == 200:
+                    return
+        time.sleep(0.5)
+    raise TimeoutError(f"{url} did not answer within {timeout}s:\n{log_path.read_text()[-3000:]}")
+
+
+@contextlib.contextmanager
+def background(cmd: list[str], log_path: Path, env: Optional[dict] = None):
+    """A server process in its own process group; stopped (TERM, then KILL) on exit."""
+    import signal
+
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+                                cwd=str(REPO))
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=15)
+
+
+def mlflow_bin() -> list[str]:
+    exe = Path(sys.executable).with_name("mlflow")
+    return [str(exe)] if exe.exists() else [sys.executable, "-m", "mlflow"]

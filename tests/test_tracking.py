@@ -1,0 +1,226 @@
+"""Tracking: URI resolution, reachability errors before training, parent/child runs across processes, params,
+retried metric logging that never kills training, plots; and the embedded-store end-to-end pipeline run."""
+
+from __future__ import annotations
+
+import http.server
+import json
+import subprocess
+import sys
+import threading
+import time
+import warnings
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("mlflow")
+
+from _mlflow_helpers import (REPO, check_champion_parity, check_layout, check_promotion_rules, free_port,  # noqa: E402
+                             prepared_adult, quiet_mlflow, raw_test_rows, run_pipeline)
+
+from components import plots, tracking  # noqa: E402
+
+quiet_mlflow()
+
+
+@pytest.fixture
+def trk(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    return tracking.setup_tracking("unit-tests", work_dir=tmp_path)
+
+
+# ---- where runs go -------------------------------------------------------------------------------------------
+
+def test_default_is_sqlite_and_local_artifacts_in_work_dir(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    uri, artifacts = tracking.resolve_tracking_uri(tmp_path)
+    assert uri == f"sqlite:///{tmp_path.resolve()}/mlflow.db"
+    assert artifacts == (tmp_path.resolve() / "mlartifacts").as_uri()
+    trk = tracking.setup_tracking("exp-a", work_dir=tmp_path)
+    assert (tmp_path / "mlflow.db").is_file()
+    exp = trk.client.get_experiment(trk.experiment_id)
+    assert exp.name == "exp-a" and exp.artifact_location == artifacts
+    # get-or-create: a second setup finds the same experiment
+    assert tracking.setup_tracking("exp-a", work_dir=tmp_path).experiment_id == trk.experiment_id
+
+
+def test_env_and_explicit_uri_take_precedence(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://tracking.example:5000")
+    assert tracking.resolve_tracking_uri(tmp_path) == ("http://tracking.example:5000", None)
+    assert tracking.resolve_tracking_uri(tmp_path, "http://other:1") == ("http://other:1", None)
+
+
+def test_unreachable_server_is_a_clear_error_before_training(tmp_path):
+    port = free_port()  # nothing listens there
+    start = time.time()
+    with pytest.raises(tracking.TrackingUnavailable, match=r"unreachable.*MLFLOW_TRACKING_URI"):
+        tracking.setup_tracking("x", work_dir=tmp_path, uri=f"http://127.0.0.1:{port}", timeout=2)
+    assert time.time() - start < 10
+
+
+def test_a_server_that_is_not_mlflow_is_rejected(tmp_path):
+    class NotFound(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(404)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), NotFound)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        with pytest.raises(tracking.TrackingUnavailable, match="HTTP 404"):
+            tracking.check_tracking_reachable(f"http://127.0.0.1:{server.server_port}", timeout=3)
+    finally:
+        server.shutdown()
+
+
+def test_unreachable_database_is_a_clear_error():
+    port = free_port()
+    with pytest.raises(tracking.TrackingUnavailable, match=r"tracking database .*:\*\*\*@.* is unreachable"):
+        tracking.check_tracking_reachable(f"postgresql+psycopg2://u:secret@127.0.0.1:{port}/db", timeout=2)
+
+
+# ---- params --------------------------------------------------------------------------------------------------
+
+def test_flatten_params():
+    flat = tracking.flatten_params({"lr": 0.001, "dims": [128, 64], "opt": {"name": "adam", "betas": (0.9, 0.99)},
+                                    "flag": True, "none": None})
+    assert flat == {"lr": "0.001", "dims": "[128, 64]", "opt.name": "adam", "opt.betas": "[0.9, 0.99]",
+                    "flag": "True", "none": "None"}
+    assert len(tracking.flatten_params({"x": "a" * 10000})["x"]) == 6000
+
+
+def test_log_params_batches_over_the_limit(trk):
+    run = trk.client.create_run(trk.experiment_id)
+    tracking.log_params(trk.client, run.info.run_id, {f"p{i:03d}": i for i in range(250)})
+    assert len(trk.client.get_run(run.info.run_id).data.params) == 250
+
+
+# ---- runs ----------------------------------------------------------------------------------------------------
+
+def test_parent_and_children_across_processes(trk):
+    config = {"models": {"mmoe": {"n_expert": 4}}, "seed": 1}
+    parent = tracking.start_parent_run(trk, "pipe-42", dataset="adult", raw_sha256={"a.csv": "ab" * 32},
+                                       config=config, git_commit_id="c0ffee")
+    assert tracking.start_parent_run(trk, "pipe-42") == parent  # a retried step finds its parent run
+    code = ("import sys\nfrom components import tracking\nfrom mlflow import MlflowClient\n"
+            "c = MlflowClient(sys.argv[1])\n"
+            "with tracking.child_run(c, sys.argv[2], 'trial-0', role='trial') as r:\n    print(r)\n")
+    out = subprocess.run([sys.executable, "-c", code, trk.uri, parent], cwd=REPO, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    child_id = out.stdout.strip().splitlines()[-1]
+    child = trk.client.get_run(child_id)
+    assert child.info.experiment_id == trk.experiment_id and child.info.status == "FINISHED"
+    assert child.data.tags["mlflow.parentRunId"] == parent
+    assert child.data.tags["mtlp.pipeline_run_id"] == "pipe-42" and child.data.tags["mtlp.role"] == "trial"
+    p = trk.client.get_run(parent)
+    assert p.data.tags["mtlp.git_commit"] == "c0ffee" and p.data.tags["mtlp.raw_sha256.a.csv"] == "ab" * 32
+    assert json.loads(p.data.tags["mtlp.config"]) == config and p.data.params["config.models.mmoe.n_expert"] == "4"
+
+
+def test_child_run_marked_failed_on_exception(trk):
+    parent = tracking.start_parent_run(trk, "pipe-fail", git_commit_id="x")
+    with pytest.raises(ZeroDivisionError):
+        with tracking.child_run(trk.client, parent, "boom") as run_id:
+            1 / 0
+    assert trk.client.get_run(run_id).info.status == "FAILED"
+
+
+# ---- retried logging -----------------------------------------------------------------------------------------
+
+class FlakyClient:
+    """Fails the first ``failures`` log_batch calls, then records what it is sent."""
+
+    def __init__(self, failures: int):
+        self.failures, self.calls, self.logged = failures, 0, []
+
+    def log_batch(self, run_id, metrics=(), params=(), tags=()):
+        self.calls += 1
+        if self.calls <= self.failures:
+            raise ConnectionError("tracking server hiccup")
+        self.logged.extend(metrics)
+
+
+def test_callback_retries_transient_failures_with_backoff():
+    sleeps: list[float] = []
+    client = FlakyClient(failures=2)
+    cb = tracking.MlflowCallback("run-1", client=client, retries=3, backoff=0.5, system_metrics=False,
+                                 sleep=sleeps.append)
+    cb.on_fit_start(None)
+    cb.on_epoch_end(None, 0, {"train/loss": 0.5, "val/income/auc": 0.8, "weight/income": 1.0})
+    assert client.calls == 3 and sleeps == [0.5, 1.0]
+    assert {(m.key, m.value, m.step) for m in client.logged} == {("train/loss", 0.5, 0), ("val/income/auc", 0.8, 0),
+                                                                  ("weight/income", 1.0, 0)}
+    assert cb.failed_batches == 0 and cb.logged_steps == [0]
+
+
+def test_callback_gives_up_with_a_warning_and_training_goes_on():
+    client = FlakyClient(failures=10 ** 6)
+    cb = tracking.MlflowCallback("run-1", client=client, retries=2, backoff=0.01, system_metrics=False,
+                                 sleep=lambda s: None)
+    with pytest.warns(RuntimeWarning, match="could not log .* training continues"):
+        cb.on_epoch_end(None, 0, {"train/loss": 0.5})
+    assert client.calls == 3 and cb.failed_batches == 1
+    client.failures = 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        cb.on_epoch_end(None, 1, {"train/loss": 0.4})  # the next epoch logs again
+    assert cb.logged_steps == [1] and client.logged[0].step == 1
+
+
+def test_training_survives_a_dead_tracking_client(tmp_path, adult_dir):
+    """A real (tiny) training run whose tracking client always fails still finishes."""
+    from components.train import train
+
+    prepared = prepared_adult(adult_dir, tmp_path.parent)
+    client = FlakyClient(failures=10 ** 6)
+    cb = tracking.MlflowCallback("run-x", client=client, retries=1, backoff=0.0, sleep=lambda s: None)
+    with pytest.warns(RuntimeWarning):
+        result = train(prepared, "shared_bottom", tmp_path / "m", n_epoch=1, patience=1, device="cpu",
+                       params={"embed_dim": 2, "bottom_dims": [4], "tower_dims": [2], "batch_size": 8192},
+                       callbacks=[cb], progress=False)
+    assert len(result.history) == 1 and cb.failed_batches == 1 and client.calls == 2
+
+
+def test_system_metrics_logged_when_psutil_present():
+    pytest.importorskip("psutil")
+    client = FlakyClient(failures=0)
+    tracking.MlflowCallback("r", client=client).on_epoch_end(None, 3, {"train/loss": 1.0})
+    keys = {m.key for m in client.logged}
+    assert "system/cpu_utilization_percentage" in keys and "system/process_rss_megabytes" in keys
+
+
+# ---- plots ---------------------------------------------------------------------------------------------------
+
+def test_plots_are_pngs(tmp_path):
+    import numpy as np
+
+    history = [{"train/loss": 1.0 - 0.1 * e, "train/a/loss": 0.5, "val/a/auc": 0.6 + 0.01 * e, "weight/a": 1.0}
+               for e in range(3)]
+    paths = [plots.training_curves(history, tmp_path / "curves.png", "m"),
+             plots.model_comparison({"m1": {"test_score": 0.7, "a/auc": 0.8}, "m2": {"test_score": 0.75}},
+                                    tmp_path / "cmp.png"),
+             plots.search_history([0.5, None, 0.7, 0.6], tmp_path / "search.png")]
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, size=(200, 2)).astype(np.float32)
+    paths += plots.roc_curves(y, rng.random((200, 2)), ["a", "r"], ["classification", "regression"], tmp_path)
+    assert [p.name for p in paths] == ["curves.png", "cmp.png", "search.png", "roc_a.png"]
+    for p in paths:
+        assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 5000
+
+
+# ---- end to end against the embedded default ----------------------------------------------------------------
+
+@pytest.mark.slow
+def test_pipeline_run_against_the_embedded_store(tmp_path, adult_dir, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    prepared = prepared_adult(adult_dir, tmp_path.parent)
+    trk = tracking.setup_tracking("adult-mtl-embedded", work_dir=tmp_path / "work")
+    run = run_pipeline(trk, prepared, tmp_path / "work", raw_test_rows(adult_dir, nrows=5))
+    check_layout(run)
+    check_champion_parity(run, adult_dir)
+    check_promotion_rules(run)
