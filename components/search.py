@@ -32,6 +32,7 @@ study from another process or pod (the study carries its own settings).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import math
@@ -61,7 +62,7 @@ JOURNAL_FILE = "optuna_journal.log"
 SUMMARY_FILE = "search_summary.json"
 SETTINGS_ATTR = "mtlp:settings"
 SURPLUS_ATTR = "mtlp:surplus"
-HEARTBEAT_ATTR, HOST_ATTR, PID_ATTR = "mtlp:heartbeat", "mtlp:host", "mtlp:pid"
+HEARTBEAT_ATTR, OWNER_ATTR = "mtlp:heartbeat", "mtlp:owner"  # owner: [host, pid, trial number]
 PARAMS_ATTR, EPOCHS_ATTR, MONITOR_ATTR = "params", "epochs_run", "val_monitor"
 
 
@@ -190,6 +191,9 @@ def make_pruner(spec: Any, n_epoch: int):
         return spec
     if spec is None:
         spec = "none"
+    if isinstance(spec, str) and spec.startswith("custom:"):
+        # a pruner object given to search() lives only in that process; elsewhere (summary) none is needed
+        return optuna.pruners.NopPruner()
     kwargs: dict[str, Any] = {}
     if isinstance(spec, Mapping):
         kwargs = {k: v for k, v in spec.items() if k != "type"}
@@ -354,12 +358,13 @@ def _fail_stale_journal(study: Any, grace_period: float, max_retry: Optional[int
 
     now, host, failed = time.time(), socket.gethostname(), []
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        beat = t.system_attrs.get(HEARTBEAT_ATTR)
-        if beat is None:
-            beat = t.datetime_start.timestamp() if t.datetime_start else now
-        dead = t.system_attrs.get(HOST_ATTR) == host and PID_ATTR in t.system_attrs \
-            and int(t.system_attrs[PID_ATTR]) != os.getpid() and not _pid_alive(int(t.system_attrs[PID_ATTR]))
-        if not dead and now - float(beat) <= grace_period:
+        # a retried trial inherits the dead trial's system attrs: only beats after its own start count
+        started = t.datetime_start.timestamp() if t.datetime_start else now
+        beat = max(float(t.system_attrs.get(HEARTBEAT_ATTR, started)), started)
+        owner = t.system_attrs.get(OWNER_ATTR)
+        dead = bool(owner) and owner[0] == host and int(owner[2]) == t.number and int(owner[1]) != os.getpid() \
+            and not _pid_alive(int(owner[1]))
+        if not dead and now - beat <= grace_period:
             continue
         try:
             study._storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL)
@@ -460,10 +465,9 @@ class _Objective:
         self.parent_run_id = parent_run_id
         self.client = None
         if parent_run_id:
-            from .tracking import _client, resolve_tracking_uri
+            from .tracking import _client
 
-            uri, _ = resolve_tracking_uri(work_dir, tracking_uri)
-            self.client = _client(uri)
+            self.client = _client(_tracking_uri(tracking_uri))
 
     def _check_slot(self, trial: Any) -> None:
         """Surplus when this trial is not among the first ``target`` trials that can still count."""
@@ -482,8 +486,7 @@ class _Objective:
 
         study = trial.study
         storage = study._storage
-        storage.set_trial_system_attr(trial._trial_id, HOST_ATTR, socket.gethostname())
-        storage.set_trial_system_attr(trial._trial_id, PID_ATTR, os.getpid())
+        storage.set_trial_system_attr(trial._trial_id, OWNER_ATTR, [socket.gethostname(), os.getpid(), trial.number])
         self._check_slot(trial)
         params = self.space.sample(trial)
         trial.set_user_attr(PARAMS_ATTR, params)
@@ -816,11 +819,19 @@ def summarize(study: Any, settings: Mapping[str, Any], work_dir: PathLike, stora
     return result
 
 
-def _log_to_mlflow(result: SearchResult, tracking_uri: Optional[str], parent_run_id: str, work_dir: Path) -> None:
-    from .tracking import _client, log_artifact_files, resolve_tracking_uri, retry_call
+def _tracking_uri(tracking_uri: Optional[str]) -> str:
+    """The explicit URI, else ``MLFLOW_TRACKING_URI``, else the one this process's MLflow is set to."""
+    if tracking_uri:
+        return tracking_uri
+    import mlflow
 
-    uri, _ = resolve_tracking_uri(work_dir, tracking_uri)
-    client = _client(uri)
+    return os.environ.get("MLFLOW_TRACKING_URI") or mlflow.get_tracking_uri()
+
+
+def _log_to_mlflow(result: SearchResult, tracking_uri: Optional[str], parent_run_id: str, work_dir: Path) -> None:
+    from .tracking import _client, log_artifact_files, retry_call
+
+    client = _client(_tracking_uri(tracking_uri))
     log_artifact_files(client, parent_run_id, [result.summary_path], "search")
     log_artifact_files(client, parent_run_id, result.plot_paths, "search/plots")
     from mlflow.entities import Metric
@@ -860,15 +871,19 @@ def search(prepared_dir: PathLike, model_name: str, work_dir: PathLike, n_trials
         raise ValueError("n_trials must be >= 1")
     if n_epoch < 1:
         raise ValueError("n_epoch must be >= 1")
+    if n_workers > 1 and not isinstance(pruner, (str, Mapping, type(None))):
+        raise ValueError("a pruner object cannot be shared with worker processes; give its name or a dict")
     space = build_space(model_name, search_space)
     task_names, task_types = _spec_tasks(prepared_dir)
+    if parent_run_id:
+        tracking_uri = _tracking_uri(tracking_uri)  # workers get the concrete URI
     if multi_objective and len(task_names) < 2:
         raise ValueError("multi_objective needs at least two tasks")
     keys, directions = _objective_target(objective, multi_objective, task_names, task_types)
     study_name = study_name or f"{model_name}-search"
     settings = {"model_name": model_name, "objective": objective, "metric_keys": keys, "directions": directions,
                 "n_trials": int(n_trials), "n_epoch": int(n_epoch), "patience": int(patience),
-                "pruner": pruner if isinstance(pruner, (str, Mapping, type(None))) else repr(pruner),
+                "pruner": pruner if isinstance(pruner, (str, Mapping, type(None))) else f"custom:{type(pruner).__name__}",
                 "space": space.to_dict(), "seed": seed, "train_seed": 42 if seed is None else int(seed),
                 "sampler": sampler, "n_startup_trials": n_startup_trials,
                 "heartbeat_interval": int(heartbeat_interval), "grace_period": grace_period, "max_retry": max_retry}
@@ -896,6 +911,8 @@ def search(prepared_dir: PathLike, model_name: str, work_dir: PathLike, n_trials
             storage = f"journal:{Path(_journal_path(storage, work_dir)).resolve()}"
         launch_workers(n_workers, storage, study_name, prepared_dir, work_dir, n_trials, device=device,
                        tracking_uri=tracking_uri, parent_run_id=parent_run_id, threads=threads, progress=progress)
+    with contextlib.suppress(OSError):
+        (work_dir / "trials").rmdir()  # only when empty (kept trial folders stay)
     study, _ = load_study(store, study_name)
     result = summarize(study, settings, work_dir, desc, n_trials=n_trials, plots=plots)
     if parent_run_id:

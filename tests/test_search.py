@@ -190,3 +190,31 @@ def test_named_task_objective_and_dominates_helper(prepared, tmp_path) -> None:
     assert dominates([0.5, 2.0], [0.5, 3.0], ["maximize", "minimize"])
     with pytest.raises(ValueError, match="objective"):
         search(prepared, "shared_bottom", tmp_path / "x", n_trials=1, objective="nope", progress=False)
+
+
+def test_journal_trial_of_a_dead_worker_is_failed_and_retried(prepared, tmp_path) -> None:
+    import socket
+    import subprocess
+
+    from components.search import open_storage
+
+    kw = dict(n_epoch=1, pruner="none", search_space=TINY_SPACE, device="cpu", threads=1, progress=False,
+              plots=False)
+    first = search(prepared, "shared_bottom", tmp_path, n_trials=1, **kw)
+    storage = open_storage(None, tmp_path)
+    study = optuna.load_study(study_name=first.study_name, storage=storage)
+    # a trial left RUNNING by a worker process that no longer exists (same host, its pid gone)
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    trial = study.ask()
+    trial.suggest_int("bottom_depth", 1, 2)
+    storage.set_trial_system_attr(trial._trial_id, "mtlp:owner", [socket.gethostname(), gone.pid, trial.number])
+
+    result = search(prepared, "shared_bottom", tmp_path, n_trials=3, **kw)
+    study = optuna.load_study(study_name=first.study_name, storage=open_storage(None, tmp_path))
+    dead = study.trials[trial.number]
+    assert dead.state == optuna.trial.TrialState.FAIL
+    assert result.n_complete == 3 and result.n_failed == 1
+    retry = [t for t in study.trials if t.system_attrs.get("failed_trial") == trial.number]
+    assert len(retry) == 1 and retry[0].state == optuna.trial.TrialState.COMPLETE
+    assert retry[0].params["bottom_depth"] == dead.params["bottom_depth"]
