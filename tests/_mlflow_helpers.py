@@ -37,6 +37,26 @@ def quiet_mlflow() -> None:
 
 
 _PREPARED: dict[str, Path] = {}
+_TEMPLATE_DB: list[Path] = []
+
+
+def seed_store(work_dir: Path) -> Path:
+    """Copy an already-migrated empty ``mlflow.db`` into ``work_dir`` (creating the schema costs ~10 s a time)."""
+    import shutil
+    import tempfile
+
+    from mlflow import MlflowClient
+
+    if not _TEMPLATE_DB:
+        folder = Path(tempfile.mkdtemp(prefix="mtlp-mlflow-template-"))
+        uri = f"sqlite:///{folder / 'mlflow.db'}"
+        MlflowClient(uri, uri).search_experiments()  # creates and migrates the tables
+        MlflowClient(uri, uri).search_registered_models()
+        _TEMPLATE_DB.append(folder / "mlflow.db")
+    work_dir = Path(work_dir)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(_TEMPLATE_DB[0], work_dir / "mlflow.db")
+    return work_dir
 
 
 def prepared_adult(adult_dir: Path, root: Path) -> Path:

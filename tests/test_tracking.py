@@ -17,7 +17,7 @@ import pytest
 pytest.importorskip("mlflow")
 
 from _mlflow_helpers import (REPO, check_champion_parity, check_layout, check_promotion_rules, free_port,  # noqa: E402
-                             prepared_adult, quiet_mlflow, raw_test_rows, run_pipeline)
+                             prepared_adult, quiet_mlflow, raw_test_rows, run_pipeline, seed_store)
 
 from components import plots, tracking  # noqa: E402
 
@@ -27,7 +27,7 @@ quiet_mlflow()
 @pytest.fixture
 def trk(tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    return tracking.setup_tracking("unit-tests", work_dir=tmp_path)
+    return tracking.setup_tracking("unit-tests", work_dir=seed_store(tmp_path))
 
 
 # ---- where runs go -------------------------------------------------------------------------------------------
@@ -219,7 +219,7 @@ def test_plots_are_pngs(tmp_path):
 def test_pipeline_run_against_the_embedded_store(tmp_path, adult_dir, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     prepared = prepared_adult(adult_dir, tmp_path.parent)
-    trk = tracking.setup_tracking("adult-mtl-embedded", work_dir=tmp_path / "work")
+    trk = tracking.setup_tracking("adult-mtl-embedded", work_dir=seed_store(tmp_path / "work"))
     run = run_pipeline(trk, prepared, tmp_path / "work", raw_test_rows(adult_dir, nrows=5))
     check_layout(run)
     check_champion_parity(run, adult_dir)

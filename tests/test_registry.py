@@ -1,0 +1,185 @@
+"""Registry rules on the embedded store: candidate versions and tags, challenger, guarded promotion (metric,
+margin, direction, same test data), manual promotion, rollback with who/when/why, the CLI, concurrency."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import pytest
+
+pytest.importorskip("mlflow")
+
+from _mlflow_helpers import quiet_mlflow, seed_store  # noqa: E402
+
+from components import promote as promote_cli  # noqa: E402
+from components import registry, tracking  # noqa: E402
+
+quiet_mlflow()
+NAME = "reg-test"
+
+
+@pytest.fixture
+def env(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    trk = tracking.setup_tracking("registry-tests", work_dir=seed_store(tmp_path))
+    source = tmp_path / "fake-model"
+    source.mkdir()
+    return trk, str(source), tmp_path
+
+
+def add(trk, source, score, *, arch="mmoe", test_data="td-1", logloss=None, pipeline="pr-1"):
+    """A candidate version whose recorded metrics are ``score`` (a registry-only test: no model behind it)."""
+    metrics = {"income": {"auc": score, "logloss": logloss if logloss is not None else 1 - score}}
+    run = trk.client.create_run(trk.experiment_id)
+    return registry.register_candidate(trk.client, NAME, source, run_id=run.info.run_id, architecture=arch,
+                                       test_metrics=metrics, test_score=score, pipeline_run_id=pipeline,
+                                       test_data_id=test_data).version
+
+
+def champion(trk):
+    return registry.champion_version(trk.client, NAME)
+
+
+def test_register_tags_and_challenger(env):
+    trk, src, _ = env
+    v1 = add(trk, src, 0.70, arch="shared_bottom")
+    v2 = add(trk, src, 0.72, arch="ple", pipeline="pr-7")
+    mv = trk.client.get_model_version(NAME, v2)
+    assert mv.tags["mtlp.architecture"] == "ple" and mv.tags["mtlp.pipeline_run_id"] == "pr-7"
+    assert float(mv.tags["metric.test_score"]) == 0.72 and float(mv.tags["metric.test/income/auc"]) == 0.72
+    assert mv.tags["mtlp.test_data"] == "td-1" and mv.run_id == mv.tags["mtlp.run_id"]
+    assert str(trk.client.get_model_version_by_alias(NAME, "challenger").version) == str(v2) != str(v1)
+    assert champion(trk) is None  # registering never moves the champion
+
+
+def test_first_candidate_becomes_champion_then_guarded(env):
+    trk, src, _ = env
+    v1 = add(trk, src, 0.70)
+    d = registry.promote(trk.client, NAME, v1, user="ci")
+    assert d.promoted and d.decision == "no_champion" and champion(trk) == str(v1)
+
+    worse = add(trk, src, 0.69)
+    d = registry.promote(trk.client, NAME, worse, user="ci")
+    assert not d.promoted and d.decision == "rejected" and champion(trk) == str(v1)
+    assert (d.candidate_score, d.champion_score) == (0.69, 0.70)
+    tags = trk.client.get_model_version(NAME, worse).tags
+    assert tags["mtlp.promotion.decision"] == "rejected" and float(tags["mtlp.promotion.champion_score"]) == 0.70
+    assert float(tags["mtlp.promotion.candidate_score"]) == 0.69 and tags["mtlp.promotion.champion_version"] == str(v1)
+
+    equal = add(trk, src, 0.70)
+    assert not registry.promote(trk.client, NAME, equal).promoted  # a tie does not beat the champion
+
+    slightly = add(trk, src, 0.705)
+    d = registry.promote(trk.client, NAME, slightly, margin=0.01)
+    assert not d.promoted and "margin" in d.reason and champion(trk) == str(v1)
+
+    better = add(trk, src, 0.72)
+    d = registry.promote(trk.client, NAME, better, margin=0.01)
+    assert d.promoted and d.decision == "promoted" and champion(trk) == str(better)
+    history = registry.champion_history(trk.client, NAME)
+    assert [h["version"] for h in history] == [str(v1), str(better)]
+
+
+def test_lower_is_better_metric(env):
+    trk, src, _ = env
+    v1 = add(trk, src, 0.7, logloss=0.40)
+    registry.promote(trk.client, NAME, v1)
+    v2 = add(trk, src, 0.9, logloss=0.45)  # better AUC, worse logloss
+    d = registry.promote(trk.client, NAME, v2, metric="test/income/logloss")
+    assert not d.promoted and champion(trk) == str(v1)
+    v3 = add(trk, src, 0.6, logloss=0.35)
+    assert registry.promote(trk.client, NAME, v3, metric="test/income/logloss").promoted
+
+
+def test_different_test_data_needs_a_re_evaluation(env):
+    trk, src, _ = env
+    v1 = add(trk, src, 0.80, test_data="old")
+    registry.promote(trk.client, NAME, v1)
+    v2 = add(trk, src, 0.75, test_data="new")  # scored on other data: 0.75 vs 0.80 means nothing
+    d = registry.promote(trk.client, NAME, v2)
+    assert d.decision == "not_comparable" and not d.promoted and champion(trk) == str(v1)
+    seen = []
+
+    def evaluate(uri):  # re-scores the champion on the candidate's test data
+        seen.append(uri)
+        return 0.70
+
+    d = registry.promote(trk.client, NAME, v2, evaluate=evaluate)
+    assert seen == [f"models:/{NAME}/{v1}"] and d.promoted and d.champion_score == 0.70 and champion(trk) == str(v2)
+
+
+def test_promote_best_of_a_pipeline_run(env):
+    trk, src, _ = env
+    versions = [add(trk, src, s) for s in (0.71, 0.74, 0.72)]
+    d = registry.promote_best(trk.client, NAME, versions)
+    assert d.promoted and d.candidate_version == str(versions[1]) and champion(trk) == str(versions[1])
+
+
+def test_manual_promotion_and_rollback_record_who_when_why(env):
+    trk, src, _ = env
+    v1, v2, v3 = (add(trk, src, s) for s in (0.70, 0.75, 0.80))
+    registry.promote(trk.client, NAME, v1)
+    registry.promote(trk.client, NAME, v2)
+    prev = registry.promote_version(trk.client, NAME, v3, reason="hotfix model", user="alice")
+    assert prev == str(v2) and champion(trk) == str(v3)
+    tags = trk.client.get_model_version(NAME, v3).tags
+    assert tags["mtlp.promotion.decision"] == "manual" and tags["mtlp.promotion.by"] == "alice"
+    assert tags["mtlp.promotion.reason"] == "hotfix model" and tags["mtlp.promotion.at"]
+
+    assert registry.rollback(trk.client, NAME, reason="bad latency", user="bob") == str(v2)
+    assert champion(trk) == str(v2)
+    rm = trk.client.get_registered_model(NAME)
+    last = json.loads(rm.tags["mtlp.last_action"])
+    assert (last["action"], last["version"], last["previous"], last["by"], last["reason"]) == \
+        ("rollback", str(v2), str(v3), "bob", "bad latency")
+    assert trk.client.get_model_version(NAME, v3).tags["mtlp.rollback.reason"] == "bad latency"
+    assert [a["action"] for a in json.loads(rm.tags["mtlp.audit"])] == ["promote", "promote", "manual_promote",
+                                                                       "rollback"]
+    assert registry.rollback(trk.client, NAME, reason="again", user="bob") == str(v1)  # one more step back
+    with pytest.raises(registry.RegistryError, match="no earlier champion"):
+        registry.rollback(trk.client, NAME, reason="again", user="bob")
+    with pytest.raises(registry.RegistryError, match="no version 99"):
+        registry.promote_version(trk.client, NAME, 99, reason="typo")
+
+
+def test_cli_promote_and_rollback(env, capsys):
+    trk, src, work = env
+    v1, v2 = add(trk, src, 0.7), add(trk, src, 0.6)
+    base = ["--model", NAME, "--work-dir", str(work)]
+    assert promote_cli.main(base + ["--version", str(v1)]) == 0
+    assert promote_cli.main(base + ["--version", str(v2), "--reason", "A/B winner", "--user", "carol"]) == 0
+    assert champion(trk) == str(v2)
+    tags = trk.client.get_model_version(NAME, v2).tags
+    assert (tags["mtlp.promotion.by"], tags["mtlp.promotion.reason"]) == ("carol", "A/B winner")
+    assert promote_cli.main(base + ["--rollback", "--reason", "incident 12", "--user", "dave"]) == 0
+    assert champion(trk) == str(v1)
+    assert "rolled back from version 2 to version 1" in capsys.readouterr().out
+    assert promote_cli.main(base + ["--version", "42"]) == 2
+    assert "no version 42" in capsys.readouterr().err
+    assert promote_cli.main(["--model", NAME, "--tracking-uri", "http://127.0.0.1:9", "--version", "1",
+                             "--timeout", "2"]) == 2
+    assert "unreachable" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        promote_cli.main(base + ["--version", "1", "--rollback"])  # one action at a time
+
+
+def test_concurrent_promotions_end_with_the_best(env):
+    trk, src, _ = env
+    v1 = add(trk, src, 0.70)
+    registry.promote(trk.client, NAME, v1)
+    v2, v3 = add(trk, src, 0.80), add(trk, src, 0.90)
+    results = {}
+
+    def go(v):
+        results[v] = registry.promote(trk.client, NAME, v)
+
+    threads = [threading.Thread(target=go, args=(v,)) for v in (v2, v3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert champion(trk) == str(v3)  # in either order, the better one ends as champion
+    assert results[v3].promoted
+    history = [h["version"] for h in registry.champion_history(trk.client, NAME)]
+    assert history[0] == str(v1) and history[-1] == str(v3)
