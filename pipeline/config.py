@@ -52,6 +52,7 @@ class SearchConfig:
 class TrainConfig:
     n_epoch: int = 5
     patience: int = 2
+    batch_size: int = 1024
     device: str = "auto"
     seed: int = 42
     params: dict = field(default_factory=dict)  # per-model fixed hyperparameters, applied under the search's best

@@ -1,0 +1,190 @@
+"""What each task of the pipeline graph does, as plain functions over paths and parameters.
+
+Each function composes one step module (prepare, search, train, registry...) with its MLflow logging,
+so that the KFP components in ``pipeline/graph.py`` are one-line wrappers and every step runs and tests
+without KFP. Runs nest as: pipeline run (parent) -> one run per model -> one run per search trial.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import os
+from pathlib import Path
+from typing import Any, Mapping, Optional, Sequence
+
+from . import tracking
+from .feature_spec import FeatureSpec
+from .train import SPEC_FILE
+
+__all__ = ["start_pipeline_run", "prepare_step", "start_model_run", "search_step", "train_step", "evaluate_step",
+           "export_step", "register_step", "promote_step", "summary_step"]
+
+PathLike = str | os.PathLike
+
+
+def _client(work_dir: PathLike, uri: Optional[str]):
+    resolved, _ = tracking.resolve_tracking_uri(work_dir, uri or None)
+    return tracking._client(resolved), resolved
+
+
+def start_pipeline_run(config: Mapping[str, Any], work_dir: PathLike, pipeline_run_id: str,
+                       tracking_uri: Optional[str] = None, experiment: Optional[str] = None) -> str:
+    """Check the tracking store answers (before any training) and create or find the parent run."""
+    experiment = experiment or config.get("tracking", {}).get("experiment") or "mtl-pipeline"
+    t = tracking.setup_tracking(experiment, work_dir, tracking_uri or None)
+    return tracking.start_parent_run(t, pipeline_run_id, dataset=config.get("dataset", {}).get("name"),
+                                     config=config, run_name=f"pipeline-{pipeline_run_id}")
+
+
+def prepare_step(dataset: str, out_dir: PathLike, data_dir: Optional[str], seed: int, val_fraction: float,
+                 options: Mapping[str, Any], parent_run_id: str, work_dir: PathLike,
+                 tracking_uri: Optional[str] = None) -> FeatureSpec:
+    """Prepare the data, then tag the parent run with the dataset's hashes and attach the feature spec."""
+    from .prepare import prepare
+
+    spec = prepare(dataset, out_dir, data_dir=data_dir or None, seed=seed, val_fraction=val_fraction,
+                   options=dict(options or {}))
+    client, _ = _client(work_dir, tracking_uri)
+    tags = {"mtlp.dataset": spec.dataset, "mtlp.raw_sha256": json.dumps(spec.raw_sha256, sort_keys=True)}
+    tags.update({f"mtlp.raw_sha256.{name}": digest for name, digest in spec.raw_sha256.items()})
+    for key, value in tags.items():
+        tracking.retry_call(client.set_tag, parent_run_id, key, str(value)[:5000])
+    tracking.log_artifact_files(client, parent_run_id, [Path(out_dir) / SPEC_FILE], "data")
+    return spec
+
+
+def start_model_run(run_name: str, experiment: str, model_name: str, work_dir: PathLike,
+                    tracking_uri: Optional[str] = None) -> str:
+    """The model's child run under the pipeline run named ``run_name``: the search's trials nest under it,
+    and training logs into it. The parent is found by its run-name tag rather than passed in, so a task
+    needs only the pipeline's parameters to find it (from any pod, on any retry)."""
+    client, _ = _client(work_dir, tracking_uri)
+    exp = tracking.retry_call(client.get_experiment_by_name, experiment)
+    parent = tracking.find_parent_run(client, exp.experiment_id, run_name) if exp is not None else None
+    if parent is None:
+        raise RuntimeError(f"no pipeline run {run_name!r} in experiment {experiment!r}: the start step must run first")
+    return tracking.create_child_run(client, parent, model_name, role="model", tags={"mtlp.model_name": model_name})
+
+
+def search_step(prepared_dir: PathLike, model_name: str, work_dir: PathLike, model_run_id: str,
+                search: Mapping[str, Any], seed: int = 42, device: str = "auto",
+                tracking_uri: Optional[str] = None, run_name: str = "run") -> dict[str, Any]:
+    """Optuna search for one model; returns the best flat hyperparameters (``{}`` when trials are 0)."""
+    from .search import search as run_search
+
+    uri, _ = tracking.resolve_tracking_uri(work_dir, tracking_uri or None)
+    result = run_search(prepared_dir, model_name, Path(work_dir) / "search" / model_name,
+                        n_trials=int(search["n_trials"]), n_epoch=int(search["n_epoch"]),
+                        storage=search.get("storage") or None, study_name=f"{run_name}-{model_name}",
+                        pruner=search.get("pruner", "median"), objective=search.get("objective", "mean"),
+                        multi_objective=bool(search.get("multi_objective", False)), seed=seed,
+                        search_space=(search.get("space") or {}).get(model_name), device=device,
+                        parent_run_id=model_run_id, tracking_uri=uri, progress=True)
+    return dict(result.best_params)
+
+
+def train_step(prepared_dir: PathLike, model_name: str, out_dir: PathLike, model_run_id: str, work_dir: PathLike,
+               best_params: Optional[Mapping[str, Any]] = None, fixed_params: Optional[Mapping[str, Any]] = None,
+               n_epoch: int = 10, patience: int = 3, device: str = "auto", seed: int = 42,
+               tracking_uri: Optional[str] = None):
+    """Final training with the search's best params (the config's fixed ones on top), logged per epoch."""
+    from .train import train
+
+    client, _ = _client(work_dir, tracking_uri)
+    params = {**dict(best_params or {}), **dict(fixed_params or {})}
+    callback = tracking.MlflowCallback(model_run_id, client=client)
+    result = train(prepared_dir, model_name, out_dir, params=params, n_epoch=n_epoch, patience=patience,
+                   device=device, seed=seed, callbacks=[callback])
+    tracking.log_train_result(client, model_run_id, result, prepared_dir=prepared_dir, log_history=False)
+    return result
+
+
+def _img_tag(path: Path) -> str:
+    data = base64.b64encode(path.read_bytes()).decode()
+    return f'<img alt="{html.escape(path.stem)}" src="data:image/png;base64,{data}" style="max-width:720px">'
+
+
+def evaluate_step(trained_dir: PathLike, report_html: PathLike, report_md: Optional[PathLike] = None) -> dict[str, float]:
+    """Flat test metrics of a trained model (``<task>/<metric>`` and ``test_score``) plus an HTML/Markdown
+    report with its plots, for the KFP UI; the plots were drawn and logged by the training step."""
+    trained_dir = Path(trained_dir)
+    saved = json.loads((trained_dir / "metrics.json").read_text())
+    flat = {f"{task}/{name}": float(v) for task, ms in saved["test_metrics"].items() for name, v in ms.items()}
+    flat["test_score"] = float(saved["test_score"])
+    rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{v:.4f}</td></tr>" for k, v in flat.items())
+    images = "".join(_img_tag(p) for p in sorted((trained_dir / "plots").glob("*.png")))
+    Path(report_html).write_text(f"<h2>{html.escape(saved['model_name'])}: test metrics</h2>"
+                                 f"<table>{rows}</table><p>best epoch {saved['best_epoch']}</p>{images}")
+    if report_md:
+        lines = [f"## {saved['model_name']}", "", "| metric | value |", "|---|---|"]
+        lines += [f"| {k} | {v:.4f} |" for k, v in flat.items()]
+        Path(report_md).write_text("\n".join(lines) + "\n")
+    return flat
+
+
+def export_step(trained_dir: PathLike, prepared_dir: PathLike, model_run_id: str, work_dir: PathLike,
+                tracking_uri: Optional[str] = None) -> float:
+    """ONNX export with the parity check on real test rows; the parity figure is logged on the model run."""
+    from .train import export
+
+    result = export(trained_dir, prepared_dir)
+    client, _ = _client(work_dir, tracking_uri)
+    tracking.retry_call(client.log_metric, model_run_id, "onnx/parity_max_abs_diff", result.parity_max_abs_diff)
+    tracking.log_artifact_files(client, model_run_id, [result.onnx_path], "onnx")
+    return result.parity_max_abs_diff
+
+
+def register_step(trained_dir: PathLike, model_run_id: str, registered_model: str, work_dir: PathLike,
+                  pipeline_run_id: str, tracking_uri: Optional[str] = None) -> str:
+    """Log the raw-rows pyfunc (ONNX inside) on the model run and register it as a candidate version."""
+    from . import registry, serving
+
+    trained_dir = Path(trained_dir)
+    client, _ = _client(work_dir, tracking_uri)
+    saved = json.loads((trained_dir / "metrics.json").read_text())
+    spec = FeatureSpec.load(trained_dir / SPEC_FILE)
+    info = serving.log_candidate_model(client, model_run_id, trained_dir / "model.onnx", trained_dir / SPEC_FILE)
+    version = registry.register_candidate(client, registered_model, info.model_uri, run_id=model_run_id,
+                                          architecture=saved["model_name"], test_metrics=saved["test_metrics"],
+                                          test_score=saved["test_score"], pipeline_run_id=pipeline_run_id,
+                                          test_data_id=_test_data_id(spec))
+    return str(version.version)
+
+
+def _test_data_id(spec: FeatureSpec) -> str:
+    """Two candidates are comparable when their test split came from the same raw data, seed and rows."""
+    return json.dumps({"dataset": spec.dataset, "raw": spec.raw_sha256, "seed": spec.seed,
+                       "rows": spec.rows.get("test")}, sort_keys=True)
+
+
+def promote_step(versions: Sequence[str], registered_model: str, work_dir: PathLike, metric: str = "test_score",
+                 margin: float = 0.0, tracking_uri: Optional[str] = None) -> dict[str, Any]:
+    """The run's best candidate against the champion; returns the decision as a dict."""
+    from dataclasses import asdict
+
+    from . import registry
+
+    client, _ = _client(work_dir, tracking_uri)
+    decision = registry.promote_best(client, registered_model, list(versions), metric=metric, margin=margin,
+                                     reason="pipeline promotion")
+    return {**asdict(decision), "current_champion": registry.champion_version(client, registered_model)}
+
+
+def summary_step(parent_run_id: str, results: Mapping[str, Mapping[str, float]], decision: Mapping[str, Any],
+                 registered_model: str, work_dir: PathLike, out_md: PathLike, tracking_uri: Optional[str] = None) -> str:
+    """A Markdown summary (metrics table, champion, how to open the UI) on the parent run and in ``out_md``."""
+    client, uri = _client(work_dir, tracking_uri)
+    tasks = sorted({k for m in results.values() for k in m if k != "test_score"})
+    lines = ["| model | test_score | " + " | ".join(tasks) + " |", "|---" * (len(tasks) + 2) + "|"]
+    for model, m in sorted(results.items(), key=lambda kv: -kv[1].get("test_score", float("-inf"))):
+        lines.append(f"| {model} | {m['test_score']:.4f} | " + " | ".join(
+            f"{m[t]:.4f}" if t in m else "" for t in tasks) + " |")
+    lines += ["", f"Champion of `{registered_model}`: version {decision.get('current_champion')} "
+                  f"(candidate version {decision.get('candidate_version')}: {decision.get('decision')})",
+              "", f"MLflow UI: `mlflow ui --backend-store-uri {tracking._redact(uri)}`"]
+    text = "\n".join(lines) + "\n"
+    Path(out_md).write_text(text)
+    tracking.retry_call(client.log_text, parent_run_id, text, "summary.md")
+    return text

@@ -1,0 +1,134 @@
+"""The pipeline graph: prepare -> per model (search -> train -> evaluate -> export -> register) -> promote
+-> summary. Built from a ``PipelineConfig``: what must be known when the YAML is written (the image's
+default, the number of search workers, resources, Secrets) comes from it; the rest are run parameters."""
+
+
+import json
+from typing import Callable
+
+from kfp import dsl, kubernetes
+
+from .config import PipelineConfig, config_to_dict
+from .image import default_image
+from .ops import make_components
+
+__all__ = ["build_pipeline", "PIPELINE_NAME"]
+
+PIPELINE_NAME = "mtl-pipeline"
+# env vars that carry credentials; filled from Kubernetes Secrets (never pipeline parameters)
+MLFLOW_SECRET_KEYS = {"MLFLOW_TRACKING_USERNAME": "MLFLOW_TRACKING_USERNAME",
+                      "MLFLOW_TRACKING_PASSWORD": "MLFLOW_TRACKING_PASSWORD"}
+DATABASE_SECRET_KEYS = {"OPTUNA_STORAGE": "OPTUNA_STORAGE"}
+
+
+def _heavy(task: dsl.PipelineTask, config: PipelineConfig, gpus, image, with_db: bool) -> dsl.PipelineTask:
+    """Search and training: GPUs, CPU/memory, retries, no caching, a memory-backed /dev/shm, Secrets."""
+    r = config.resources
+    task.set_accelerator_type(r.accelerator_type).set_accelerator_limit(gpus)
+    task.set_cpu_request(r.cpu).set_cpu_limit(r.cpu).set_memory_request(r.memory).set_memory_limit(r.memory)
+    task.set_retry(num_retries=r.retries, backoff_duration="30s", backoff_factor=2.0)
+    task.set_caching_options(False)
+    kubernetes.empty_dir_mount(task, volume_name="dshm", mount_path="/dev/shm", medium="Memory", size_limit=r.shm_size)
+    return _light(task, config, image, with_db=with_db, cache=False)
+
+
+def _light(task: dsl.PipelineTask, config: PipelineConfig, image, with_db: bool = False, cache: bool = False
+           ) -> dsl.PipelineTask:
+    task.set_container_image(image)
+    task.set_caching_options(cache)
+    if config.secrets.mlflow:
+        kubernetes.use_secret_as_env(task, config.secrets.mlflow, MLFLOW_SECRET_KEYS, optional=True)
+    if with_db and config.secrets.database:
+        kubernetes.use_secret_as_env(task, config.secrets.database, DATABASE_SECRET_KEYS, optional=True)
+    return task
+
+
+def build_pipeline(config: PipelineConfig, local: bool = False) -> Callable:
+    """The ``@dsl.pipeline`` function for ``config``; its parameters default to the config's values.
+
+    ``local``: the image and GPU count are fixed from the config instead of read from the run's
+    parameters (KFP's local runner cannot resolve parameters inside resource fields; it ignores both).
+    """
+    image_default = config.image or default_image()
+    ops = make_components(image_default)
+    cfg_json = json.dumps(config_to_dict(config), sort_keys=True)
+    search_json = json.dumps({k: v for k, v in config_to_dict(config)["search"].items() if k != "storage"})
+    n_workers = config.search.n_workers
+
+    @dsl.pipeline(name=PIPELINE_NAME, description="Multi-task ranking: prepare, search, train, evaluate, export, "
+                                                   "register and promote, one branch per model.")
+    def mtl_pipeline(
+        run_name: str = "run",
+        work_dir: str = "/tmp/mtlp",
+        dataset: str = config.dataset.name,
+        dataset_options: dict = dict(config.dataset.options),
+        data_dir: str = config.dataset.data_dir or "",
+        models: list = list(config.models),
+        n_trials: int = config.search.n_trials,
+        search_epochs: int = config.search.n_epoch,
+        n_epoch: int = config.train.n_epoch,
+        batch_size: int = config.train.batch_size,
+        tracking_uri: str = config.tracking.uri or "",
+        optuna_storage: str = config.search.storage or "",
+        registered_model: str = config.registered_model,
+        gpus: int = config.resources.gpus,
+        image: str = image_default,
+    ):
+        if local:
+            gpus, image = config.resources.gpus, image_default
+        start = _light(ops.start_run(config_json=cfg_json, work_dir=work_dir, run_name=run_name,
+                                     tracking_uri=tracking_uri), config, image)
+        start.set_display_name("start MLflow run")
+        prep = ops.prepare_data(dataset=dataset, data_dir=data_dir, seed=config.dataset.seed,
+                                val_fraction=config.dataset.val_fraction, options=dataset_options,
+                                parent_run_id=start.output, work_dir=work_dir, tracking_uri=tracking_uri)
+        _light(prep, config, image, cache=True).set_display_name("prepare data")
+        prepared = prep.outputs["prepared"]
+
+        with dsl.ParallelFor(models, name="per-model") as model_name:
+            # the parent run is looked up by run name: parameters, not task outputs, cross into the loop
+            # (KFP 2.17's local runner replaces every task-output parameter entering a loop by the loop item)
+            model_run = _light(ops.start_model_run(run_name=run_name, experiment=config.tracking.experiment,
+                                                   model_name=model_name, work_dir=work_dir,
+                                                   tracking_uri=tracking_uri), config, image).after(start)
+            search_args = dict(prepared=prepared, model_name=model_name, model_run_id=model_run.output,
+                               search_json=search_json, n_trials=n_trials, n_epoch=search_epochs,
+                               storage=optuna_storage, seed=config.train.seed,
+                               device=config.train.device, work_dir=work_dir, tracking_uri=tracking_uri,
+                               run_name=run_name)
+            if n_workers > 1:  # N workers share one study (a database storage); then one task reads the result
+                with dsl.ParallelFor(list(range(n_workers)), name="search-workers"):
+                    worker = _heavy(ops.search_model(**search_args), config, gpus, image, with_db=True)
+                    worker.set_display_name("search worker")
+                search = _heavy(ops.search_model(**search_args), config, gpus, image, with_db=True).after(worker)
+            else:
+                search = _heavy(ops.search_model(**search_args), config, gpus, image, with_db=True)
+            search.set_display_name("search")
+            train = _heavy(ops.train_model(prepared=prepared, model_name=model_name, model_run_id=model_run.output,
+                                           best_params=search.output, fixed_params_json=json.dumps(config.train.params),
+                                           n_epoch=n_epoch, patience=config.train.patience, batch_size=batch_size,
+                                           device=config.train.device, seed=config.train.seed, work_dir=work_dir,
+                                           tracking_uri=tracking_uri), config, gpus, image, with_db=False)
+            train.set_display_name("train")
+            evaluate = _light(ops.evaluate_model(trained=train.outputs["trained"], model_name=model_name), config, image)
+            evaluate.set_display_name("evaluate")
+            export = _light(ops.export_onnx(trained=train.outputs["trained"], prepared=prepared,
+                                            model_run_id=model_run.output, work_dir=work_dir,
+                                            tracking_uri=tracking_uri), config, image)
+            export.set_display_name("export ONNX")
+            register = _light(ops.register_model(exported=export.outputs["exported"], model_run_id=model_run.output,
+                                                 registered_model=registered_model, work_dir=work_dir,
+                                                 tracking_uri=tracking_uri, run_name=run_name), config, image)
+            register.set_display_name("register candidate")
+
+        promote = _light(ops.promote_champion(versions=dsl.Collected(register.output),
+                                              registered_model=registered_model, metric=config.promotion.metric,
+                                              margin=config.promotion.margin, work_dir=work_dir,
+                                              tracking_uri=tracking_uri), config, image)
+        promote.set_display_name("compare and promote")
+        summary = _light(ops.summarize_run(parent_run_id=start.output, evaluations=dsl.Collected(evaluate.outputs["Output"]),
+                                           decision_json=promote.output, registered_model=registered_model,
+                                           work_dir=work_dir, tracking_uri=tracking_uri), config, image)
+        summary.set_display_name("summary")
+
+    return mtl_pipeline
