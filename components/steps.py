@@ -186,5 +186,6 @@ def summary_step(parent_run_id: str, results: Mapping[str, Mapping[str, float]],
               "", f"MLflow UI: `mlflow ui --backend-store-uri {tracking._redact(uri)}`"]
     text = "\n".join(lines) + "\n"
     Path(out_md).write_text(text)
+    (Path(work_dir) / "summary.md").write_text(text)  # where `mtlp run` finds it
     tracking.retry_call(client.log_text, parent_run_id, text, "summary.md")
     return text

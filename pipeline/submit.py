@@ -1,0 +1,48 @@
+"""Compile the graph to KFP IR YAML and submit it to a Kubeflow Pipelines endpoint."""
+
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Mapping, Optional
+
+from .config import PipelineConfig
+from .graph import build_pipeline
+
+__all__ = ["compile_pipeline", "submit", "run_url"]
+
+
+def compile_pipeline(config: PipelineConfig, output: os.PathLike | str) -> Path:
+    """Write the KFP IR YAML for ``config`` to ``output`` (complete or not at all)."""
+    from kfp import compiler
+
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".yaml", dir=output.parent)
+    os.close(fd)
+    try:
+        compiler.Compiler().compile(build_pipeline(config), tmp)
+        os.replace(tmp, output)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return output
+
+
+def run_url(host: str, run_id: str) -> str:
+    return f"{host.rstrip('/')}/#/runs/details/{run_id}"
+
+
+def submit(config: PipelineConfig, host: str, experiment: Optional[str] = None, run_name: Optional[str] = None,
+           arguments: Optional[Mapping[str, Any]] = None, client: Any = None, namespace: Optional[str] = None) -> str:
+    """Create a run of the compiled pipeline on ``host`` (``kfp.Client``); returns the run's URL."""
+    import kfp
+
+    run_name = run_name or time.strftime(f"{config.name}-%Y%m%d-%H%M%S")
+    client = client or kfp.Client(host=host, namespace=namespace)
+    args = {"run_name": run_name, "work_dir": "/tmp/mtlp", **dict(arguments or {})}
+    with tempfile.TemporaryDirectory(prefix="mtlp-submit-") as tmp:
+        package = compile_pipeline(config, Path(tmp) / "pipeline.yaml")
+        result = client.create_run_from_pipeline_package(str(package), arguments=args, run_name=run_name,
+                                                         experiment_name=experiment or config.tracking.experiment)
+    return run_url(host, result.run_id)
