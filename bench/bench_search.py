@@ -39,7 +39,8 @@ PRUNERS = {
     "median": {"type": "median", "n_startup_trials": 3, "n_warmup_steps": 0},
     "median-default": "median",
     "hyperband": {"type": "hyperband", "min_resource": 1, "reduction_factor": 3},
-    "percentile": {"type": "percentile", "percentile": 66.0, "n_startup_trials": 3},
+    # aggressive: prune a trial whose best value so far is in the bottom 75% at its epoch
+    "percentile": {"type": "percentile", "percentile": 75.0, "n_startup_trials": 2, "n_warmup_steps": 0},
 }
 
 
@@ -48,9 +49,9 @@ def main(argv=None) -> int:
     ap.add_argument("--data-dir", default=str(REPO.parent / "shared" / "data" / "adult"))
     ap.add_argument("--model", default="mmoe")
     ap.add_argument("--n-trials", type=int, default=12)
-    ap.add_argument("--n-epoch", type=int, default=5)
+    ap.add_argument("--n-epoch", type=int, default=6)
     ap.add_argument("--patience", type=int, default=3)
-    ap.add_argument("--pruners", default="median,hyperband", help=f"pruned arms, from {sorted(PRUNERS)}")
+    ap.add_argument("--pruners", default="median,percentile", help=f"pruned arms, from {sorted(PRUNERS)}")
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a shared machine)")
     ap.add_argument("--out", default=str(REPO / "bench" / "results" / "search_bench.json"))

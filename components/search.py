@@ -401,7 +401,8 @@ class _JournalHeartbeat:
         while not self._stop.is_set():
             try:
                 self.study._storage.set_trial_system_attr(self.trial_id, HEARTBEAT_ATTR, time.time())
-            except Exception:  # the trial finished meanwhile
+            except Exception as e:  # the trial finished meanwhile (or the storage is gone)
+                log.debug("heartbeat of trial id %d stopped: %s", self.trial_id, e)
                 return
             self._stop.wait(self.interval)
 
@@ -433,7 +434,6 @@ class PruningCallback:
     def __init__(self, trial: Any, key: str, prune: bool = True) -> None:
         self.trial, self.key, self.prune = trial, key, prune
         self.epochs = 0
-        self.last_monitor: Optional[float] = None
 
     def on_fit_start(self, trainer: Any) -> None:
         return None
@@ -574,7 +574,7 @@ class _Progress:
                 best = f" best={study.best_value:.4f} (#{study.best_trial.number})"
             except ValueError:
                 pass
-        extra = f" at epoch {len(trial.intermediate_values)}" if trial.state.name == "PRUNED" else ""
+        extra = f" after {len(trial.intermediate_values)} epoch(s)" if trial.state.name == "PRUNED" else ""
         print(f"[search {self.model_name}] trial {trial.number} {trial.state.name}{extra} value={value} | "
               f"{c.done}/{self.target} done (complete {c.complete}, pruned {c.pruned}, failed {c.failed}, "
               f"running {c.running}){best}", file=sys.stderr, flush=True)
