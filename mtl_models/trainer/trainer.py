@@ -105,6 +105,8 @@ class MTLTrainer:
         self.adaptive_params = dict(adaptive_params or {})
         self.weighting: Weighting = build_weighting(self.adaptive_params, self.task_types, self.model).to(self.device)
         opt_params = dict(optimizer_params or {"lr": 1e-3})
+        if optimizer_fn in (torch.optim.Adam, torch.optim.AdamW) and not {"fused", "foreach"} & set(opt_params):
+            opt_params["fused"] = self.device.type in ("cpu", "cuda")  # one kernel over all parameters
         groups = [{"params": [p for p in self.model.parameters() if p.requires_grad]}]
         w_params = [p for p in self.weighting.parameters() if p.requires_grad]
         if w_params:  # weighting state gets no weight decay
@@ -155,19 +157,26 @@ class MTLTrainer:
             loader.to(self.device)
         return loader
 
-    @staticmethod
-    def _bce(p: Tensor, y: Tensor) -> Tensor:
-        """Elementwise BCE on probabilities, logs clamped at -100 like ``F.binary_cross_entropy``, but a NaN
-        prediction yields a NaN loss (reported by task and step) instead of a range error or device assert."""
-        return -(y * torch.log(p).clamp_min(-100.0) + (1 - y) * torch.log1p(-p).clamp_min(-100.0))
+    def _bce(self, p: Tensor, y: Tensor) -> Tensor:
+        """Per-column mean BCE on probabilities ``[B, k] -> [k]``. On CPU the fused kernel; it rejects NaN inputs,
+        which become NaN losses (reported by task and step). On accelerators an explicit formula with the same
+        -100 log clamp, because there the kernel's range check is a fatal device assert."""
+        if self.device.type == "cpu":
+            try:
+                return F.binary_cross_entropy(p, y, reduction="none").mean(0)
+            except RuntimeError:
+                if bool(torch.isfinite(p).all()):
+                    raise
+                return torch.where(torch.isfinite(p).all(0), p.new_zeros(()), p.new_tensor(math.nan))  # [k]
+        return (-(y * torch.log(p).clamp_min(-100.0) + (1 - y) * torch.log1p(-p).clamp_min(-100.0))).mean(0)
 
     def task_losses(self, pred: Tensor, target: Tensor) -> Tensor:
         """pred, target: ``[B, T]`` -> ``[T]``: BCE on classification columns, MSE on regression columns."""
         if not self._reg_idx:
-            return self._bce(pred, target).mean(0)
+            return self._bce(pred, target)
         if not self._cls_idx:
             return (pred - target).pow(2).mean(0)
-        cls = self._bce(pred[:, self._cls_idx], target[:, self._cls_idx]).mean(0)
+        cls = self._bce(pred[:, self._cls_idx], target[:, self._cls_idx])
         reg = (pred[:, self._reg_idx] - target[:, self._reg_idx]).pow(2).mean(0)
         return torch.cat([cls, reg]).index_select(0, self._inverse)  # [T]
 
@@ -184,7 +193,7 @@ class MTLTrainer:
         names = self.task_names + ["auxiliary"]
         loss_sum = torch.zeros(self.n_task, device=self.device)  # [T], accumulated without syncs
         total_sum = torch.zeros((), device=self.device)
-        first_bad = torch.full((self.n_task + 1,), -1, dtype=torch.long, device=self.device)  # [T + 1]
+        first_bad = torch.full((self.n_task,), -1, dtype=torch.long, device=self.device)  # [T (+1 aux)]
         n_steps = 0
         bar = tqdm(loader, total=len(loader) if hasattr(loader, "__len__") else None, desc=f"epoch {epoch}",
                    disable=not self.progress, leave=False, dynamic_ncols=True)
@@ -199,12 +208,15 @@ class MTLTrainer:
             losses = self.task_losses(pred, target)  # [T]
             aux = self.model.auxiliary_loss(pred) if self.auxiliary_weight > 0 else None
             extra = self.auxiliary_weight * aux if aux is not None else None
-            checked = torch.cat([losses.detach(), (extra.detach() if extra is not None else losses.new_zeros(())).reshape(1)])
+            checked = losses.detach() if extra is None else torch.cat([losses.detach(), extra.detach().reshape(1)])
             if self.nan_check_every == 1:
                 if not bool(torch.isfinite(checked).all()):
                     self._raise_non_finite(checked, names, epoch, step)
             else:  # accelerator: remember the first bad step on-device, look every nan_check_every steps
-                first_bad = torch.where((first_bad < 0) & ~torch.isfinite(checked), step, first_bad)
+                bad = ~torch.isfinite(checked)
+                if len(first_bad) < len(bad):
+                    first_bad = torch.cat([first_bad, first_bad.new_full((1,), -1)])
+                first_bad = torch.where((first_bad < 0) & bad, step, first_bad)
                 if (step + 1) % self.nan_check_every == 0 and bool((first_bad >= 0).any()):
                     bad_step = int(first_bad[first_bad >= 0].min())
                     self._raise_non_finite(checked, names, epoch, bad_step)
