@@ -68,6 +68,18 @@ def start_model_run(run_name: str, experiment: str, model_name: str, work_dir: P
     return tracking.create_child_run(client, parent, model_name, role="model", tags={"mtlp.model_name": model_name})
 
 
+def resolve_storage(storage: Optional[str]) -> Optional[str]:
+    """``"env"`` (or ``"env:VAR"``) reads the study database URL from the environment, where Kubernetes
+    puts the Secret (``OPTUNA_STORAGE`` by default), so the password never becomes a pipeline parameter."""
+    if not storage or not storage.startswith("env"):
+        return storage or None
+    var = storage.split(":", 1)[1] if ":" in storage else "OPTUNA_STORAGE"
+    value = os.environ.get(var)
+    if not value:
+        raise RuntimeError(f"search storage is {storage!r} but ${var} is not set (is the Secret mounted?)")
+    return value
+
+
 def search_step(prepared_dir: PathLike, model_name: str, work_dir: PathLike, model_run_id: str,
                 search: Mapping[str, Any], seed: int = 42, device: str = "auto",
                 tracking_uri: Optional[str] = None, run_name: str = "run") -> dict[str, Any]:
@@ -77,7 +89,7 @@ def search_step(prepared_dir: PathLike, model_name: str, work_dir: PathLike, mod
     uri, _ = tracking.resolve_tracking_uri(work_dir, tracking_uri or None)
     result = run_search(prepared_dir, model_name, Path(work_dir) / "search" / model_name,
                         n_trials=int(search["n_trials"]), n_epoch=int(search["n_epoch"]),
-                        storage=search.get("storage") or None, study_name=f"{run_name}-{model_name}",
+                        storage=resolve_storage(search.get("storage")), study_name=f"{run_name}-{model_name}",
                         pruner=search.get("pruner", "median"), objective=search.get("objective", "mean"),
                         multi_objective=bool(search.get("multi_objective", False)), seed=seed,
                         search_space=(search.get("space") or {}).get(model_name), device=device,
