@@ -517,3 +517,12 @@ def test_compiled_pipeline_defaults_to_the_image_of_this_commit(tmp_path, monkey
     monkeypatch.delenv("MTLP_IMAGE", raising=False)
     monkeypatch.setenv("MTLP_IMAGE_REGISTRY", "registry.example.com/ml")
     _assert_every_component_runs_in(_compile(tmp_path, config_mod.PipelineConfig()), default_image())
+
+
+def test_cluster_pipeline_config_matches_the_manifests(base, serving):
+    config_mod = pytest.importorskip("pipeline.config")
+    config = config_mod.load_config(DEPLOY / "cluster-config.yaml")
+    assert config.tracking.uri == _one(base, "ConfigMap", "mtl-pipeline-env")["data"]["MLFLOW_TRACKING_URI"]
+    model_uri = _by_prefix(serving, "ConfigMap", "mtl-serving-config")["data"]["model-uri"]
+    assert model_uri == f"models:/{config.registered_model}@champion"
+    assert config.secrets.database == "optuna-db" and "optuna-db" in (DEPLOY / "create-secrets.sh").read_text()
