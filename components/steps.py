@@ -69,10 +69,13 @@ def start_model_run(run_name: str, experiment: str, model_name: str, work_dir: P
 
 
 def resolve_storage(storage: Optional[str]) -> Optional[str]:
-    """``"env"`` (or ``"env:VAR"``) reads the study database URL from the environment, where Kubernetes
-    puts the Secret (``OPTUNA_STORAGE`` by default), so the password never becomes a pipeline parameter."""
-    if not storage or not storage.startswith("env"):
-        return storage or None
+    """The study storage to use. Empty: ``$OPTUNA_STORAGE`` when set (on the cluster, Kubernetes puts the
+    ``optuna-db`` Secret there, so the password never becomes a pipeline parameter), else None (a journal
+    file in the work directory). ``"env"`` / ``"env:VAR"`` insist on that variable."""
+    if not storage:
+        return os.environ.get("OPTUNA_STORAGE") or None
+    if not storage.startswith("env"):
+        return storage
     var = storage.split(":", 1)[1] if ":" in storage else "OPTUNA_STORAGE"
     value = os.environ.get(var)
     if not value:
