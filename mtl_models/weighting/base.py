@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from typing import Callable, ClassVar, Optional, Sequence
 
-import torch
 from torch import Tensor, nn
 
 __all__ = ["Weighting", "WEIGHTINGS", "register_weighting"]
