@@ -23,7 +23,7 @@ from typing import Any, Optional, Sequence
 import pandas as pd
 
 __all__ = ["SPEC_PACKAGE", "PYFUNC_FILE", "build_spec_package", "raw_signature", "example_rows",
-           "pip_requirements", "log_candidate_model", "serve_command", "read_adult_raw"]
+           "pip_requirements", "log_candidate_model", "serve_command", "serve_environment", "read_adult_raw"]
 
 SPEC_PACKAGE = "mtlp_featurespec"
 SPEC_MODULES = ("feature_spec.py", "encoders.py", "errors.py")
@@ -139,6 +139,16 @@ def serve_command(model_uri: str, port: int, host: str = "127.0.0.1", workers: i
     head = [str(mlflow_bin)] if mlflow_bin.exists() else [sys.executable, "-m", "mlflow"]
     return head + ["models", "serve", "-m", model_uri, "-h", host, "-p", str(port), "-w", str(workers),
                    "--env-manager", "local"]
+
+
+def serve_environment(base: Optional[dict] = None, tracking_uri: Optional[str] = None) -> dict:
+    """Environment for the serve command: this interpreter's ``bin`` first on PATH (MLflow execs ``uvicorn``)."""
+    env = dict(os.environ if base is None else base)
+    bindir = str(Path(sys.executable).parent)
+    env["PATH"] = bindir + os.pathsep + env.get("PATH", "")
+    if tracking_uri:
+        env["MLFLOW_TRACKING_URI"] = tracking_uri
+    return env
 
 
 def read_adult_raw(path: str | os.PathLike, nrows: Optional[int] = None, columns: Optional[Sequence[str]] = None

@@ -297,3 +297,18 @@ def background(cmd: list[str], log_path: Path, env: Optional[dict] = None):
 def mlflow_bin() -> list[str]:
     exe = Path(sys.executable).with_name("mlflow")
     return [str(exe)] if exe.exists() else [sys.executable, "-m", "mlflow"]
+
+
+_EMBEDDED: list[PipelineRun] = []
+
+
+def embedded_pipeline(adult_dir: Path, root: Path) -> PipelineRun:
+    """The two-model pipeline run on the embedded store, once per test process (tracking + serving tests)."""
+    if not _EMBEDDED:
+        from components import tracking
+
+        prepared = prepared_adult(adult_dir, root)
+        work = seed_store(root / "embedded-work")
+        trk = tracking.setup_tracking("adult-mtl-embedded", work_dir=work)
+        _EMBEDDED.append(run_pipeline(trk, prepared, work, raw_test_rows(adult_dir, nrows=5)))
+    return _EMBEDDED[0]

@@ -16,8 +16,8 @@ import pytest
 
 pytest.importorskip("mlflow")
 
-from _mlflow_helpers import (REPO, check_champion_parity, check_layout, check_promotion_rules, free_port,  # noqa: E402
-                             prepared_adult, quiet_mlflow, raw_test_rows, run_pipeline, seed_store)
+from _mlflow_helpers import (REPO, check_champion_parity, check_layout, check_promotion_rules,  # noqa: E402
+                             embedded_pipeline, free_port, prepared_adult, quiet_mlflow, seed_store)
 
 from components import plots, tracking  # noqa: E402
 
@@ -216,11 +216,13 @@ def test_plots_are_pngs(tmp_path):
 # ---- end to end against the embedded default ----------------------------------------------------------------
 
 @pytest.mark.slow
-def test_pipeline_run_against_the_embedded_store(tmp_path, adult_dir, monkeypatch):
+def test_pipeline_run_against_the_embedded_store(tmp_path_factory, adult_dir, monkeypatch):
+    """prepare -> train two small models -> register, all against the default sqlite store + local artifacts."""
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    prepared = prepared_adult(adult_dir, tmp_path.parent)
-    trk = tracking.setup_tracking("adult-mtl-embedded", work_dir=seed_store(tmp_path / "work"))
-    run = run_pipeline(trk, prepared, tmp_path / "work", raw_test_rows(adult_dir, nrows=5))
+    run = embedded_pipeline(adult_dir, tmp_path_factory.getbasetemp())
+    assert run.tracking.uri.startswith("sqlite:///") and run.tracking.uri.endswith("/mlflow.db")
+    artifact_uri = run.tracking.client.get_run(run.parent_run_id).info.artifact_uri
+    assert artifact_uri.startswith((run.work / "mlartifacts").as_uri())
     check_layout(run)
     check_champion_parity(run, adult_dir)
     check_promotion_rules(run)
