@@ -166,8 +166,7 @@ class MTLTrainer:
                 return F.binary_cross_entropy(p, y, reduction="none").mean(0)
             except RuntimeError:
                 if bool(torch.isfinite(p).all()):
-                    raise
-                return torch.where(torch.isfinite(p).all(0), p.new_zeros(()), p.new_tensor(math.nan))  # [k]
+                    raise  # a genuine range error (a probability outside [0, 1])
         return (-(y * torch.log(p).clamp_min(-100.0) + (1 - y) * torch.log1p(-p).clamp_min(-100.0))).mean(0)
 
     def task_losses(self, pred: Tensor, target: Tensor) -> Tensor:
@@ -182,8 +181,17 @@ class MTLTrainer:
 
     def _raise_non_finite(self, values: Tensor, names: list[str], epoch: int, step: int) -> None:
         bad = [f"{n}={v:.4g}" for n, v in zip(names, values.tolist()) if not math.isfinite(v)]
-        raise FloatingPointError(f"non-finite training loss ({', '.join(bad)}) at epoch {epoch}, step {step} "
-                                 f"(global step {self._global_step}); lower the learning rate or check the inputs")
+        raise FloatingPointError(f"non-finite training loss ({', '.join(bad)}) at epoch {epoch}, step {step}; "
+                                 "lower the learning rate or check the inputs")
+
+    def _check_deferred(self, first_bad: Tensor, names: list[str], epoch: int) -> None:
+        """first_bad: ``[T (+1)]`` first step of this epoch with a non-finite loss, -1 if none (one sync)."""
+        steps = first_bad.tolist()
+        hit = [s for s in steps if s >= 0]
+        if hit:
+            step = min(hit)
+            values = torch.tensor([math.nan if s == step else 0.0 for s in steps])
+            self._raise_non_finite(values, names, epoch, step)
 
     # ------------------------------------------------------------------ training
     def _train_epoch(self, loader: Any, epoch: int) -> dict[str, float]:
@@ -217,9 +225,8 @@ class MTLTrainer:
                 if len(first_bad) < len(bad):
                     first_bad = torch.cat([first_bad, first_bad.new_full((1,), -1)])
                 first_bad = torch.where((first_bad < 0) & bad, step, first_bad)
-                if (step + 1) % self.nan_check_every == 0 and bool((first_bad >= 0).any()):
-                    bad_step = int(first_bad[first_bad >= 0].min())
-                    self._raise_non_finite(checked, names, epoch, bad_step)
+                if (step + 1) % self.nan_check_every == 0:
+                    self._check_deferred(first_bad, names, epoch)
             self.optimizer.zero_grad(set_to_none=True)
             weights = self.weighting.backward(losses, extra)  # [T]
             self.optimizer.step()
@@ -229,8 +236,8 @@ class MTLTrainer:
             n_steps += 1
             self._global_step += 1
         bar.close()
-        if self.nan_check_every > 1 and bool((first_bad >= 0).any()):
-            self._raise_non_finite(checked, names, epoch, int(first_bad[first_bad >= 0].min()))
+        if self.nan_check_every > 1:
+            self._check_deferred(first_bad, names, epoch)
         if n_steps == 0:
             raise ValueError("the training loader yielded no batches")
         per_task = (loss_sum / n_steps).tolist()
