@@ -174,12 +174,14 @@ def test_stop_training_and_foreign_exceptions(tmp_path):
     assert set(last) >= {"model", "optimizer", "weighting", "epoch", "best_score", "rng"}
 
 
-def test_non_finite_loss_names_task_and_step(tmp_path):
+@pytest.mark.parametrize("check_every", [None, 4])  # None: every step on CPU; 4: the accelerator's deferred check
+def test_non_finite_loss_names_task_and_step(tmp_path, check_every):
     x, y = make_data(600)
     x["d0"] = x["d0"].copy()
     x["d0"][2 * 64 + 5] = np.nan  # third batch
     tr = make_loader(x, y, batch_size=64)
-    t = MTLTrainer(build_model("SharedBottom"), n_epoch=1, device="cpu", model_path=tmp_path, progress=False)
+    t = MTLTrainer(build_model("SharedBottom"), n_epoch=1, device="cpu", model_path=tmp_path, progress=False,
+                   nan_check_every=check_every)
     with pytest.raises(FloatingPointError, match=r"click=nan.*epoch 0, step 2"):
         t.fit(tr)
 
