@@ -8,11 +8,12 @@ without KFP. Runs nest as: pipeline run (parent) -> one run per model -> one run
 from __future__ import annotations
 
 import base64
+import contextlib
 import html
 import json
 import os
 from pathlib import Path
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Iterator, Mapping, Optional, Sequence
 
 from . import tracking
 from .feature_spec import FeatureSpec
@@ -27,6 +28,16 @@ PathLike = str | os.PathLike
 def _client(work_dir: PathLike, uri: Optional[str]):
     resolved, _ = tracking.resolve_tracking_uri(work_dir, uri or None)
     return tracking._client(resolved), resolved
+
+
+@contextlib.contextmanager
+def _marks_failure(client: Any, run_id: str) -> Iterator[None]:
+    """A step that fails marks the model run FAILED (a KFP retry may still finish it later)."""
+    try:
+        yield
+    except BaseException:
+        tracking.end_run(client, run_id, "FAILED")
+        raise
 
 
 def start_pipeline_run(config: Mapping[str, Any], work_dir: PathLike, pipeline_run_id: str,
@@ -89,14 +100,15 @@ def search_step(prepared_dir: PathLike, model_name: str, work_dir: PathLike, mod
     """Optuna search for one model; returns the best flat hyperparameters (``{}`` when trials are 0)."""
     from .search import search as run_search
 
-    uri, _ = tracking.resolve_tracking_uri(work_dir, tracking_uri or None)
-    result = run_search(prepared_dir, model_name, Path(work_dir) / "search" / model_name,
-                        n_trials=int(search["n_trials"]), n_epoch=int(search["n_epoch"]),
-                        storage=resolve_storage(search.get("storage")), study_name=f"{run_name}-{model_name}",
-                        pruner=search.get("pruner", "median"), objective=search.get("objective", "mean"),
-                        multi_objective=bool(search.get("multi_objective", False)), seed=seed,
-                        search_space=(search.get("space") or {}).get(model_name), device=device,
-                        parent_run_id=model_run_id, tracking_uri=uri, progress=True)
+    client, uri = _client(work_dir, tracking_uri)
+    with _marks_failure(client, model_run_id):
+        result = run_search(prepared_dir, model_name, Path(work_dir) / "search" / model_name,
+                            n_trials=int(search["n_trials"]), n_epoch=int(search["n_epoch"]),
+                            storage=resolve_storage(search.get("storage")), study_name=f"{run_name}-{model_name}",
+                            pruner=search.get("pruner", "median"), objective=search.get("objective", "mean"),
+                            multi_objective=bool(search.get("multi_objective", False)), seed=seed,
+                            search_space=(search.get("space") or {}).get(model_name), device=device,
+                            parent_run_id=model_run_id, tracking_uri=uri, progress=True)
     return dict(result.best_params)
 
 
@@ -110,9 +122,10 @@ def train_step(prepared_dir: PathLike, model_name: str, out_dir: PathLike, model
     client, _ = _client(work_dir, tracking_uri)
     params = {**dict(best_params or {}), **dict(fixed_params or {})}
     callback = tracking.MlflowCallback(model_run_id, client=client)
-    result = train(prepared_dir, model_name, out_dir, params=params, n_epoch=n_epoch, patience=patience,
-                   device=device, seed=seed, callbacks=[callback])
-    tracking.log_train_result(client, model_run_id, result, prepared_dir=prepared_dir, log_history=False)
+    with _marks_failure(client, model_run_id):
+        result = train(prepared_dir, model_name, out_dir, params=params, n_epoch=n_epoch, patience=patience,
+                       device=device, seed=seed, callbacks=[callback])
+        tracking.log_train_result(client, model_run_id, result, prepared_dir=prepared_dir, log_history=False)
     return result
 
 
@@ -144,10 +157,11 @@ def export_step(trained_dir: PathLike, prepared_dir: PathLike, model_run_id: str
     """ONNX export with the parity check on real test rows; the parity figure is logged on the model run."""
     from .train import export
 
-    result = export(trained_dir, prepared_dir)
     client, _ = _client(work_dir, tracking_uri)
-    tracking.retry_call(client.log_metric, model_run_id, "onnx/parity_max_abs_diff", result.parity_max_abs_diff)
-    tracking.log_artifact_files(client, model_run_id, [result.onnx_path], "onnx")
+    with _marks_failure(client, model_run_id):
+        result = export(trained_dir, prepared_dir)
+        tracking.retry_call(client.log_metric, model_run_id, "onnx/parity_max_abs_diff", result.parity_max_abs_diff)
+        tracking.log_artifact_files(client, model_run_id, [result.onnx_path], "onnx")
     return result.parity_max_abs_diff
 
 
@@ -160,11 +174,13 @@ def register_step(trained_dir: PathLike, model_run_id: str, registered_model: st
     client, _ = _client(work_dir, tracking_uri)
     saved = json.loads((trained_dir / "metrics.json").read_text())
     spec = FeatureSpec.load(trained_dir / SPEC_FILE)
-    info = serving.log_candidate_model(client, model_run_id, trained_dir / "model.onnx", trained_dir / SPEC_FILE)
-    version = registry.register_candidate(client, registered_model, info.model_uri, run_id=model_run_id,
-                                          architecture=saved["model_name"], test_metrics=saved["test_metrics"],
-                                          test_score=saved["test_score"], pipeline_run_id=pipeline_run_id,
-                                          test_data_id=_test_data_id(spec))
+    with _marks_failure(client, model_run_id):
+        info = serving.log_candidate_model(client, model_run_id, trained_dir / "model.onnx", trained_dir / SPEC_FILE)
+        version = registry.register_candidate(client, registered_model, info.model_uri, run_id=model_run_id,
+                                              architecture=saved["model_name"], test_metrics=saved["test_metrics"],
+                                              test_score=saved["test_score"], pipeline_run_id=pipeline_run_id,
+                                              test_data_id=_test_data_id(spec))
+    tracking.end_run(client, model_run_id, "FINISHED")  # the model run's last step
     return str(version.version)
 
 
@@ -203,4 +219,5 @@ def summary_step(parent_run_id: str, results: Mapping[str, Mapping[str, float]],
     Path(out_md).write_text(text)
     (Path(work_dir) / "summary.md").write_text(text)  # where `mtlp run` finds it
     tracking.retry_call(client.log_text, parent_run_id, text, "summary.md")
+    tracking.end_run(client, parent_run_id, "FINISHED")
     return text
