@@ -113,14 +113,15 @@ class _EpochClock(Callback):
 class OursRunner:
     label = "mtl_models MTLTrainer"
 
-    def __init__(self, name, data, feats, vocab, out, compile=False):
+    def __init__(self, name, data, feats, vocab, out, compile=False, auxiliary_weight=None):
         torch.manual_seed(0)
         self.model = ours(name, feats, vocab)
         self.loader = make_loader(data["x"], data["y"], BATCH, shuffle=True, seed=0)
         self.test = make_loader(data["xt"], data["yt"], 8192)
         self.clock = _EpochClock()
         self.trainer = MTLTrainer(self.model, optimizer_params={"lr": LR}, n_epoch=1, device="cpu",
-                                  model_path=out, progress=False, compile=compile, callbacks=[self.clock])
+                                  model_path=out, progress=False, compile=compile, callbacks=[self.clock],
+                                  auxiliary_weight=auxiliary_weight)
 
     def run(self, epochs: int) -> list[float]:
         """One ordinary ``fit`` (checkpoints included); epoch times from a callback's clock."""
@@ -220,6 +221,8 @@ def main() -> None:
     ap.add_argument("--models", nargs="+", default=MODELS)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--compile", action="store_true", help="MTLTrainer(compile=True)")
+    ap.add_argument("--auxiliary-weight", type=float, default=None,
+                    help="MTLTrainer(auxiliary_weight=...): AITM's calibration weight (default: the model's 0.6)")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results"))
     args = ap.parse_args()
     if args.threads:
@@ -239,7 +242,7 @@ def main() -> None:
             order = runners if rep % 2 == 0 else runners[::-1]
             for key, cls in order:
                 with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-                    kw = {"compile": args.compile} if key == "ours" else {}
+                    kw = {"compile": args.compile, "auxiliary_weight": args.auxiliary_weight} if key == "ours" else {}
                     r = cls(name, data, feats, vocab, out / "ckpt" / f"{name}_{key}_{rep}", **kw)
                     times[key] += r.run(args.epochs)[1:]  # the first epoch is warm-up
                     auc[key] = r.test_auc()
@@ -256,7 +259,7 @@ def main() -> None:
         rows.append(row)
         print(json.dumps(row), flush=True)
     meta = {"torch": torch.__version__, "threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine(),
-            "epochs": args.epochs, "repeats": args.repeats, "batch": BATCH, "compile": args.compile,
+            "epochs": args.epochs, "repeats": args.repeats, "batch": BATCH, "compile": args.compile, "auxiliary_weight": args.auxiliary_weight,
             "load_avg": os.getloadavg(), "train_rows": n}
     (out / "bench_training.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
     print(f"\n{meta}\n")
