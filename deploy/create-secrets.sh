@@ -41,7 +41,7 @@ else
 fi
 create "$NS" mtl-optuna-db username=optuna "password=$optuna_pw"
 create "$KFP_NS" optuna-db \
-    "OPTUNA_STORAGE=postgresql://optuna:${optuna_pw}@mtl-postgres.${NS}.svc.cluster.local:5432/optuna"
+    "OPTUNA_STORAGE=postgresql+psycopg2://optuna:${optuna_pw}@mtl-postgres.${NS}.svc.cluster.local:5432/optuna"
 unset optuna_pw
 
 if [ "${1:-}" = "--s3" ]; then

@@ -272,7 +272,8 @@ def _mlflow_args(docs) -> dict[str, str]:
 def test_mlflow_backend_store_is_the_postgres_service(base):
     args = _mlflow_args(base)
     url = urlsplit(args["backend-store-uri"])
-    assert url.scheme.startswith("postgresql") and url.password is None
+    # The driver named: SQLAlchemy 2.1 maps plain postgresql:// to psycopg 3, which the image lacks.
+    assert url.scheme == "postgresql+psycopg2" and url.password is None
     assert url.hostname == _one(base, "Service", "mtl-postgres")["metadata"]["name"]
     assert url.path == "/mlflow" and url.username == "mlflow"
 
@@ -335,7 +336,8 @@ def test_postgres_init_creates_the_mlflow_and_optuna_databases(base):
     assert "\\getenv" in script  # passwords from the environment, not the command line
     # The pipeline's Optuna storage URL (Secret optuna-db, made by create-secrets.sh) names this database.
     create_secrets = (DEPLOY / "create-secrets.sh").read_text()
-    m = re.search(r"OPTUNA_STORAGE=(postgresql://\S+?)\"", create_secrets)
+    # postgresql+psycopg2: SQLAlchemy 2.1 maps plain postgresql:// to psycopg 3, which is not installed.
+    m = re.search(r"OPTUNA_STORAGE=(postgresql\+psycopg2://\S+?)\"", create_secrets)
     assert m, "create-secrets.sh writes OPTUNA_STORAGE"
     optuna = urlsplit(m.group(1).replace("${optuna_pw}", "pw").replace("${NS}", MLFLOW_NS))
     assert optuna.hostname == f"mtl-postgres.{MLFLOW_NS}.svc.cluster.local" and optuna.path == "/optuna"
