@@ -17,6 +17,7 @@ import os
 import shutil
 import sys
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -121,10 +122,12 @@ def log_candidate_model(client: Any, run_id: str, onnx_path: str | os.PathLike, 
     signature = raw_signature(spec, input_example)
     uri = client.tracking_uri
     if mlflow.get_tracking_uri() != uri:
-        mlflow.set_tracking_uri(uri)
+        from .tracking import use_globally
+        use_globally(uri)
     run = client.get_run(run_id)
     mlflow.set_experiment(experiment_id=run.info.experiment_id)
-    with tempfile.TemporaryDirectory(prefix="mtlp-pyfunc-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="mtlp-pyfunc-") as tmp, warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*type hints to the `predict` method.*")
         pkg = build_spec_package(tmp)
         return Model.log(artifact_path=None, name=name, flavor=mlflow.pyfunc, run_id=run_id,
                          python_model=str(PYFUNC_FILE), code_paths=[str(pkg)],

@@ -27,11 +27,11 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping, Optional, Sequence
 
 __all__ = [
-    "TrackingUnavailable", "Tracking", "DEFAULT_DB", "DEFAULT_ARTIFACTS", "TAGS",
+    "TrackingUnavailable", "Tracking", "use_globally", "client_for", "DEFAULT_DB", "DEFAULT_ARTIFACTS", "TAGS",
     "resolve_tracking_uri", "check_tracking_reachable", "setup_tracking", "get_or_create_experiment",
     "git_commit", "flatten_params", "log_params", "start_parent_run", "find_parent_run", "create_child_run",
     "child_run", "end_run", "MlflowCallback", "retry_call", "log_train_result", "log_artifact_files",
-    "log_comparison",
+    "log_comparison", "log_search_plots",
 ]
 
 log = logging.getLogger(__name__)
@@ -169,6 +169,30 @@ class Tracking:
         return self.uri
 
 
+def use_globally(uri: str) -> None:
+    """Point MLflow's fluent API (model logging, ``models:/`` loading) at ``uri``.
+
+    ``mlflow.set_tracking_uri`` also exports ``MLFLOW_TRACKING_URI``; that is undone here, so the variable keeps
+    meaning "the user chose a server" and a later embedded-store setup in the same process is not redirected.
+    Pass URIs to subprocesses explicitly (``serving.serve_environment(tracking_uri=...)``).
+    """
+    import mlflow
+
+    before = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    for key, value in before.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+def client_for(uri: str):
+    """An ``MlflowClient`` for tracking and registry at ``uri``."""
+    return _client(uri)
+
+
 def _client(uri: str):
     from mlflow import MlflowClient
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
@@ -198,8 +222,7 @@ def setup_tracking(experiment_name: str, work_dir: str | os.PathLike | None = No
 
     uri, artifact_location = resolve_tracking_uri(work_dir, uri)
     check_tracking_reachable(uri, timeout=timeout)
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
+    use_globally(uri)
     client = _client(uri)
     try:
         experiment_id = retry_call(get_or_create_experiment, client, experiment_name, artifact_location,
@@ -553,3 +576,16 @@ def log_comparison(client: Any, parent_run_id: str, results: Sequence[Any],
     png = plotting.model_comparison(table, out_dir / "model_comparison.png")
     log_artifact_files(client, parent_run_id, [png, out_dir / "comparison.json"], "comparison")
     return png
+
+
+def log_search_plots(client: Any, run_id: str, values: Sequence[Optional[float]], out_dir: str | os.PathLike,
+                     maximize: bool = True, extra_files: Iterable[str | os.PathLike] = ()) -> list[Path]:
+    """The search's plots on ``run_id`` (usually the parent run) under ``search/``: the objective per trial with
+    the best-so-far line, plus any ``extra_files`` the search step drew itself (e.g. Optuna's matplotlib plots)."""
+    from . import plots as plotting
+
+    out_dir = Path(out_dir)
+    files = [plotting.search_history(values, out_dir / "search_history.png", maximize=maximize)]
+    files += [Path(p) for p in extra_files]
+    log_artifact_files(client, run_id, files, "search")
+    return files

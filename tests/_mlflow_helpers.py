@@ -196,6 +196,9 @@ def check_champion_parity(run: PipelineRun, adult_dir: Path) -> None:
 
     from components.train import predict_prepared
 
+    from components.tracking import use_globally
+
+    use_globally(run.tracking.uri)
     raw = raw_test_rows(adult_dir)
     assert (raw == "?").any().any()  # raw rows with missing values, as in the file
     champion = mlflow.pyfunc.load_model(f"models:/{MODEL_NAME}@champion")
@@ -311,4 +314,6 @@ def embedded_pipeline(adult_dir: Path, root: Path) -> PipelineRun:
         work = seed_store(root / "embedded-work")
         trk = tracking.setup_tracking("adult-mtl-embedded", work_dir=work)
         _EMBEDDED.append(run_pipeline(trk, prepared, work, raw_test_rows(adult_dir, nrows=5)))
+    from components.tracking import use_globally
+    use_globally(_EMBEDDED[0].tracking.uri)  # other tests may have pointed MLflow elsewhere meanwhile
     return _EMBEDDED[0]

@@ -57,5 +57,4 @@ def test_pipeline_run_against_mlflow_server_on_postgres(postgres, adult_dir, tmp
         with pytest.raises(tracking.TrackingUnavailable):
             tracking.check_tracking_reachable(url, timeout=2)
     finally:
-        mlflow.set_tracking_uri(previous[0])
-        mlflow.set_registry_uri(previous[1])
+        tracking.use_globally(previous[0])

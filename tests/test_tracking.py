@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import http.server
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -43,6 +44,10 @@ def test_default_is_sqlite_and_local_artifacts_in_work_dir(tmp_path, monkeypatch
     assert exp.name == "exp-a" and exp.artifact_location == artifacts
     # get-or-create: a second setup finds the same experiment
     assert tracking.setup_tracking("exp-a", work_dir=tmp_path).experiment_id == trk.experiment_id
+    # pointing MLflow at the store does not leak into MLFLOW_TRACKING_URI: another work dir gets its own store
+    assert "MLFLOW_TRACKING_URI" not in os.environ
+    other = tracking.setup_tracking("exp-a", work_dir=tmp_path / "other")
+    assert other.uri == f"sqlite:///{(tmp_path / 'other').resolve()}/mlflow.db"
 
 
 def test_env_and_explicit_uri_take_precedence(tmp_path, monkeypatch):
@@ -211,6 +216,13 @@ def test_plots_are_pngs(tmp_path):
     assert [p.name for p in paths] == ["curves.png", "cmp.png", "search.png", "roc_a.png"]
     for p in paths:
         assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 5000
+
+
+def test_search_plots_logged_under_search(trk, tmp_path):
+    run_id = trk.client.create_run(trk.experiment_id).info.run_id
+    files = tracking.log_search_plots(trk.client, run_id, [0.6, None, 0.65, 0.64], tmp_path)
+    assert files[0].is_file()
+    assert [a.path for a in trk.client.list_artifacts(run_id, "search")] == ["search/search_history.png"]
 
 
 # ---- end to end against the embedded default ----------------------------------------------------------------
