@@ -115,14 +115,33 @@ def search_step(prepared_dir: PathLike, model_name: str, work_dir: PathLike, mod
 def train_step(prepared_dir: PathLike, model_name: str, out_dir: PathLike, model_run_id: str, work_dir: PathLike,
                best_params: Optional[Mapping[str, Any]] = None, fixed_params: Optional[Mapping[str, Any]] = None,
                n_epoch: int = 10, patience: int = 3, device: str = "auto", seed: int = 42,
-               tracking_uri: Optional[str] = None):
-    """Final training with the search's best params (the config's fixed ones on top), logged per epoch."""
+               tracking_uri: Optional[str] = None, nproc_per_node: int = 1, n_nodes: int = 1,
+               job: Optional[Mapping[str, Any]] = None):
+    """Final training with the search's best params (the config's fixed ones on top), logged per epoch.
+
+    ``nproc_per_node > 1`` on one node: ``torchrun`` on this machine; ``n_nodes > 1``: a PyTorchJob
+    (``components.pytorchjob``; ``job`` holds its settings: image, namespace, shared volume...). Either way
+    rank 0 logs to the model's MLflow run and writes ``out_dir``, and ``batch_size`` is the global batch.
+    """
     from .train import train
 
-    client, _ = _client(work_dir, tracking_uri)
+    if nproc_per_node < 1 or n_nodes < 1:
+        raise ValueError(f"nproc_per_node and n_nodes must be >= 1, got {nproc_per_node} and {n_nodes}")
+    client, uri = _client(work_dir, tracking_uri)
     params = {**dict(best_params or {}), **dict(fixed_params or {})}
-    callback = tracking.MlflowCallback(model_run_id, client=client)
     with _marks_failure(client, model_run_id):
+        if n_nodes > 1:
+            from .pytorchjob import run_training_job
+
+            return run_training_job(prepared_dir, model_name, out_dir, model_run_id, work_dir, params, n_epoch,
+                                    patience, device, seed, uri, nproc_per_node, n_nodes, dict(job or {}))
+        if nproc_per_node > 1:
+            from .distributed import launch_local, read_result, worker_args
+
+            launch_local(nproc_per_node, worker_args(prepared_dir, model_name, out_dir, params, n_epoch, patience,
+                                                     device, seed, model_run_id, work_dir, uri))
+            return read_result(out_dir)
+        callback = tracking.MlflowCallback(model_run_id, client=client)
         result = train(prepared_dir, model_name, out_dir, params=params, n_epoch=n_epoch, patience=patience,
                        device=device, seed=seed, callbacks=[callback])
         tracking.log_train_result(client, model_run_id, result, prepared_dir=prepared_dir, log_history=False)

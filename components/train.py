@@ -113,6 +113,9 @@ def train(prepared_dir: PathLike, model_name: str, out_dir: PathLike, params: Op
 
     ``out_dir`` is filled in a temporary sibling folder and renamed into place when complete; checkpoints
     for ``resume`` live in ``out_dir/checkpoints`` (kept across a failed attempt).
+
+    Under ``torchrun`` every rank calls this (see ``components.distributed``): ``batch_size`` stays the global
+    batch, the test metrics cover the whole test split, and only rank 0 writes ``out_dir``.
     """
     spec = _spec(prepared_dir)
     p = resolve_params(model_name, params)
@@ -135,7 +138,9 @@ def train(prepared_dir: PathLike, model_name: str, out_dir: PathLike, params: Op
                          test_score=test_score(metrics, spec.label_names), out_dir=out_dir,
                          checkpoint_path=out_dir / WEIGHTS_FILE, n_parameters=sum(x.numel() for x in model.parameters()),
                          train_seconds=seconds, task_names=list(spec.label_names))
-    _write_outputs(out_dir, trainer.model, spec, result)
+    if trainer.dist.is_main:
+        _write_outputs(out_dir, trainer.model, spec, result)
+    trainer.dist.barrier()  # the other ranks return once the folder is complete
     return result
 
 

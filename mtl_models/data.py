@@ -107,8 +107,47 @@ class TensorLoader:
         if self.y is not None and len(self.task_names) != n_task:
             raise ValueError(f"task_names has {len(self.task_names)} names but y has {n_task} columns")
         self.epoch = 0
+        self.rank, self.world_size, self.pad = 0, 1, True
         self.device = torch.device("cpu")
         self.to(device)
+
+    def shard(self, rank: int, world_size: int, pad: bool = True) -> "TensorLoader":
+        """This rank's part of every epoch, as a new loader over the same tensors (nothing is copied).
+
+        ``batch_size`` stays the *global* batch: each rank takes ``ceil(batch_size / world_size)`` rows, so
+        the same code trains with the same global batch on any number of processes. ``pad=True`` (training):
+        every epoch's order (the same permutation on every rank: a shared seed) is padded by wrapping to a
+        multiple of ``world_size`` and rank ``r`` takes positions ``r, r + W, ...``; every rank then runs the
+        same number of steps (DDP needs that), and the ranks' ``k``-th batches together are rows
+        ``[k B, (k+1) B)`` of the epoch's order, the batch one process would have used. ``pad=False``
+        (evaluation): contiguous blocks without repeats, so the ranks' outputs concatenated in rank order are
+        the loader's order and no row is counted twice.
+        """
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank must be in [0, {world_size}), got {rank}")
+        out = object.__new__(TensorLoader)
+        out.__dict__.update(self.__dict__)
+        out.rank, out.world_size, out.pad = int(rank), int(world_size), bool(pad)
+        out.batch_size = -(-self.batch_size // world_size)
+        return out
+
+    def _local_rows(self) -> int:
+        if self.world_size == 1:
+            return self.n
+        if self.pad:
+            return -(-self.n // self.world_size)
+        return (self.rank + 1) * self.n // self.world_size - self.rank * self.n // self.world_size
+
+    def _shard_index(self, perm: Optional[Tensor]) -> Tensor:
+        """This rank's rows of the epoch order ``perm`` (``None``: file order) as ``[n_local]`` indices."""
+        order = perm if perm is not None else torch.arange(self.n)  # [N]
+        w, r = self.world_size, self.rank
+        if self.pad:
+            extra = (-self.n) % w
+            if extra:  # wrap around, as DistributedSampler does
+                order = torch.cat([order, order[:extra].repeat(-(-extra // max(self.n, 1)))[:extra]])
+            return order[r::w]
+        return order[r * self.n // w:(r + 1) * self.n // w]
 
     def to(self, device: DeviceSpec) -> "TensorLoader":
         """Set where batches are delivered; pins host memory for CUDA."""
@@ -123,13 +162,18 @@ class TensorLoader:
         self.epoch = int(epoch)
 
     def __len__(self) -> int:
-        return self.n // self.batch_size if self.drop_last else math.ceil(self.n / self.batch_size)
+        n = self._local_rows()
+        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
 
     def _epoch_tensors(self) -> tuple[dict[str, Tensor], Optional[Tensor]]:
-        if not self.shuffle:
+        if not self.shuffle and self.world_size == 1:
             return self.x, self.y
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        perm = torch.randperm(self.n, generator=g)  # [N]
+        perm = None
+        if self.shuffle:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+            perm = torch.randperm(self.n, generator=g)  # [N], identical on every rank
+        if self.world_size > 1:
+            perm = self._shard_index(perm)  # [n_local]
         pin = self.device.type == "cuda"
         x = {k: v.index_select(0, perm) for k, v in self.x.items()}  # one gather per column
         y = self.y.index_select(0, perm) if self.y is not None else None  # [N, T]
@@ -143,8 +187,9 @@ class TensorLoader:
         self.epoch += 1  # a plain loop without set_epoch still sees a new order every epoch
         on_host = self.device.type == "cpu"
         nb = self.device.type == "cuda"
+        n = self._local_rows()
         for b in range(len(self)):
-            sl = slice(b * self.batch_size, min((b + 1) * self.batch_size, self.n))
+            sl = slice(b * self.batch_size, min((b + 1) * self.batch_size, n))
             xb = {k: v[sl] for k, v in x.items()}  # views, [B] each
             yb = y[sl] if y is not None else None  # [B, T]
             if not on_host:

@@ -33,6 +33,7 @@ from ..onnx_export import export_onnx as _export_onnx
 from ..weighting import Weighting, build_weighting
 from .callbacks import Callback, CallbackList, StopTraining
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .distributed import DistContext, env_world_size, setup_distributed
 
 __all__ = ["MTLTrainer"]
 
@@ -72,6 +73,14 @@ class MTLTrainer:
     of -RMSE for regression tasks; higher is better) or a metric key such as ``"val/ctr/auc"`` or
     ``"val/price/rmse"`` whose direction follows the metric. ``model_path`` receives ``best.pt`` (best
     epoch) and ``last.pt`` (everything ``fit(..., resume=True)`` needs).
+
+    Under ``torchrun`` (``WORLD_SIZE > 1``) the same code trains data-parallel: the trainer joins the process
+    group (``backend``: ``nccl`` on CUDA, ``gloo`` on CPU, unless the caller initialised one), takes
+    ``cuda:LOCAL_RANK`` when the device is ``"auto"``/``"cuda"``, wraps the model in
+    ``DistributedDataParallel``, shards loaders that have ``shard`` (``TensorLoader``; the batch size stays
+    the global batch), evaluates on the whole validation set (every rank's predictions gathered), and only
+    rank 0 writes checkpoints, exports ONNX and runs the callbacks (their ``StopTraining`` reaches every rank).
+    See docs/distributed.md.
     """
 
     def __init__(self, model: MultiTaskModel, task_types: Optional[Sequence[str]] = None,
@@ -84,7 +93,8 @@ class MTLTrainer:
                  monitor: str = "mean", auxiliary_weight: Optional[float] = None,
                  callbacks: Optional[Iterable[Callback]] = None, task_names: Optional[Sequence[str]] = None,
                  progress: bool = True, compile: bool = False, mixed_precision: Optional[bool] = None,
-                 seed: Optional[int] = None, nan_check_every: Optional[int] = None) -> None:
+                 seed: Optional[int] = None, nan_check_every: Optional[int] = None,
+                 backend: Optional[str] = None, find_unused_parameters: bool = False) -> None:
         if not isinstance(model, MultiTaskModel):
             raise TypeError(f"model must be a mtl_models MultiTaskModel, got {type(model).__name__}")
         if task_types is not None and list(task_types) != list(model.task_types):
@@ -93,17 +103,25 @@ class MTLTrainer:
         self.n_task = len(self.task_types)
         self.task_names: Optional[list[str]] = self._check_names(task_names) if task_names is not None else None
         self.device = resolve_device(device)
+        if env_world_size() > 1 and self.device.type == "cuda" and (device is None or str(device) in ("auto", "cuda")):
+            self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))  # one GPU per process
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)
+        self.dist: DistContext = setup_distributed(self.device, backend)
         self.model = model.to(self.device)
         self.n_epoch, self.patience = int(n_epoch), int(earlystop_patience)
         self.model_path = Path(model_path)
         self.monitor = monitor if earlystop_taskid is None else f"task:{int(earlystop_taskid)}"
         self.auxiliary_weight = float(model.default_auxiliary_weight if auxiliary_weight is None else auxiliary_weight)
         self.callbacks = CallbackList(callbacks)
-        self.progress, self.seed = progress, seed
+        self.progress, self.seed = progress and self.dist.is_main, seed
         self.gpus = gpus  # accepted for Torch-RecHub compatibility; one device per trainer
 
         self.adaptive_params = dict(adaptive_params or {})
         self.weighting: Weighting = build_weighting(self.adaptive_params, self.task_types, self.model).to(self.device)
+        if self.dist.enabled:
+            self.weighting.distribute(self.dist.mean)
+            self._sync_weighting_from_rank0()
         opt_params = dict(optimizer_params or {"lr": 1e-3})
         if optimizer_fn in (torch.optim.Adam, torch.optim.AdamW) and not {"fused", "foreach"} & set(opt_params):
             opt_params["fused"] = self.device.type in ("cpu", "cuda")  # one kernel over all parameters
@@ -119,7 +137,15 @@ class MTLTrainer:
 
         cuda = self.device.type == "cuda"
         self.mixed_precision = (cuda and torch.cuda.is_bf16_supported()) if mixed_precision is None else bool(mixed_precision)
-        self._train_model: nn.Module = torch.compile(self.model) if compile else self.model
+        self._train_model: nn.Module = self.model
+        if self.dist.enabled:  # broadcasts rank 0's initial weights, then averages gradients in backward
+            from torch.nn.parallel import DistributedDataParallel
+
+            self._train_model = DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                find_unused_parameters=find_unused_parameters)
+        if compile:
+            self._train_model = torch.compile(self._train_model)
         self.nan_check_every = int(nan_check_every or (1 if self.device.type == "cpu" else 50))
 
         is_cls = [t == "classification" for t in self.task_types]
@@ -151,6 +177,17 @@ class MTLTrainer:
         if not self.mixed_precision:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
+
+    def _shard(self, loader: Any, pad: bool) -> tuple[Any, bool]:
+        """This rank's part of ``loader`` when data-parallel and the loader can shard itself; a loader that
+        cannot (a ``DataLoader``) is used as given: with a ``DistributedSampler`` for training, or read whole
+        by every rank for evaluation (then nothing is gathered)."""
+        if self.dist.enabled and hasattr(loader, "shard"):
+            return loader.shard(self.dist.rank, self.dist.world_size, pad=pad), True
+        return loader, False
+
+    def _sync_weighting_from_rank0(self) -> None:
+        self.dist.broadcast_tensors(list(self.weighting.state_dict().values()))
 
     def _prepare_loader(self, loader: Any) -> Any:
         if isinstance(loader, TensorLoader) and loader.device != self.device:
@@ -198,6 +235,10 @@ class MTLTrainer:
         self.model.train()
         if hasattr(loader, "set_epoch"):
             loader.set_epoch(epoch)
+        elif hasattr(getattr(loader, "sampler", None), "set_epoch"):  # DataLoader + DistributedSampler
+            loader.sampler.set_epoch(epoch)
+        if self.dist.enabled:  # each rank its own dropout stream, reproducible from (seed, epoch, rank) on resume
+            torch.manual_seed(((self.seed or 0) * 1_000_003 + epoch) * 1009 + self.dist.rank)
         names = self.task_names + ["auxiliary"]
         loss_sum = torch.zeros(self.n_task, device=self.device)  # [T], accumulated without syncs
         total_sum = torch.zeros((), device=self.device)
@@ -240,9 +281,9 @@ class MTLTrainer:
             self._check_deferred(first_bad, names, epoch)
         if n_steps == 0:
             raise ValueError("the training loader yielded no batches")
-        per_task = (loss_sum / n_steps).tolist()
-        out = {f"train/{n}/loss": v for n, v in zip(self.task_names, per_task)}
-        out["train/loss"] = float(total_sum) / n_steps
+        means = self.dist.mean(torch.cat([loss_sum, total_sum.reshape(1)]) / n_steps)  # [T + 1], over ranks
+        out = {f"train/{n}/loss": v for n, v in zip(self.task_names, means[:-1].tolist())}
+        out["train/loss"] = float(means[-1])
         return out
 
     def _monitor_value(self, metrics: dict[str, float]) -> tuple[float, float]:
@@ -273,20 +314,23 @@ class MTLTrainer:
         self._prepare_loader(train_dataloader)
         if val_dataloader is not None:
             self._prepare_loader(val_dataloader)
+        train_loader, _ = self._shard(train_dataloader, pad=True)
         start = 0
         last_path = self.model_path / LAST_FILE
-        if resume and last_path.exists():
+        main = self.dist.is_main
+        if resume and self.dist.broadcast_object(last_path.exists()):  # every rank reads it: shared storage
             start = self._load_state(load_checkpoint(last_path, map_location=self.device)) + 1
         else:
             if self.seed is not None:
                 torch.manual_seed(self.seed)
             self.best_score, self.best_epoch, self.history, self._bad_epochs = -math.inf, -1, [], 0
-        self.callbacks.on_fit_start(self)
+        if main:
+            self.callbacks.on_fit_start(self)
         stop = self._bad_epochs >= self.patience
         for epoch in range(start, self.n_epoch):
             if stop:
                 break
-            metrics = self._train_epoch(train_dataloader, epoch)
+            metrics = self._train_epoch(train_loader, epoch)
             if val_dataloader is not None:
                 scores = self.evaluate(self.model, val_dataloader)
                 metrics.update({f"val/{task}/{m}": v for task, d in scores.items() for m, v in d.items()})
@@ -296,22 +340,40 @@ class MTLTrainer:
             self.history.append(metrics)
             if score > self.best_score:  # NaN never improves
                 self.best_score, self.best_epoch, self._bad_epochs = score, epoch, 0
-                save_checkpoint(self.model_path / BEST_FILE, self._best_state(epoch))
+                if main:
+                    save_checkpoint(self.model_path / BEST_FILE, self._best_state(epoch))
             else:
                 self._bad_epochs += 1
             if self.scheduler is not None:
                 self.scheduler.step()
             stop = self._bad_epochs >= self.patience
-            save_checkpoint(last_path, self._full_state(epoch))
-            self._report(epoch, metrics)
+            if main:
+                save_checkpoint(last_path, self._full_state(epoch))
+                self._report(epoch, metrics)
+            stop = self._epoch_callbacks(epoch, metrics) or stop
+        self.restore_best()
+        if main:
+            self.callbacks.on_fit_end(self)
+        return self
+
+    def _epoch_callbacks(self, epoch: int, metrics: dict[str, float]) -> bool:
+        """Run the callbacks (rank 0 only: one MLflow run, one pruning decision) -> whether to stop. Every rank
+        learns rank 0's outcome, so all stop together and a failure there does not leave the others waiting."""
+        outcome, error = None, None
+        if self.dist.is_main:
             try:
                 self.callbacks.on_epoch_end(self, epoch, metrics)
             except StopTraining as err:
                 log.info("training stopped by a callback at epoch %d: %s", epoch, err)
-                stop = True
-        self.restore_best()
-        self.callbacks.on_fit_end(self)
-        return self
+                outcome = "stop"
+            except BaseException as err:  # noqa: BLE001 - re-raised below, after the other ranks are told
+                outcome, error = "error", err
+        outcome = self.dist.broadcast_object(outcome)
+        if error is not None:
+            raise error
+        if outcome == "error":
+            raise RuntimeError(f"a callback failed on rank 0 at epoch {epoch}")
+        return outcome == "stop"
 
     def _report(self, epoch: int, metrics: dict[str, float]) -> None:
         weights = " ".join(f"{k[7:]}={v:.3f}" for k, v in metrics.items() if k.startswith("weight/"))
@@ -351,13 +413,18 @@ class MTLTrainer:
         return int(state["epoch"])
 
     def restore_best(self) -> bool:
-        """Load ``model_path/best.pt`` into the model and weighting; False when there is none."""
+        """Load ``model_path/best.pt`` into the model and weighting; False when there is none. Data-parallel:
+        rank 0 reads it and sends the weights to the others (no storage shared between nodes is needed)."""
         path = self.model_path / BEST_FILE
-        if not path.exists():
+        if not self.dist.broadcast_object(path.exists()):
             return False
-        state = load_checkpoint(path, map_location=self.device)
-        self.model.load_state_dict(state["model"])
-        self.weighting.load_state_dict(state["weighting"])
+        if self.dist.is_main:
+            state = load_checkpoint(path, map_location=self.device)
+            self.model.load_state_dict(state["model"])
+            self.weighting.load_state_dict(state["weighting"])
+        if self.dist.enabled:
+            self.dist.broadcast_tensors(list(self.model.state_dict().values()))
+            self._sync_weighting_from_rank0()
         return True
 
     # ------------------------------------------------------------------ inference
@@ -367,6 +434,7 @@ class MTLTrainer:
         model.eval()
         device = next(model.parameters()).device
         self._prepare_loader(loader) if device == self.device else None
+        loader, sharded = self._shard(loader, pad=False)
         preds, labels, extras = [], [], {}
         want_extra = with_labels and hasattr(model, "extra_targets")
         try:
@@ -385,9 +453,13 @@ class MTLTrainer:
                         extras.setdefault(name, []).append((outputs[name].float()[mask], lab[mask]))
         finally:
             model.train(was_training)
-        pred = torch.cat(preds).cpu() if preds else torch.empty(0, self.n_task)
-        lab = torch.cat(labels).cpu() if labels else None
+        pred = torch.cat(preds).cpu() if preds else torch.empty(0, self.n_task)  # [n, T]
+        lab = torch.cat(labels).cpu() if labels else None  # [n, T]
         extra = {n: (torch.cat([a for a, _ in v]).cpu(), torch.cat([b for _, b in v]).cpu()) for n, v in extras.items()}
+        if sharded:  # every rank's rows, in loader order: metrics over the whole set, each row once
+            pred = self.dist.gather_rows(pred)  # [N, T]
+            lab = self.dist.gather_rows(lab) if lab is not None else None
+            extra = {n: (self.dist.gather_rows(a), self.dist.gather_rows(b)) for n, (a, b) in sorted(extra.items())}
         return pred, lab, extra
 
     def evaluate(self, model: nn.Module, data_loader: Any) -> dict[str, dict[str, float]]:
@@ -409,5 +481,8 @@ class MTLTrainer:
         return self._collect(model, data_loader, with_labels=False)[0].numpy()
 
     def export_onnx(self, path: str | os.PathLike, opset_version: int = 18) -> Path:
-        """ONNX file with one named input per feature and ``predictions [batch, n_task]`` (dynamic batch)."""
+        """ONNX file with one named input per feature and ``predictions [batch, n_task]`` (dynamic batch);
+        data-parallel, only rank 0 writes it (every rank gets the path)."""
+        if not self.dist.is_main:
+            return Path(path)
         return _export_onnx(self.model, path, opset_version=opset_version)

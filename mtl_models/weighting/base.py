@@ -27,6 +27,10 @@ def register_weighting(name: str) -> Callable[[type["Weighting"]], type["Weighti
     return wrap
 
 
+def _identity(t: Tensor) -> Tensor:
+    return t
+
+
 class Weighting(nn.Module):
     """Subclasses implement ``backward`` (and ``current_weights`` when the weights are state)."""
 
@@ -37,6 +41,16 @@ class Weighting(nn.Module):
         self.task_types = list(task_types)
         self.n_task = len(self.task_types)
         self.model = [model]  # a list, so the model's parameters are not registered as ours
+        self.distributed = False
+        self.mean_over_ranks: Callable[[Tensor], Tensor] = _identity
+
+    def distribute(self, mean_over_ranks: Callable[[Tensor], Tensor]) -> None:
+        """Called by the trainer under data parallelism with the all-reduce average over ranks. Each rank
+        sees only its shard of the batch, and DDP averages the model's gradients but not ours: a method
+        with state must build its update from global quantities (averaged losses, gradients or norms) so
+        that its state stays identical on every rank."""
+        self.distributed = True
+        self.mean_over_ranks = mean_over_ranks
 
     def backward(self, losses: Tensor, extra_loss: Optional[Tensor] = None) -> Tensor:
         """losses: ``[n_task]`` (with graph). Runs the backward pass of the weighted total (plus

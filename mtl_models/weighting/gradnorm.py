@@ -42,10 +42,12 @@ class GradNormWeighting(Weighting):
         norms = []
         for t in range(self.n_task):  # ||grad_W L_t|| on the last shared layer, one small backward each
             grads = torch.autograd.grad(losses[t], shared, retain_graph=True, allow_unused=True)
+            if self.distributed:  # the norm of the global batch's gradient, not the mean of local norms
+                grads = self._global_grads(grads, shared)
             sq = [g.pow(2).sum() for g in grads if g is not None]
             norms.append(torch.stack(sq).sum().sqrt() if sq else losses.new_zeros(()))
         norms_t = torch.stack(norms).detach()  # [T]
-        lossd = losses.detach()  # [T]
+        lossd = self.mean_over_ranks(losses.detach())  # [T], the global batch's losses under DDP
         if not bool(self.initialised):
             self.initial_losses.copy_(lossd.clamp_min(1e-12))
             self.initialised.fill_(True)
@@ -58,6 +60,14 @@ class GradNormWeighting(Weighting):
         self.weights.grad = torch.sign(g_norm - target) * norms_t
         self._total(w * losses, extra_loss).backward()
         return w
+
+    def _global_grads(self, grads: tuple, shared: list[Tensor]) -> list[Tensor]:
+        """Average one task's gradients over ranks in one all-reduce (the mean of the ranks' gradients of
+        their local mean losses is the gradient of the global batch's mean loss)."""
+        flat = torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1)
+                          for g, p in zip(grads, shared)])  # [P]
+        flat = self.mean_over_ranks(flat)
+        return list(torch.split(flat, [p.numel() for p in shared]))
 
     @torch.no_grad()
     def after_step(self) -> None:

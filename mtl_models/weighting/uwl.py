@@ -30,4 +30,6 @@ class UncertaintyWeighting(Weighting):
         precision = self.scale * torch.exp(-self.log_vars)  # [T]
         weighted = precision * losses + 0.5 * self.log_vars  # [T]
         self._total(weighted, extra_loss).backward()
+        if self.distributed:  # d/ds is linear in L: the ranks' mean gradient is the global batch's gradient
+            self.log_vars.grad = self.mean_over_ranks(self.log_vars.grad)
         return precision.detach()
