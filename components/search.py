@@ -183,8 +183,8 @@ def open_storage(storage: Optional[str], work_dir: Optional[PathLike] = None, he
 
 
 def make_pruner(spec: Any, n_epoch: int):
-    """``"median"`` (default), ``"hyperband"``, ``"percentile"``, ``"none"``, a dict ``{"type": ..., **kwargs}``
-    or a ready ``optuna.pruners.BasePruner``."""
+    """``"median"`` (default), ``"hyperband"``, ``"asha"`` (successive halving), ``"percentile"``, ``"none"``, a
+    dict ``{"type": ..., **kwargs}`` or a ready ``optuna.pruners.BasePruner``."""
     import optuna
 
     if isinstance(spec, optuna.pruners.BasePruner):
@@ -203,12 +203,15 @@ def make_pruner(spec: Any, n_epoch: int):
         return optuna.pruners.MedianPruner(**{"n_startup_trials": 5, "n_warmup_steps": 0, **kwargs})
     if kind == "percentile":
         return optuna.pruners.PercentilePruner(**{"percentile": 25.0, "n_startup_trials": 5, **kwargs})
+    if kind in ("asha", "successive_halving", "sha"):
+        return optuna.pruners.SuccessiveHalvingPruner(**{"min_resource": 1, "reduction_factor": 3,
+                                                        "min_early_stopping_rate": 0, **kwargs})
     if kind == "hyperband":
         return optuna.pruners.HyperbandPruner(**{"min_resource": 1, "max_resource": max(1, int(n_epoch)),
                                                  "reduction_factor": 3, **kwargs})
     if kind in ("none", "nop", "off", "false"):
         return optuna.pruners.NopPruner()
-    raise ValueError(f"unknown pruner {spec!r}; choose median, hyperband, percentile or none")
+    raise ValueError(f"unknown pruner {spec!r}; choose median, hyperband, asha, percentile or none")
 
 
 def _make_sampler(settings: Mapping[str, Any], worker_index: int):
@@ -643,6 +646,16 @@ def _work_loop(study: Any, settings: Mapping[str, Any], prepared_dir: PathLike, 
     return ran
 
 
+def _resolve_env_storage(storage: Optional[str]) -> Optional[str]:
+    """``env:NAME`` -> the URL in environment variable NAME (keeps passwords off command lines)."""
+    if storage and storage.startswith("env:"):
+        name = storage[4:]
+        if name not in os.environ:
+            raise SystemExit(f"--storage {storage}: environment variable {name} is not set")
+        return os.environ[name]
+    return storage
+
+
 def _worker_cmd(storage: str, study_name: str, prepared_dir: PathLike, work_dir: PathLike, n_trials: int,
                 index: int, device: str, tracking_uri: Optional[str], parent_run_id: Optional[str],
                 threads: Optional[int], progress: bool) -> list[str]:
@@ -671,6 +684,9 @@ def launch_workers(n_workers: int, storage: Optional[str], study_name: str, prep
     threads = threads or max(1, (os.cpu_count() or 1) // max(1, n_workers))
     root = str(Path(__file__).resolve().parents[1])
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
+    if _is_url(storage_arg):  # the database URL (with its password) travels in the environment, not in argv
+        env["MTLP_SEARCH_STORAGE"] = storage_arg
+        storage_arg = "env:MTLP_SEARCH_STORAGE"
     procs = [subprocess.Popen(_worker_cmd(storage_arg, study_name, Path(prepared_dir).resolve(), work_dir.resolve(),
                                           n_trials, i, device, tracking_uri, parent_run_id, threads, progress),
                               cwd=root, env=env)
@@ -939,7 +955,8 @@ def _parser() -> argparse.ArgumentParser:
     def common(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--prepared-dir", required=True)
         sp.add_argument("--work-dir", required=True)
-        sp.add_argument("--storage", default=None, help="journal:PATH or a database URL (default: journal in work dir)")
+        sp.add_argument("--storage", default=None, help="journal:PATH, a database URL, or env:VAR holding the URL "
+                                                        "(default: a journal file in the work dir)")
         sp.add_argument("--study-name", default=None)
         sp.add_argument("--n-trials", type=int, default=None, help="the study's total of finished trials")
         sp.add_argument("--device", default="auto")
@@ -983,6 +1000,7 @@ def _load_space(text: Optional[str]) -> Optional[dict]:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = _parser().parse_args(argv)
+    args.storage = _resolve_env_storage(args.storage)
     logging.basicConfig(level=logging.INFO if not args.quiet else logging.WARNING,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     if args.command == "run":
