@@ -7,6 +7,7 @@ Optuna a journal file, both inside ``<runs_root>/<run_name>/``.
 import os
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -43,6 +44,10 @@ def run_local(config: PipelineConfig, run_name: Optional[str] = None, runs_root:
     os.environ["PATH"] = str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", "")
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(work_dir / "kfp"),
                enable_caching=caching, cache_root=str(work_dir / "kfp-cache"), raise_on_error=True)
+    # The same graph carries cluster settings (resources, display names, the image) that the local runner
+    # ignores by design; its per-task warnings about them say nothing the user can act on.
+    warnings.filterwarnings("ignore", message=r".*have no effect in the current local runner.*")
+    warnings.filterwarnings("ignore", message=r".*non-Python base image.*")
     pipeline_func = build_pipeline(config, local=True)
     start = time.perf_counter()
     task = pipeline_func(run_name=run_name, work_dir=str(work_dir))
