@@ -76,7 +76,15 @@ def start_model_run(run_name: str, experiment: str, model_name: str, work_dir: P
     parent = tracking.find_parent_run(client, exp.experiment_id, run_name) if exp is not None else None
     if parent is None:
         raise RuntimeError(f"no pipeline run {run_name!r} in experiment {experiment!r}: the start step must run first")
-    return tracking.create_child_run(client, parent, model_name, role="model", tags={"mtlp.model_name": model_name})
+    # idempotent: a re-run of the same pipeline run (or a retried task) finds the model's run again
+    existing = tracking.retry_call(
+        client.search_runs, [exp.experiment_id], max_results=1, order_by=["attributes.start_time ASC"],
+        filter_string=f"tags.`{tracking.TAGS['parent']}` = '{parent}' and tags.`{tracking.TAGS['role']}` = 'model' "
+                      f"and tags.`{tracking.TAGS['model_name']}` = '{model_name}'")
+    if existing:
+        return existing[0].info.run_id
+    return tracking.create_child_run(client, parent, model_name, role="model",
+                                     tags={tracking.TAGS["model_name"]: model_name})
 
 
 def resolve_storage(storage: Optional[str]) -> Optional[str]:
