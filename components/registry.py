@@ -16,7 +16,6 @@ import json
 import math
 import os
 import threading
-import time
 import urllib.parse
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone

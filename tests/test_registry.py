@@ -155,6 +155,9 @@ def test_cli_promote_and_rollback(env, capsys):
     assert promote_cli.main(base + ["--rollback", "--reason", "incident 12", "--user", "dave"]) == 0
     assert champion(trk) == str(v1)
     assert "rolled back from version 2 to version 1" in capsys.readouterr().out
+    assert promote_cli.main(base + ["--show"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["champion"] == str(v1) and shown["history"][-1]["action"] == "rollback"
     assert promote_cli.main(base + ["--version", "42"]) == 2
     assert "no version 42" in capsys.readouterr().err
     assert promote_cli.main(["--model", NAME, "--tracking-uri", "http://127.0.0.1:9", "--version", "1",
