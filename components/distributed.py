@@ -55,10 +55,10 @@ def launch_local(nproc_per_node: int, args: Sequence[str], env: Optional[Mapping
 
 def read_result(out_dir: PathLike):
     """The ``TrainResult`` rank 0 wrote to ``out_dir/metrics.json``."""
-    from .train import METRICS_FILE, TrainResult
+    from .train import METRICS_FILE, WEIGHTS_FILE, TrainResult
 
     d = json.loads((Path(out_dir) / METRICS_FILE).read_text())
-    d["out_dir"], d["checkpoint_path"] = Path(d["out_dir"]), Path(d["checkpoint_path"])
+    d["out_dir"], d["checkpoint_path"] = Path(out_dir), Path(out_dir) / WEIGHTS_FILE  # where it is now
     return TrainResult(**d)
 
 

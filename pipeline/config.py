@@ -56,6 +56,11 @@ class TrainConfig:
     device: str = "auto"
     seed: int = 42
     params: dict = field(default_factory=dict)  # per-model fixed hyperparameters, applied under the search's best
+    nproc_per_node: int = 1  # > 1: data-parallel training under torchrun (one process per GPU, or CPU processes)
+    n_nodes: int = 1  # > 1: a Kubeflow PyTorchJob of n_nodes pods (docs/distributed.md)
+    job_namespace: str = "kubeflow"  # where the PyTorchJob runs (the pipeline's namespace)
+    job_service_account: str = "mtl-pipeline-runner"
+    shared_pvc: Optional[str] = None  # ReadWriteMany claim the train step and the job's pods share (n_nodes > 1)
 
 
 @dataclass

@@ -43,6 +43,20 @@ def _light(task: dsl.PipelineTask, config: PipelineConfig, image, with_db: bool 
     return task
 
 
+SHARED_MOUNT = "/mnt/mtlp-shared"
+
+
+def _job_json(config: PipelineConfig) -> str:
+    """What a multi-node train step needs to write its PyTorchJob (``components.pytorchjob.JobSettings``,
+    less the image, which is the run's parameter so that the job runs the code the pipeline runs)."""
+    r, t = config.resources, config.train
+    fixed = {"namespace": t.job_namespace, "service_account": t.job_service_account, "shared_pvc": t.shared_pvc,
+             "shared_mount": SHARED_MOUNT, "gpus_per_node": r.gpus, "accelerator": r.accelerator_type, "cpu": r.cpu,
+             "memory": r.memory, "shm_size": r.shm_size,
+             "secrets": [s for s in (config.secrets.mlflow, config.secrets.database) if s]}
+    return json.dumps(fixed, sort_keys=True)
+
+
 def build_pipeline(config: PipelineConfig, local: bool = False) -> Callable:
     """The ``@dsl.pipeline`` function for ``config``; its parameters default to the config's values.
 
@@ -73,6 +87,8 @@ def build_pipeline(config: PipelineConfig, local: bool = False) -> Callable:
         registered_model: str = config.registered_model,
         gpus: int = config.resources.gpus,
         image: str = image_default,
+        nproc_per_node: int = config.train.nproc_per_node,
+        n_nodes: int = config.train.n_nodes,
     ):
         if local:
             gpus, image = config.resources.gpus, image_default
@@ -108,7 +124,11 @@ def build_pipeline(config: PipelineConfig, local: bool = False) -> Callable:
                                            best_params=search.output, fixed_params_json=json.dumps(config.train.params),
                                            n_epoch=n_epoch, patience=config.train.patience, batch_size=batch_size,
                                            device=config.train.device, seed=config.train.seed, work_dir=work_dir,
-                                           tracking_uri=tracking_uri), config, gpus, image, with_db=False)
+                                           tracking_uri=tracking_uri, nproc_per_node=nproc_per_node, n_nodes=n_nodes,
+                                           job_json=_job_json(config), job_image=image), config, gpus, image,
+                          with_db=False)
+            if config.train.shared_pvc:  # the PyTorchJob's pods read and write the training data through it
+                kubernetes.mount_pvc(train, pvc_name=config.train.shared_pvc, mount_path=SHARED_MOUNT)
             train.set_display_name("train")
             evaluate = _light(ops.evaluate_model(trained=train.outputs["trained"], model_name=model_name), config, image)
             evaluate.set_display_name("evaluate")

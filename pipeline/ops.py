@@ -48,14 +48,16 @@ def search_model(prepared: Input[Dataset], model_name: str, model_run_id: str, s
 
 def train_model(prepared: Input[Dataset], model_name: str, model_run_id: str, best_params: str,
                 fixed_params_json: str, n_epoch: int, patience: int, batch_size: int, device: str, seed: int,
-                work_dir: str, tracking_uri: str, trained: Output[Model]) -> float:
+                work_dir: str, tracking_uri: str, trained: Output[Model], nproc_per_node: int = 1, n_nodes: int = 1,
+                job_json: str = "{}", job_image: str = "") -> float:
     import json
 
     from components.steps import train_step
     fixed = {"batch_size": batch_size, **json.loads(fixed_params_json).get(model_name, {})}
     result = train_step(prepared.path, model_name, trained.path, model_run_id, work_dir,
                         best_params=json.loads(best_params), fixed_params=fixed, n_epoch=n_epoch, patience=patience,
-                        device=device, seed=seed, tracking_uri=tracking_uri or None)
+                        device=device, seed=seed, tracking_uri=tracking_uri or None, nproc_per_node=nproc_per_node,
+                        n_nodes=n_nodes, job={**json.loads(job_json), "image": job_image})
     trained.metadata.update({"model_name": model_name, "best_epoch": result.best_epoch})
     return result.test_score
 

@@ -93,7 +93,7 @@ def test_pipeline_parameters_and_defaults(tmp_path) -> None:
     params = spec["root"]["inputDefinitions"]["parameters"]
     assert set(params) == {"run_name", "work_dir", "dataset", "dataset_options", "data_dir", "models", "n_trials",
                            "search_epochs", "n_epoch", "batch_size", "tracking_uri", "optuna_storage",
-                           "registered_model", "gpus", "image"}
+                           "registered_model", "gpus", "image", "nproc_per_node", "n_nodes"}
     assert params["models"]["defaultValue"] == ["mmoe", "ple"]
     assert params["n_trials"]["defaultValue"] == 7 and params["n_epoch"]["defaultValue"] == 9
     assert params["dataset"]["defaultValue"] == "synthetic-funnel"
