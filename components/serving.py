@@ -6,13 +6,15 @@ copies of ``components/feature_spec.py``, ``encoders.py`` and ``errors.py``. Loa
 this repository on ``sys.path`` nor a second implementation of the encoders.
 
 Signature: one input column per raw source column, typed as the raw data spells it (the input example's dtypes:
-Adult's numbers are ``long``, its categories ``string``; without an example, numbers are ``double``), one
+Adult's numbers are ``long``, its categories ``string``; without an example, numbers whose train min, max and
+median are whole are ``long``, others ``double``). Pass raw rows as ``input_example`` where you have them. One
 ``float`` output column per task.
 """
 
 from __future__ import annotations
 
 import importlib.metadata
+import math
 import os
 import shutil
 import sys
@@ -58,9 +60,16 @@ def _raw_type(spec: Any, source: str, example: Optional[pd.DataFrame]) -> str:
             return "double"
         return "double" if isinstance(encoder, DenseEncoder) else "string"
     if isinstance(encoder, DenseEncoder):
-        return "double"
+        return "long" if _integral(encoder) else "double"
     assert isinstance(encoder, SparseEncoder)
     return "long" if encoder.id_range is not None else "string"
+
+
+def _integral(encoder: Any) -> bool:
+    """No raw example: a numeric column whose train min, max and median are whole numbers is taken as integer
+    (MLflow refuses to widen int64 to double, so a JSON client sending 39 needs a ``long`` column)."""
+    values = (encoder.min, encoder.max, encoder.median)
+    return all(math.isfinite(v) and float(v).is_integer() for v in values) and encoder.max > encoder.min
 
 
 def raw_signature(spec: Any, example: Optional[pd.DataFrame] = None):
@@ -80,7 +89,7 @@ def example_rows(spec: Any, n: int = 2) -> pd.DataFrame:
     data: dict[str, list] = {}
     for f in spec.features:
         if isinstance(f, DenseEncoder):
-            data[f.source] = [float(f.median)] * n
+            data[f.source] = [int(f.median) if _integral(f) else float(f.median)] * n
         elif f.vocabulary is not None:
             vocab = f.vocabulary or [""]
             data[f.source] = [vocab[i % len(vocab)] for i in range(n)]

@@ -42,7 +42,11 @@ def test_signature_uses_raw_types(adult_dir, tmp_path_factory):
     assert types["workclass"] == "string" and types["age"] == "long" and types["capital-gain"] == "long"
     assert "income" not in types and "marital-status" not in types  # label sources are not inputs
     assert [c.name for c in sig.outputs.inputs] == ["income", "never_married"]
-    assert {c.name: c.type.name for c in serving.raw_signature(spec).inputs.inputs}["age"] == "double"
+    # without raw rows, the spec's statistics decide: Adult's numbers are whole, so a JSON client may send 39
+    from_spec = serving.raw_signature(spec)
+    assert {c.name: c.type.name for c in from_spec.inputs.inputs} == types
+    example = serving.example_rows(spec)
+    assert example["age"].dtype.kind == "i" and example["workclass"].iloc[0] == spec.features[0].vocabulary[0]
 
 
 @pytest.mark.slow
