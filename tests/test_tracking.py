@@ -45,7 +45,7 @@ def test_default_is_sqlite_and_local_artifacts_in_work_dir(tmp_path, monkeypatch
     assert tracking.setup_tracking("exp-a", work_dir=tmp_path).experiment_id == trk.experiment_id
     # pointing MLflow at the store does not leak into MLFLOW_TRACKING_URI: another work dir gets its own store
     assert "MLFLOW_TRACKING_URI" not in os.environ
-    other = tracking.setup_tracking("exp-a", work_dir=tmp_path / "other")
+    other = tracking.setup_tracking("exp-a", work_dir=seed_store(tmp_path / "other"))
     assert other.uri == f"sqlite:///{(tmp_path / 'other').resolve()}/mlflow.db"
 
 
