@@ -10,7 +10,7 @@ import optuna
 import pytest
 
 from components.prepare import prepare
-from components.search import SUMMARY_FILE, dominates, search, study_counts
+from components.search import SUMMARY_FILE, dominates, search
 from components.search_space import SearchSpace, build_space, default_space
 from components.train import train
 
