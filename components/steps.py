@@ -193,28 +193,27 @@ def export_step(trained_dir: PathLike, prepared_dir: PathLike, model_run_id: str
 
 
 def register_step(trained_dir: PathLike, model_run_id: str, registered_model: str, work_dir: PathLike,
-                  pipeline_run_id: str, tracking_uri: Optional[str] = None) -> str:
-    """Log the raw-rows pyfunc (ONNX inside) on the model run and register it as a candidate version."""
+                  pipeline_run_id: str, tracking_uri: Optional[str] = None, input_example: Any = None) -> str:
+    """Log the raw-rows pyfunc (ONNX inside) on the model run and register it as a candidate version.
+
+    ``input_example``: a few raw rows as the raw data spells them (else made up from the feature spec).
+    """
     from . import registry, serving
+    from .candidates import test_data_fingerprint
 
     trained_dir = Path(trained_dir)
     client, _ = _client(work_dir, tracking_uri)
     saved = json.loads((trained_dir / "metrics.json").read_text())
     spec = FeatureSpec.load(trained_dir / SPEC_FILE)
     with _marks_failure(client, model_run_id):
-        info = serving.log_candidate_model(client, model_run_id, trained_dir / "model.onnx", trained_dir / SPEC_FILE)
+        info = serving.log_candidate_model(client, model_run_id, trained_dir / "model.onnx", trained_dir / SPEC_FILE,
+                                           input_example=input_example)
         version = registry.register_candidate(client, registered_model, info.model_uri, run_id=model_run_id,
                                               architecture=saved["model_name"], test_metrics=saved["test_metrics"],
                                               test_score=saved["test_score"], pipeline_run_id=pipeline_run_id,
-                                              test_data_id=_test_data_id(spec))
+                                              test_data_id=test_data_fingerprint(spec))
     tracking.end_run(client, model_run_id, "FINISHED")  # the model run's last step
     return str(version.version)
-
-
-def _test_data_id(spec: FeatureSpec) -> str:
-    """Two candidates are comparable when their test split came from the same raw data, seed and rows."""
-    return json.dumps({"dataset": spec.dataset, "raw": spec.raw_sha256, "seed": spec.seed,
-                       "rows": spec.rows.get("test")}, sort_keys=True)
 
 
 def promote_step(versions: Sequence[str], registered_model: str, work_dir: PathLike, metric: str = "test_score",
@@ -246,5 +245,8 @@ def summary_step(parent_run_id: str, results: Mapping[str, Mapping[str, float]],
     Path(out_md).write_text(text)
     (Path(work_dir) / "summary.md").write_text(text)  # where `mtlp run` finds it
     tracking.retry_call(client.log_text, parent_run_id, text, "summary.md")
+    from .plots import model_comparison
+    png = model_comparison(results, Path(work_dir) / "model_comparison.png")
+    tracking.log_artifact_files(client, parent_run_id, [png], "comparison")
     tracking.end_run(client, parent_run_id, "FINISHED")
     return text

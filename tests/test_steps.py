@@ -71,4 +71,7 @@ def test_evaluate_report_and_summary(work_dir, tmp_path) -> None:
     assert rows[0].startswith("| esmm | 0.9000") and rows[1].startswith("| mmoe | 0.8000")  # best first
     assert "version 2" in text and "mlflow ui --backend-store-uri sqlite:///" in text
     assert (work_dir / "summary.md").read_text() == text
-    assert client_for(work_dir).get_run(parent).info.status == "FINISHED"
+    client = client_for(work_dir)
+    assert client.get_run(parent).info.status == "FINISHED"
+    logged = {a.path for a in client.list_artifacts(parent, "comparison")}
+    assert logged == {"comparison/model_comparison.png"}
