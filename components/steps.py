@@ -115,7 +115,7 @@ def search_step(prepared_dir: PathLike, model_name: str, work_dir: PathLike, mod
                             storage=resolve_storage(search.get("storage")), study_name=f"{run_name}-{model_name}",
                             pruner=search.get("pruner", "median"), objective=search.get("objective", "mean"),
                             multi_objective=bool(search.get("multi_objective", False)), seed=seed,
-                            search_space=(search.get("space") or {}).get(model_name), device=device,
+                            search_space=search.get("space") or None, device=device,
                             parent_run_id=model_run_id, tracking_uri=uri, progress=True)
     return dict(result.best_params)
 

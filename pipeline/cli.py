@@ -44,7 +44,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
     config = _config(args.config)
     if args.image:
         config.image = args.image
-    url = submit(config, args.host, experiment=args.experiment, run_name=args.run_name, namespace=args.namespace)
+    url = submit(config, args.host, experiment=args.experiment, run_name=args.run_name, namespace=args.namespace,
+                 service_account=args.service_account or None)
     print(f"submitted: {url}")
     return 0
 
@@ -76,6 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
     subm.add_argument("--experiment")
     subm.add_argument("--run-name")
     subm.add_argument("--namespace")
+    subm.add_argument("--service-account", default="mtl-pipeline-runner",
+                      help="Kubernetes service account of the run's pods (default: mtl-pipeline-runner from "
+                           "deploy/k8s; pass '' for KFP's default)")
     subm.add_argument("--config")
     subm.add_argument("--image")
     subm.set_defaults(func=cmd_submit)

@@ -45,7 +45,7 @@ class SearchConfig:
     multi_objective: bool = False
     n_workers: int = 1
     storage: Optional[str] = None  # None: a journal file in the run's work directory
-    space: dict = field(default_factory=dict)  # per-model overrides of the search space
+    space: dict = field(default_factory=dict)  # overrides of the search space: {"common": {...}, "<model>": {...}}
 
 
 @dataclass
@@ -123,8 +123,9 @@ class PipelineConfig:
             raise ConfigError("dataset.val_fraction must be in (0, 1)")
         if self.resources.gpus < 0 or self.resources.retries < 0:
             raise ConfigError("resources.gpus and resources.retries must be >= 0")
-        for key, per_model in (("search.space", self.search.space), ("train.params", self.train.params)):
-            unknown = set(per_model) - set(MODEL_NAMES)
+        for key, per_model, extra in (("search.space", self.search.space, {"common"}),
+                                      ("train.params", self.train.params, set())):
+            unknown = set(per_model) - set(MODEL_NAMES) - extra
             if unknown:
                 raise ConfigError(f"{key}: unknown models {sorted(unknown)}; choose from {list(MODEL_NAMES)}")
         return self

@@ -9,7 +9,9 @@ from typing import Any, Mapping, Optional
 from .config import PipelineConfig
 from .graph import build_pipeline
 
-__all__ = ["compile_pipeline", "submit", "run_url"]
+__all__ = ["compile_pipeline", "submit", "run_url", "DEFAULT_SERVICE_ACCOUNT"]
+
+DEFAULT_SERVICE_ACCOUNT = "mtl-pipeline-runner"
 
 
 def compile_pipeline(config: PipelineConfig, output: os.PathLike | str) -> Path:
@@ -34,8 +36,12 @@ def run_url(host: str, run_id: str) -> str:
 
 
 def submit(config: PipelineConfig, host: str, experiment: Optional[str] = None, run_name: Optional[str] = None,
-           arguments: Optional[Mapping[str, Any]] = None, client: Any = None, namespace: Optional[str] = None) -> str:
-    """Create a run of the compiled pipeline on ``host`` (``kfp.Client``); returns the run's URL."""
+           arguments: Optional[Mapping[str, Any]] = None, client: Any = None, namespace: Optional[str] = None,
+           service_account: Optional[str] = DEFAULT_SERVICE_ACCOUNT) -> str:
+    """Create a run of the compiled pipeline on ``host`` (``kfp.Client``); returns the run's URL.
+
+    ``service_account``: the pods' identity (deploy/k8s creates ``mtl-pipeline-runner`` with the least RBAC
+    the steps need); None leaves KFP's default."""
     import kfp
 
     run_name = run_name or time.strftime(f"{config.name}-%Y%m%d-%H%M%S")
@@ -44,5 +50,6 @@ def submit(config: PipelineConfig, host: str, experiment: Optional[str] = None, 
     with tempfile.TemporaryDirectory(prefix="mtlp-submit-") as tmp:
         package = compile_pipeline(config, Path(tmp) / "pipeline.yaml")
         result = client.create_run_from_pipeline_package(str(package), arguments=args, run_name=run_name,
-                                                         experiment_name=experiment or config.tracking.experiment)
+                                                         experiment_name=experiment or config.tracking.experiment,
+                                                         service_account=service_account)
     return run_url(host, result.run_id)

@@ -65,6 +65,7 @@ def test_submit_sends_the_compiled_pipeline_and_returns_the_run_url(fake_kfp) ->
     assert posts["/apis/v2beta1/experiments"]["display_name"] == "ranking"
     run = posts["/apis/v2beta1/runs"]
     assert run["display_name"] == "nightly-1" and run["experiment_id"] == "exp-42"
+    assert run["service_account"] == "mtl-pipeline-runner"
     assert set(run["pipeline_spec"]) == {"pipeline_spec", "platform_spec"}  # the Kubernetes settings travel too
     spec = run["pipeline_spec"]["pipeline_spec"]
     assert "secretAsEnv" in json.dumps(run["pipeline_spec"]["platform_spec"])
