@@ -8,9 +8,13 @@ from typing import Optional, Sequence
 __all__ = ["main"]
 
 
-def _config(path: Optional[str]):
+def _config(path: Optional[str], image: Optional[str] = None):
+    """The validated config; ``--image`` (compile/submit) overrides its image."""
     from .config import load_config
-    return load_config(path)
+    config = load_config(path)
+    if image:
+        config.image = image
+    return config
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -30,10 +34,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_compile(args: argparse.Namespace) -> int:
     from .submit import compile_pipeline
 
-    config = _config(args.config)
-    if args.image:
-        config.image = args.image
-    path = compile_pipeline(config, args.output)
+    path = compile_pipeline(_config(args.config, args.image), args.output)
     print(f"wrote {path}")
     return 0
 
@@ -41,10 +42,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
 def cmd_submit(args: argparse.Namespace) -> int:
     from .submit import submit
 
-    config = _config(args.config)
-    if args.image:
-        config.image = args.image
-    url = submit(config, args.host, experiment=args.experiment, run_name=args.run_name, namespace=args.namespace,
+    url = submit(_config(args.config, args.image), args.host, experiment=args.experiment, run_name=args.run_name, namespace=args.namespace,
                  service_account=args.service_account or None)
     print(f"submitted: {url}")
     return 0

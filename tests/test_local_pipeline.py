@@ -1,4 +1,8 @@
-"""The whole graph on KFP's local runner with embedded defaults, checked through MlflowClient."""
+"""The whole graph on KFP's local runner with embedded defaults, checked through MlflowClient.
+
+One run serves two acceptance checks: the graph end to end (issue 7) and the train step on 2 torchrun
+processes (gloo) inside a local pipeline run (issue 11); a pipeline run is minutes of CPU, so not twice.
+"""
 
 from __future__ import annotations
 
@@ -14,11 +18,19 @@ N_TRIALS = 2
 
 
 @pytest.fixture(scope="module")
-def local_run(tmp_path_factory):
+def monkeypatch_module():
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("OMP_NUM_THREADS", "1")  # two training processes on two cores
+        yield mp
+
+
+@pytest.fixture(scope="module")
+def local_run(tmp_path_factory, monkeypatch_module):
     config = load_config({
         "name": "ci", "dataset": {"name": "synthetic-funnel", "options": {"n_rows": 3000, "n_users": 200, "n_items": 60}},
         "models": MODELS, "search": {"n_trials": N_TRIALS, "n_epoch": 1},
-        "train": {"n_epoch": 1, "params": {m: {"embed_dim": 4, "tower_dims": [8]} for m in MODELS}},
+        "train": {"n_epoch": 1, "nproc_per_node": 2, "device": "cpu",
+                  "params": {m: {"embed_dim": 4, "tower_dims": [8]} for m in MODELS}},
         "tracking": {"experiment": "ci-local"},
     })
     return config, run_local(config, run_name="ci-run", runs_root=tmp_path_factory.mktemp("runs"))
@@ -46,6 +58,9 @@ def test_local_run_logs_registers_and_promotes(local_run) -> None:
         trials = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == model_run.info.run_id]
         assert len(trials) >= N_TRIALS, f"{model_run.info.run_name}: one child run per trial"
         assert model_run.data.metrics["onnx/parity_max_abs_diff"] <= 1e-5
+        # 2 training processes, but rank 0 alone logged: one value for the one epoch
+        history = client.get_metric_history(model_run.info.run_id, "train/loss")
+        assert [m.step for m in history] == [0]
         assert "test/score" in model_run.data.metrics
         assert model_run.info.status == "FINISHED"
         assert all(by_id[t.info.run_id].info.status in ("FINISHED", "KILLED", "FAILED") for t in trials)
