@@ -202,3 +202,44 @@ def export(out_dir: PathLike, prepared_dir: Optional[PathLike] = None, split: st
         onnx_path.unlink(missing_ok=True)
         raise ValueError(f"ONNX parity check failed: max abs diff {diff:.3g} > {tolerance:g}")
     return ExportResult(onnx_path=onnx_path, parity_max_abs_diff=diff, n_rows_checked=len(onnx_out))
+
+
+def main(argv: Optional[Iterable[str]] = None) -> int:
+    """``python -m components.train --prepared DIR --model NAME --out DIR [--resume]``: one training run."""
+    import argparse
+    import sys
+
+    from .errors import DataError
+
+    ap = argparse.ArgumentParser(prog="python -m components.train", description=main.__doc__)
+    ap.add_argument("--prepared", required=True, help="prepared data folder (the prepare step's output)")
+    ap.add_argument("--model", required=True, help="model name, e.g. mmoe")
+    ap.add_argument("--out", required=True, help="output folder (checkpoints in OUT/checkpoints)")
+    ap.add_argument("--epochs", type=int, default=10)
+    ap.add_argument("--patience", type=int, default=3)
+    ap.add_argument("--seed", type=int, default=42)
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--params", default="{}", help="JSON object of hyperparameters")
+    ap.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/last.pt when present")
+    args = ap.parse_args(None if argv is None else list(argv))
+    try:
+        params = json.loads(args.params)
+        if not isinstance(params, dict):
+            raise ValueError("must be a JSON object")
+    except ValueError as exc:
+        print(f"components.train: error: --params is not a JSON object: {exc}", file=sys.stderr)
+        return 2
+    try:
+        result = train(args.prepared, args.model, args.out, params=params, n_epoch=args.epochs,
+                       patience=args.patience, device=args.device, seed=args.seed, progress=False,
+                       resume=args.resume)
+    except (DataError, FileNotFoundError, ValueError) as exc:
+        print(f"components.train: error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps({"best_epoch": result.best_epoch, "best_score": result.best_score,
+                      "test_score": result.test_score, "out_dir": str(result.out_dir)}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

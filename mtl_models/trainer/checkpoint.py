@@ -10,9 +10,13 @@ from typing import Any, Union
 
 import torch
 
-__all__ = ["save_checkpoint", "load_checkpoint", "rng_state", "set_rng_state"]
+__all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "rng_state", "set_rng_state"]
 
 PathLike = Union[str, os.PathLike]
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that exists but cannot be read (truncated, corrupted, or not a plain-tensor checkpoint)."""
 
 
 def save_checkpoint(path: PathLike, state: dict[str, Any]) -> Path:
@@ -30,7 +34,20 @@ def save_checkpoint(path: PathLike, state: dict[str, Any]) -> Path:
 
 
 def load_checkpoint(path: PathLike, map_location: Any = "cpu") -> dict[str, Any]:
-    return torch.load(Path(path), map_location=map_location, weights_only=True)
+    """Read a checkpoint written by ``save_checkpoint``; an unreadable file raises ``CheckpointError`` (never a
+    fallback to unsafe unpickling, never a half-loaded state)."""
+    path = Path(path)
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception as exc:  # torch raises OSError, RuntimeError, UnpicklingError... for a bad file
+        first = (str(exc).strip().splitlines() or [""])[0].split(". ")[0]  # not torch's advice to unpickle
+        raise CheckpointError(f"checkpoint {path} is unreadable (truncated, corrupted or not a tensors-only "
+                              f"checkpoint: {type(exc).__name__}: {first[:200]}); delete it to start over") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"checkpoint {path} holds a {type(state).__name__}, not a checkpoint dict")
+    return state
 
 
 def rng_state() -> dict[str, Any]:
