@@ -43,3 +43,18 @@ image-test:
 
 image-push: image
 	podman push "$$(python3 pipeline/image.py)"
+
+# ---- benchmarks (bench/, docs/benchmarks.md) ----------------------------------------------------
+# The whole suite (about an hour on 2 busy CPU cores) or its quick mode (small sizes, 1 seed); both end
+# by rendering docs/benchmarks.md, its plots and docs/benchmarks/results.json. Needs torch-rechub:
+# $(VENV)/bin/pip install --no-deps torch-rechub==0.9.0
+.PHONY: bench-quick bench-report
+
+bench: setup
+	$(PY) -m bench.run
+
+bench-quick: setup
+	$(PY) -m bench.run --quick --out bench/results/quick --docs bench/results/quick/docs
+
+bench-report: setup
+	$(PY) -m bench.run --report-only --out docs/benchmarks
