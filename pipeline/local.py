@@ -5,6 +5,7 @@ Optuna a journal file, both inside ``<runs_root>/<run_name>/``.
 """
 
 import os
+import re
 import sys
 import time
 import warnings
@@ -12,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from .config import PipelineConfig
+from .config import ConfigError, PipelineConfig
 from .graph import build_pipeline
 
 __all__ = ["LocalRun", "run_local", "DEFAULT_RUNS_ROOT"]
@@ -28,6 +29,17 @@ class LocalRun:
     summary: str
 
 
+_RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+def check_run_name(run_name: str) -> str:
+    """A run name is one folder name under the runs root: no separators, no ``..``, not absolute."""
+    if not _RUN_NAME.match(run_name or "") or ".." in run_name:
+        raise ConfigError(f"run name {run_name!r} is not allowed: use letters, digits, '.', '_' and '-' "
+                          "(no path separators or '..'), at most 128 characters")
+    return run_name
+
+
 def _new_run_name() -> str:
     return time.strftime("run-%Y%m%d-%H%M%S")
 
@@ -37,8 +49,10 @@ def run_local(config: PipelineConfig, run_name: Optional[str] = None, runs_root:
     """Run the whole graph locally; a second call with the same ``run_name`` reuses what finished (caching)."""
     from kfp import local
 
-    run_name = run_name or _new_run_name()
+    run_name = check_run_name(run_name or _new_run_name())
     work_dir = (Path(runs_root) / run_name).resolve()
+    if work_dir.parent != Path(runs_root).resolve():  # e.g. a symlinked run folder pointing elsewhere
+        raise ConfigError(f"run folder {work_dir} is outside the runs root {Path(runs_root).resolve()}")
     work_dir.mkdir(parents=True, exist_ok=True)
     # the tasks' command runs `python3`: make it this interpreter's environment
     os.environ["PATH"] = str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", "")
