@@ -21,15 +21,17 @@ MLFLOW_SECRET_KEYS = {"MLFLOW_TRACKING_USERNAME": "MLFLOW_TRACKING_USERNAME",
 DATABASE_SECRET_KEYS = {"OPTUNA_STORAGE": "OPTUNA_STORAGE"}
 
 
-def _heavy(task: dsl.PipelineTask, config: PipelineConfig, gpus, image, with_db: bool) -> dsl.PipelineTask:
-    """Search and training: GPUs, CPU/memory, retries, no caching, a memory-backed /dev/shm, Secrets."""
+def _heavy(task: dsl.PipelineTask, config: PipelineConfig, gpus, image, with_db: bool, cache: bool = False
+           ) -> dsl.PipelineTask:
+    """Search and training: GPUs, CPU/memory, retries, a memory-backed /dev/shm, Secrets; no caching on the
+    cluster (``cache`` is only set by the local runner, whose cache lives in the run's own folder)."""
     r = config.resources
     task.set_accelerator_type(r.accelerator_type).set_accelerator_limit(gpus)
     task.set_cpu_request(r.cpu).set_cpu_limit(r.cpu).set_memory_request(r.memory).set_memory_limit(r.memory)
     task.set_retry(num_retries=r.retries, backoff_duration="30s", backoff_factor=2.0)
-    task.set_caching_options(False)
+    task.set_caching_options(cache)
     kubernetes.empty_dir_mount(task, volume_name="dshm", mount_path="/dev/shm", medium="Memory", size_limit=r.shm_size)
-    return _light(task, config, image, with_db=with_db, cache=False)
+    return _light(task, config, image, with_db=with_db, cache=cache)
 
 
 def _light(task: dsl.PipelineTask, config: PipelineConfig, image, with_db: bool = False, cache: bool = False
@@ -61,7 +63,11 @@ def build_pipeline(config: PipelineConfig, local: bool = False) -> Callable:
     """The ``@dsl.pipeline`` function for ``config``; its parameters default to the config's values.
 
     ``local``: the image and GPU count are fixed from the config instead of read from the run's
-    parameters (KFP's local runner cannot resolve parameters inside resource fields; it ignores both).
+    parameters (KFP's local runner cannot resolve parameters inside resource fields; it ignores both), and
+    every step may be cached: the local cache lives in the run's folder and every step's inputs include the
+    run name or work directory, so re-running a killed run skips what finished (search, training and
+    registration included) and never reuses another run's results. On the cluster search and training are
+    never cached.
     """
     image_default = config.image or default_image()
     ops = make_components(image_default)
@@ -93,7 +99,7 @@ def build_pipeline(config: PipelineConfig, local: bool = False) -> Callable:
         if local:
             gpus, image = config.resources.gpus, image_default
         start = _light(ops.start_run(config_json=cfg_json, work_dir=work_dir, run_name=run_name,
-                                     tracking_uri=tracking_uri), config, image)
+                                     tracking_uri=tracking_uri), config, image, cache=local)
         start.set_display_name("start MLflow run")
         prep = ops.prepare_data(dataset=dataset, data_dir=data_dir, seed=config.dataset.seed,
                                 val_fraction=config.dataset.val_fraction, options=dataset_options,
@@ -106,7 +112,7 @@ def build_pipeline(config: PipelineConfig, local: bool = False) -> Callable:
             # (KFP 2.17's local runner replaces every task-output parameter entering a loop by the loop item)
             model_run = _light(ops.start_model_run(run_name=run_name, experiment=config.tracking.experiment,
                                                    model_name=model_name, work_dir=work_dir,
-                                                   tracking_uri=tracking_uri), config, image).after(start)
+                                                   tracking_uri=tracking_uri), config, image, cache=local).after(start)
             search_args = dict(prepared=prepared, model_name=model_name, model_run_id=model_run.output,
                                search_json=search_json, n_trials=n_trials, n_epoch=search_epochs,
                                storage=optuna_storage, seed=config.train.seed,
@@ -114,11 +120,13 @@ def build_pipeline(config: PipelineConfig, local: bool = False) -> Callable:
                                run_name=run_name)
             if n_workers > 1:  # N workers share one study (a database storage); then one task reads the result
                 with dsl.ParallelFor(list(range(n_workers)), name="search-workers"):
+                    # never cached: a worker's cache key would equal the final search task's (same inputs)
                     worker = _heavy(ops.search_model(**search_args), config, gpus, image, with_db=True)
                     worker.set_display_name("search worker")
-                search = _heavy(ops.search_model(**search_args), config, gpus, image, with_db=True).after(worker)
+                search = _heavy(ops.search_model(**search_args), config, gpus, image, with_db=True,
+                                cache=local).after(worker)
             else:
-                search = _heavy(ops.search_model(**search_args), config, gpus, image, with_db=True)
+                search = _heavy(ops.search_model(**search_args), config, gpus, image, with_db=True, cache=local)
             search.set_display_name("search")
             train = _heavy(ops.train_model(prepared=prepared, model_name=model_name, model_run_id=model_run.output,
                                            best_params=search.output, fixed_params_json=json.dumps(config.train.params),
@@ -126,29 +134,31 @@ def build_pipeline(config: PipelineConfig, local: bool = False) -> Callable:
                                            device=config.train.device, seed=config.train.seed, work_dir=work_dir,
                                            tracking_uri=tracking_uri, nproc_per_node=nproc_per_node, n_nodes=n_nodes,
                                            job_json=_job_json(config), job_image=image), config, gpus, image,
-                          with_db=False)
+                          with_db=False, cache=local)
             if config.train.shared_pvc:  # the PyTorchJob's pods read and write the training data through it
                 kubernetes.mount_pvc(train, pvc_name=config.train.shared_pvc, mount_path=SHARED_MOUNT)
             train.set_display_name("train")
-            evaluate = _light(ops.evaluate_model(trained=train.outputs["trained"], model_name=model_name), config, image)
+            evaluate = _light(ops.evaluate_model(trained=train.outputs["trained"], model_name=model_name),
+                              config, image, cache=local)
             evaluate.set_display_name("evaluate")
             export = _light(ops.export_onnx(trained=train.outputs["trained"], prepared=prepared,
                                             model_run_id=model_run.output, work_dir=work_dir,
-                                            tracking_uri=tracking_uri), config, image)
+                                            tracking_uri=tracking_uri), config, image, cache=local)
             export.set_display_name("export ONNX")
             register = _light(ops.register_model(exported=export.outputs["exported"], model_run_id=model_run.output,
                                                  registered_model=registered_model, work_dir=work_dir,
-                                                 tracking_uri=tracking_uri, run_name=run_name), config, image)
+                                                 tracking_uri=tracking_uri, run_name=run_name), config, image,
+                              cache=local)
             register.set_display_name("register candidate")
 
         promote = _light(ops.promote_champion(versions=dsl.Collected(register.output),
                                               registered_model=registered_model, metric=config.promotion.metric,
                                               margin=config.promotion.margin, work_dir=work_dir,
-                                              tracking_uri=tracking_uri), config, image)
+                                              tracking_uri=tracking_uri), config, image, cache=local)
         promote.set_display_name("compare and promote")
         summary = _light(ops.summarize_run(parent_run_id=start.output, evaluations=dsl.Collected(evaluate.outputs["Output"]),
                                            decision_json=promote.output, registered_model=registered_model,
-                                           work_dir=work_dir, tracking_uri=tracking_uri), config, image)
+                                           work_dir=work_dir, tracking_uri=tracking_uri), config, image, cache=local)
         summary.set_display_name("summary")
 
     return mtl_pipeline
