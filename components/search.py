@@ -998,7 +998,33 @@ def _load_space(text: Optional[str]) -> Optional[dict]:
     return json.loads(text)
 
 
+def _storage_failure(exc: BaseException) -> Optional[BaseException]:
+    """The database error behind ``exc``, if any (Optuna can mask it, e.g. with an UnboundLocalError raised
+    while it handles the lost connection)."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if type(exc).__module__.startswith(("sqlalchemy", "psycopg2")):
+            return exc
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    try:
+        return _main(argv)
+    except Exception as exc:  # noqa: BLE001 - a lost study database gets a message, everything else re-raises
+        db = _storage_failure(exc)
+        if db is None:
+            raise
+        first = (str(db).strip().splitlines() or [type(db).__name__])[0]
+        print(f"components.search: error: lost the connection to the study database ({type(db).__name__}: "
+              f"{first[:200]}). Finished trials are saved; the interrupted trial is failed and retried when the "
+              "study is re-run with the same --study-name.", file=sys.stderr)
+        return 3
+
+
+def _main(argv: Optional[Sequence[str]] = None) -> int:
     args = _parser().parse_args(argv)
     args.storage = _resolve_env_storage(args.storage)
     logging.basicConfig(level=logging.INFO if not args.quiet else logging.WARNING,
