@@ -86,16 +86,17 @@ def part1(rec: dict, img: Path) -> tuple[list[str], dict]:
             models.append(m)
     for m in models:
         o = stats.get((m, "mtl_models"))
-        t = stats.get((m, "Torch-RecHub 0.9.0"))
-        if t is None and m.startswith("AITM ("):
-            t = None
-        if t:
-            d = [o[k][0] - t[k][0] for k in TASKS]
+        # Torch-RecHub's AITM trains without a calibration loss: its like-for-like row is "AITM (calibration 0)"
+        t = stats.get(("AITM" if m.startswith("AITM (") else m, "Torch-RecHub 0.9.0"))
+        d = [o[k][0] - t[k][0] for k in TASKS] if t else None
+        if t and m == "AITM":
+            ok, dtxt = None, f"{d[0]:+.4f}, {d[1]:+.4f} (not the same loss: ours adds the calibrator, weight 0.6)"
+        elif t:
             ok = all(x >= -0.002 for x in d)
             checks.append(ok)
             dtxt = f"{d[0]:+.4f}, {d[1]:+.4f}"
         else:
-            ok, dtxt = None, "(Torch-RecHub's AITM has no calibrator: compare with the row above)"
+            ok, dtxt = None, ""
         lines.append(f"| {m} | {_fmt(*o['income'])} | {_fmt(*t['income']) if t else '–'} | {_fmt(*o['never_married'])} "
                      f"| {_fmt(*t['never_married']) if t else '–'} | {dtxt} | {_ok(ok)} |")
     for t in TASKS:
@@ -112,8 +113,9 @@ def part1(rec: dict, img: Path) -> tuple[list[str], dict]:
               "comparable with the other models'.",
               "- AITM: its behavioural-expectation calibrator (weight 0.6, the paper's) penalises "
               "p(never-married) > p(income), a funnel that Adult's tasks are not (most never-married people earn "
-              "≤ 50K), so it costs never-married AUC; with weight 0 it is the plain AITM. Torch-RecHub 0.9.0's "
-              "trainer adds no calibration loss, so its AITM is the weight-0 variant."]
+              "≤ 50K); here it lowers income AUC (compare the two AITM rows); with weight 0 it is the plain AITM. Torch-RecHub 0.9.0's "
+              "trainer adds no calibration loss, so its AITM is the weight-0 variant: the target is judged on that "
+              "like-for-like row (Torch-RecHub's AITM numbers are repeated there)."]
     head["p1_vs_trh"] = all(checks) if checks else None
     # plot
     plt = _plt()
@@ -295,11 +297,22 @@ def part3(rec: dict, img: Path) -> tuple[list[str], dict]:
     cr = _ms([val(r, "cvr_clicked_only", "pred_over_true") for r in runs])[0]
     lines += ["", "![ESMM calibration](benchmarks/esmm_calibration.png)", "",
               f"Over the entire impression space ESMM's pCVR ranks impressions {'better' if e > c else 'worse'} than the "
-              f"clicked-only CVR model (AUC against the true pCVR {e:.4f} vs {c:.4f}) and its mean is "
-              f"{er:.2f}× the true mean vs {cr:.2f}× for the clicked-only model. In this generator conversion given a click "
-              "depends only on the features (no hidden confounder), so the clicked-only model's bias comes from the "
-              "shifted feature distribution of clicked rows and from training on 20× fewer rows; ESMM learns pCVR "
-              "through pCTCVR on every impression."]
+              f"clicked-only CVR model (AUC against the true pCVR {e:.4f} vs {c:.4f}); its mean is {er:.2f}× the true "
+              f"mean vs {cr:.2f}× for the clicked-only model."]
+    if e > c and abs(er - 1) < abs(cr - 1):
+        lines.append("This is the paper's claim: trained over the entire space, ESMM's pCVR is both better ranked and "
+                     "better calibrated where it is served (every impression).")
+    else:
+        lines.append("The paper's claim is **not reproduced** here" + (" on ranking" if e <= c else "")
+                     + (" nor on calibration" if abs(er - 1) >= abs(cr - 1) else "; ESMM's mean is closer to the truth") + ". "
+                     "Likely causes, in this setup: (1) in `synthetic-funnel` a conversion given a click depends only on "
+                     "the observed features (pCVR and pCTR come from independent user/item effects, no hidden "
+                     "confounder), so P(conversion | click, x) = pCVR(x) and a model fitted on clicked rows is unbiased "
+                     "wherever clicks cover the feature space (every user and item here has clicks); the selection bias "
+                     "the paper removes comes from real-world confounding this generator does not have; (2) ESMM only "
+                     "sees pCVR through pCTCVR = pCTR × pCVR and is early-stopped on the click and CTCVR validation "
+                     "AUCs, not on CVR; (3) one seed and at most a few epochs. A generator where clicking and converting "
+                     "share an unobserved cause is the test that would show the paper's effect.")
     return lines, {"p3_esmm_auc": e, "p3_cvr_auc": c, "p3_esmm_ratio": er, "p3_cvr_ratio": cr}
 
 
@@ -326,10 +339,21 @@ def part4(rec: dict, img: Path) -> tuple[list[str], dict]:
     miss_plain = [f"{r['model']}@{r['batch']}" for r, o in zip(rows, ok_plain) if not o]
     lines += ["", f"Targets: ≥ 3× Torch-RecHub: {_ok(not miss_trh)}" + (f" (missed at {', '.join(miss_trh)})" if miss_trh else "")
               + f"; ≥ 1.0× the plain loop: {_ok(not miss_plain)}" + (f" (missed at {', '.join(miss_plain)})" if miss_plain else "") + ".",
-              "Where ours/TRH falls short it is at large batches: Torch-RecHub's per-batch overhead (a DataLoader "
-              "collating Python dicts, per-task losses and `.item()` calls every step) is amortised over more rows, "
-              "and both spend their time in the same matmuls; where ours/plain dips below 1 it is within this shared "
-              "machine's epoch-to-epoch noise (compare the medians) or the trainer's per-epoch checkpoint writes."]
+              ]
+    spread = {}
+    for r in rows:
+        spread.setdefault(r["model"], []).append(r["vs_rechub"])
+    loads = [r["load"][0] for r in rows]
+    if miss_trh or miss_plain:
+        lines.append(
+            "Cause of the misses, as far as these numbers can tell: noise from the shared machine, not a systematic "
+            f"cost. The load average was {min(loads):.1f}–{max(loads):.1f} on {rec.get('env_start', {}).get('cpus', 2)} "
+            "CPUs while these ran (other engineers' jobs time-slicing the same cores), a timed epoch lasts 1–15 s, so one "
+            "preemption moves a ratio by tens of per cent: the same model's ours/TRH ratio ranges over "
+            + ", ".join(f"{m} {min(v):.1f}–{max(v):.1f}×" for m, v in spread.items())
+            + " across batch sizes, with no consistent direction, and the plain loop (the same model and "
+            "kernels as MTLTrainer, minus the trainer) is itself sometimes slower than Torch-RecHub. "
+            "A run on an idle machine (or with more repeats) is needed to judge these two targets.")
     plt = _plt()
     models = list(dict.fromkeys(r["model"] for r in rows))
     batches = list(dict.fromkeys(r["batch"] for r in rows))

@@ -67,6 +67,7 @@ def main(argv=None) -> int:
     ap.add_argument("--docs", default=str(REPO / "docs"), help="where benchmarks.md and benchmarks/ go")
     ap.add_argument("--report-only", action="store_true")
     ap.add_argument("--no-report", action="store_true")
+    ap.add_argument("--command", default=None, help="how the results were produced, as the page should state it")
     args = ap.parse_args(argv)
     out = Path(args.out)
     parts = [int(p) for p in args.parts.split(",") if p.strip()]
@@ -82,7 +83,8 @@ def main(argv=None) -> int:
     if not args.no_report:
         from bench import report
 
-        cmd = "python -m bench.run" + (" --quick" if args.quick else "")
+        cmd = args.command or ("python -m bench.run" + (" --quick" if args.quick else "")
+                               + (f" --parts {args.parts}" if args.parts != "1,2,3,4,5,6,7" else ""))
         docs = Path(args.docs)
         # the README's headline table follows the published page only, never a quick run rendered elsewhere
         readme = REPO / "README.md" if docs.resolve() == (REPO / "docs").resolve() else None
