@@ -26,6 +26,9 @@ CONFIG = {"name": "rel", "dataset": {"name": "synthetic-funnel", "options": dict
 
 
 SECRET = "MTLP_TEST_SECRET_7f3a9c"
+# pinned: the default image tag carries the git sha, and a commit between the kill and the re-run (new code)
+# rightly invalidates the cache
+IMAGE = "localhost/mtl-pipeline:reliability-test"
 
 
 def _cmd(config: Path, root: Path) -> list[str]:
@@ -42,10 +45,10 @@ def test_killed_local_run_resumes_from_its_cache(tmp_path) -> None:
     config.write_text(yaml.safe_dump(CONFIG))
     root, log1 = tmp_path / "runs", tmp_path / "first.log"
     work = root / "r1"
+    run_env = env(MLFLOW_TRACKING_PASSWORD=SECRET, MTLP_IMAGE=IMAGE)
     with open(log1, "wb") as f:
-        proc = subprocess.Popen(_cmd(config, root), cwd=tmp_path, env=env(MLFLOW_TRACKING_PASSWORD=SECRET), stdout=f,
-                                stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        proc = subprocess.Popen(_cmd(config, root), cwd=tmp_path, env=run_env, stdout=f,
+                                stderr=subprocess.STDOUT, start_new_session=True)
     try:
         wait_for(lambda: _train_cached(work), 400, "the train step to finish", proc, log1, interval=0.2)
         os.killpg(proc.pid, signal.SIGKILL)  # the CLI and the task it is running, like a pod being killed
@@ -58,8 +61,7 @@ def test_killed_local_run_resumes_from_its_cache(tmp_path) -> None:
     assert "finished in" not in first and not (work / "summary.md").exists()
     executed_first = len(re.findall(r"Executing task", first))
 
-    second = subprocess.run(_cmd(config, root), cwd=tmp_path, env=env(MLFLOW_TRACKING_PASSWORD=SECRET),
-                            capture_output=True, text=True, timeout=600)
+    second = subprocess.run(_cmd(config, root), cwd=tmp_path, env=run_env, capture_output=True, text=True, timeout=600)
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
     out = second.stdout + second.stderr
     executed = re.findall(r"Executing task \S*?'([\w-]+)'", out)

@@ -45,7 +45,8 @@ def test_sigkill_mid_epoch_then_resume_equals_uninterrupted(prepared, tmp_path) 
     out, log = tmp_path / "killed", tmp_path / "killed.log"
     last = out / "checkpoints" / "last.pt"
     with open(log, "wb") as f:
-        proc = subprocess.Popen(_cmd(prepared, out, "--resume"), cwd=REPO, env=env(), stdout=f, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(_cmd(prepared, out, "--resume"), cwd=REPO, env=env(), stdout=f,
+                                stderr=subprocess.STDOUT)
     try:
         first = wait_for(lambda: last.exists() and last.stat().st_mtime_ns, 240, "epoch 0's last.pt", proc, log)
         second = wait_for(lambda: last.exists() and last.stat().st_mtime_ns != first and last.stat().st_mtime_ns,
