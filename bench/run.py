@@ -67,6 +67,8 @@ def main(argv=None) -> int:
     ap.add_argument("--docs", default=str(REPO / "docs"), help="where benchmarks.md and benchmarks/ go")
     ap.add_argument("--report-only", action="store_true")
     ap.add_argument("--no-report", action="store_true")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=JSON",
+                    help="override a part's config key, e.g. --set repeats=2 (applies to every part run)")
     ap.add_argument("--command", default=None, help="how the results were produced, as the page should state it")
     args = ap.parse_args(argv)
     out = Path(args.out)
@@ -78,7 +80,8 @@ def main(argv=None) -> int:
     failed = []
     if not args.report_only:
         for n in parts:
-            if run_part(n, args.quick, out)["status"] != "ok":
+            overrides = {k: json.loads(v) for k, _, v in (item.partition("=") for item in args.set)}
+            if run_part(n, args.quick, out, overrides)["status"] != "ok":
                 failed.append(n)
     if not args.no_report:
         from bench import report
