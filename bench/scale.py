@@ -1,6 +1,6 @@
 """Part 7: scale on synthetic-funnel: ``components.prepare`` at 1M and 10M rows, then one epoch of MMOE
 (the pipeline's default architecture, ``components.train.split_loader`` + ``MTLTrainer``, batch 4096): rows/s
-and peak RSS, each phase in its own process so that its peak (``ru_maxrss``) is its own.
+and peak RSS, each phase in its own process so that its peak (VmHWM) is its own.
 
 Data in memory = rows x bytes per row of the written columns (as bench/bench_prepare.py counts it). With
 ``max_train_rows`` the epoch runs over the first rows of the (fully loaded) train split only: a time box on a
@@ -24,6 +24,14 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _peak() -> int:
+    """This process's peak RSS in bytes: VmHWM (reset by exec), else ru_maxrss, which Linux carries across
+    exec from the parent, so that a child of a big parent would report at least the parent's peak."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
