@@ -43,16 +43,19 @@ def measure(name: str, batch: int, data, feats, vocab, epochs: int, repeats: int
 
 
 def run(cfg: dict, log=print) -> dict:
-    torch.set_num_threads(cfg["threads"])
     x, y, xt, yt, feats, vocab = bt.load_adult(Path(cfg["data_dir"]))
     k = cfg.get("rows") or len(y["income"])
     data = {"x": {c: v[:k] for c, v in x.items()}, "y": {c: v[:k] for c, v in y.items()}, "xt": xt, "yt": yt}
     rows = []
+    threads_list = cfg["threads"] if isinstance(cfg["threads"], list) else [cfg["threads"]]
     for name in cfg["models"]:
-        for batch in cfg["batches"]:
+        for threads in threads_list:
+          torch.set_num_threads(threads)
+          for batch in cfg["batches"]:
             r = measure(name, batch, data, feats, vocab, cfg["epochs"], cfg["repeats"])
+            r["threads"] = threads
             rows.append(r)
-            log(f"  {name} batch {batch}: " + ", ".join(f"{k} {v:,.0f}/s" for k, v in r["samples_s"].items())
+            log(f"  {name} threads {threads} batch {batch}: " + ", ".join(f"{k} {v:,.0f}/s" for k, v in r["samples_s"].items())
                 + f"; ours/TRH {r['vs_rechub']:.2f}x, ours/plain {r['vs_plain']:.2f}x")
     return {"config": cfg, "rows": rows}
 
@@ -63,5 +66,5 @@ def config(quick: bool) -> dict:
     if quick:
         return {"models": ["SharedBottom"], "batches": [1024], "epochs": 2, "repeats": 1, "rows": 8192, "threads": 1,
                 "data_dir": str(ADULT)}
-    return {"models": bt.MODELS, "batches": [256, 1024, 4096], "epochs": 3, "repeats": 1, "rows": 16384, "threads": 1,
+    return {"models": bt.MODELS, "batches": [256, 1024, 4096], "epochs": 2, "repeats": 2, "rows": 16384, "threads": [1, 2],
             "data_dir": str(ADULT)}
