@@ -322,7 +322,7 @@ def part4(rec: dict, img: Path) -> tuple[list[str], dict]:
     cfg = res["config"]
     rows = res["rows"]
     lines = [f"bench/bench_training.py's runners (Adult, every column sparse, BatchNorm MLPs) on the first "
-             f"{rows[0]['rows']:,} training rows, torch threads {cfg['threads']}, {cfg['repeats']} × {cfg['epochs']} epochs per "
+             f"{rows[0]['rows']:,} training rows, torch threads {cfg['threads']}, {cfg.get('repeats', 1)} × {cfg['epochs']} epochs per "
              f"runner of which the first of each is warm-up, runners alternating; samples/s of the fastest timed epoch "
              "(median in brackets).", "",
              "| model | threads | batch | MTLTrainer | plain loop | Torch-RecHub | ours / TRH (target ≥ 3×, aim 5×) | ours / plain (target ≥ 1.0×) | load |",
