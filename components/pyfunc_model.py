@@ -37,7 +37,11 @@ class RawRowsMultiTaskModel(PythonModel):
             model_input = pd.DataFrame(model_input)
         if len(model_input) == 0:
             return pd.DataFrame({c: np.zeros(0, dtype=np.float32) for c in self.columns})
-        encoded = self.spec.encode(model_input.reset_index(drop=True))
+        _refuse_non_scalar_cells(model_input)
+        try:
+            encoded = self.spec.encode(model_input.reset_index(drop=True))
+        except ValueError as e:  # mtlp_featurespec's DataError (a ValueError): the client's rows, not a crash
+            raise _bad_input(str(e)) from None
         feeds = {name: np.ascontiguousarray(encoded[name]) for name in self.input_names}
         n = len(model_input)
         parts = []
@@ -47,6 +51,27 @@ class RawRowsMultiTaskModel(PythonModel):
             parts.append(out)
         pred = np.concatenate(parts, axis=0)
         return pd.DataFrame(pred[:, :len(self.columns)], columns=self.columns, index=model_input.index)
+
+
+def _bad_input(message):
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+
+    return MlflowException(message, error_code=INVALID_PARAMETER_VALUE)  # HTTP 400 from the scoring server
+
+
+def _refuse_non_scalar_cells(frame):
+    """A JSON object or list in a cell would otherwise be spelled as a string and scored as an unseen category."""
+    for column in frame.columns:
+        values = frame[column]
+        if values.dtype != object:
+            continue
+        bad = values.map(lambda v: isinstance(v, (dict, list, tuple, set, np.ndarray)))
+        if bad.any():
+            row = int(np.flatnonzero(bad.to_numpy())[0])
+            kind = type(values.iloc[row]).__name__
+            raise _bad_input(f"column {column!r} holds a {kind} in row {row}: raw rows take one number or string "
+                             "per cell")
 
 
 mlflow.models.set_model(RawRowsMultiTaskModel())

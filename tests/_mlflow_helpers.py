@@ -297,6 +297,32 @@ def background(cmd: list[str], log_path: Path, env: Optional[dict] = None):
                 proc.wait(timeout=15)
 
 
+@contextlib.contextmanager
+def serve_champion(run: PipelineRun, log_path: Path, timeout: float = 180):
+    """``mlflow models serve`` of ``models:/adult-mtl@champion`` on a free loopback port, answering ``/ping``;
+    yields ``(base_url, proc)`` and stops the server on exit."""
+    from components import serving
+
+    port = free_port()
+    env = serving.serve_environment(tracking_uri=run.tracking.uri)
+    cmd = serving.serve_command(f"models:/{MODEL_NAME}@champion", port)
+    with background(cmd, log_path, env=env) as proc:
+        wait_http(f"http://127.0.0.1:{port}/ping", proc, timeout, log_path)
+        yield f"http://127.0.0.1:{port}", proc
+
+
+def post(url: str, body: bytes, content_type: str = "application/json", timeout: float = 120) -> tuple[int, bytes]:
+    """POST ``body``; ``(status, response body)`` for 2xx and HTTP errors alike."""
+    import urllib.error
+
+    request = urllib.request.Request(url, data=body, headers={"Content-Type": content_type})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read()
+
+
 def mlflow_bin() -> list[str]:
     exe = Path(sys.executable).with_name("mlflow")
     return [str(exe)] if exe.exists() else [sys.executable, "-m", "mlflow"]

@@ -33,3 +33,16 @@ def postgres():
     """One PostgreSQL server for the session; each test creates its own database on it."""
     with postgres_server() as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def champion_server(adult_dir: Path, tmp_path_factory):
+    """One ``mlflow models serve`` of the embedded pipeline's champion for the session (tests/test_serving.py and
+    tests/reliability/test_rel_serving_inputs.py share it): ``(base_url, proc, pipeline run, log path)``."""
+    pytest.importorskip("mlflow")
+    from _mlflow_helpers import embedded_pipeline, serve_champion
+
+    run = embedded_pipeline(adult_dir, tmp_path_factory.getbasetemp())
+    log = tmp_path_factory.mktemp("champion-serve") / "serve.log"
+    with serve_champion(run, log) as (url, proc):
+        yield url, proc, run, log

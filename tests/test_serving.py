@@ -15,8 +15,7 @@ import pytest
 
 pytest.importorskip("mlflow")
 
-from _mlflow_helpers import (MODEL_NAME, background, embedded_pipeline, free_port, quiet_mlflow,  # noqa: E402
-                             raw_test_rows, wait_http)
+from _mlflow_helpers import MODEL_NAME, embedded_pipeline, quiet_mlflow, raw_test_rows  # noqa: E402
 
 from components import serving  # noqa: E402
 
@@ -78,34 +77,31 @@ def test_champion_loads_without_torch_or_project_code(adult_dir, tmp_path_factor
 
 
 @pytest.mark.slow
-def test_mlflow_models_serve_answers_raw_rows(adult_dir, tmp_path_factory, tmp_path):
+def test_mlflow_models_serve_answers_raw_rows(adult_dir, tmp_path_factory, champion_server):
     from mlflow import MlflowClient
 
     from components.train import predict_prepared
 
+    url, proc, _, _ = champion_server  # `mlflow models serve` of the champion, shared with the reliability suite
     run = embedded_pipeline(adult_dir, tmp_path_factory.getbasetemp())
     client = MlflowClient(run.tracking.uri, run.tracking.uri)
     version = str(client.get_model_version_by_alias(MODEL_NAME, "champion").version)
     cand = next(c for c in run.candidates if c.version == version)
-    port = free_port()
-    env = serving.serve_environment(tracking_uri=run.tracking.uri)
-    cmd = serving.serve_command(f"models:/{MODEL_NAME}@champion", port)
     raw = raw_test_rows(adult_dir, nrows=64)
     assert (raw == "?").any().any()
     body = {"dataframe_split": json.loads(raw.to_json(orient="split", index=False))}
-    with background(cmd, tmp_path / "serve.log", env=env) as proc:
-        wait_http(f"http://127.0.0.1:{port}/ping", proc, 180, tmp_path / "serve.log")
-        request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=json.dumps(body).encode(),
-                                         headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(request, timeout=60) as r:
-            answer = json.loads(r.read())
-        bad = dict(body)
-        bad["dataframe_split"] = {"columns": ["age"], "data": [[30]]}
-        request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=json.dumps(bad).encode(),
-                                         headers={"Content-Type": "application/json"})
-        with pytest.raises(urllib.error.HTTPError) as err:
-            urllib.request.urlopen(request, timeout=60)
-        assert err.value.code == 400  # missing raw columns are the client's error, not a crash
+    assert proc.poll() is None
+    request = urllib.request.Request(f"{url}/invocations", data=json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=60) as r:
+        answer = json.loads(r.read())
+    bad = dict(body)
+    bad["dataframe_split"] = {"columns": ["age"], "data": [[30]]}
+    request = urllib.request.Request(f"{url}/invocations", data=json.dumps(bad).encode(),
+                                     headers={"Content-Type": "application/json"})
+    with pytest.raises(urllib.error.HTTPError) as err:
+        urllib.request.urlopen(request, timeout=60)
+    assert err.value.code == 400  # missing raw columns are the client's error, not a crash
     preds = answer["predictions"]
     assert len(preds) == 64 and set(preds[0]) == {"income", "never_married"}
     got = np.array([[p["income"], p["never_married"]] for p in preds])
