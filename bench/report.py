@@ -385,7 +385,9 @@ def part4(rec: dict, img: Path) -> tuple[list[str], dict]:
     fig.savefig(img / "throughput.png", dpi=110)
     plt.close(fig)
     lines += ["", "![Training throughput](benchmarks/throughput.png)"]
-    return lines, {"p4_min_vs_trh": min(r["vs_rechub"] for r in rows), "p4_max_vs_trh": max(r["vs_rechub"] for r in rows),
+    return lines, {"p4_med_vs_trh": float(np.median([r["vs_rechub"] for r in rows])),
+                   "p4_med_vs_plain": float(np.median([r["vs_plain"] for r in rows])),
+                   "p4_min_vs_trh": min(r["vs_rechub"] for r in rows), "p4_max_vs_trh": max(r["vs_rechub"] for r in rows),
                    "p4_min_vs_plain": min(r["vs_plain"] for r in rows), "p4_ok_trh": not miss_trh, "p4_ok_plain": not miss_plain}
 
 
@@ -548,9 +550,11 @@ def headline(head: dict) -> list[str]:
         rows.append(f"| ESMM vs clicked-only CVR, AUC vs true pCVR over all impressions | {head['p3_esmm_auc']:.4f} vs "
                     f"{head['p3_cvr_auc']:.4f} (mean pred/true {head['p3_esmm_ratio']:.2f} vs {head['p3_cvr_ratio']:.2f}) | — |")
     if "p4_min_vs_trh" in head:
-        rows.append(f"| Training samples/s vs Torch-RecHub (5 models × 3 batch sizes) | {head['p4_min_vs_trh']:.1f}× – "
-                    f"{head['p4_max_vs_trh']:.1f}× | ≥ 3× {_ok(head['p4_ok_trh'])} |")
-        rows.append(f"| Training samples/s vs plain PyTorch loop | ≥ {head['p4_min_vs_plain']:.2f}× | ≥ 1.0× {_ok(head['p4_ok_plain'])} |")
+        rows.append(f"| Training samples/s vs Torch-RecHub (5 models × 3 batch sizes, shared machine) | median "
+                    f"{head.get('p4_med_vs_trh', float('nan')):.1f}× (range {head['p4_min_vs_trh']:.1f}× – "
+                    f"{head['p4_max_vs_trh']:.1f}×) | ≥ 3× {_ok(head['p4_ok_trh'])} |")
+        rows.append(f"| Training samples/s vs plain PyTorch loop | median {head.get('p4_med_vs_plain', float('nan')):.2f}× "
+                    f"(min {head['p4_min_vs_plain']:.2f}×) | ≥ 1.0× {_ok(head['p4_ok_plain'])} |")
     if "p5_max_ratio" in head:
         rows.append(f"| ONNX Runtime batch-1 latency / PyTorch eager | ≤ {head['p5_max_ratio']:.2f} | ≤ 0.5 {_ok(head['p5_ok'])} |")
     if "p6_overhead" in head:
