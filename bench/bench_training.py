@@ -181,6 +181,16 @@ class PlainRunner:
         return [roc_auc(yt[:, i], p[:, i]) for i in range(2)]
 
 
+
+def rechub_labels(name: str):
+    """Torch-RecHub's label layout for ``name``: a function dict-of-labels -> [N, k] array, and its task types.
+
+    Its ESMM trainer wants (cvr, ctr, ctcvr) columns and trains on the last two."""
+    if name == "ESMM":
+        return (lambda d: np.stack([d["never_married"], d["income"], d["income"] * d["never_married"]], 1),
+                ["classification"] * 3)
+    return lambda d: np.stack([d["income"], d["never_married"]], 1), ["classification"] * 2
+
 class RecHubRunner:
     label = "Torch-RecHub 0.9.0"
 
@@ -191,12 +201,7 @@ class RecHubRunner:
         self.name = name
         self.model = rechub(name, feats, vocab)
         y, yt = data["y"], data["yt"]
-        if name == "ESMM":  # its trainer wants (cvr, ctr, ctcvr) columns and trains on the last two
-            cols = lambda d: np.stack([d["never_married"], d["income"], d["income"] * d["never_married"]], 1)  # noqa: E731
-            types = ["classification"] * 3
-        else:
-            cols = lambda d: np.stack([d["income"], d["never_married"]], 1)  # noqa: E731
-            types = ["classification"] * 2
+        cols, types = rechub_labels(name)
         self.train_dl, _, _ = RGen(data["x"], cols(y)).generate_dataloader(
             x_val=data["xt"], y_val=cols(yt), x_test=data["xt"], y_test=cols(yt), batch_size=BATCH)
         _, self.test_dl, _ = RGen(data["xt"], cols(yt)).generate_dataloader(

@@ -80,12 +80,7 @@ def train_rechub(name: str, data, feats, vocab, seed: int, epochs: int) -> dict[
 
     torch.manual_seed(seed)
     model = bt.rechub(name, feats, vocab)
-    if name == "ESMM":  # its trainer wants (cvr, ctr, ctcvr) columns and trains on the last two
-        cols = lambda d: np.stack([d["never_married"], d["income"], d["income"] * d["never_married"]], 1)  # noqa: E731
-        types = ["classification"] * 3
-    else:
-        cols = lambda d: np.stack([d["income"], d["never_married"]], 1)  # noqa: E731
-        types = ["classification"] * 2
+    cols, types = bt.rechub_labels(name)
     y, yt = cols(data["y"]), cols(data["yt"])
     with _quiet(), tempfile.TemporaryDirectory(prefix="bench-q-trh-") as tmp:
         train_dl, _, _ = RGen(data["x"], y).generate_dataloader(x_val=data["xt"], y_val=yt, x_test=data["xt"],
