@@ -8,13 +8,13 @@ import copy
 import logging
 import os
 import warnings
-import tempfile
 from pathlib import Path
 from typing import Sequence, Union
 
 import torch
 from torch import Tensor, nn
 
+from .atomic import atomic_path
 from .features import SparseFeature
 from .models.base import MultiTaskModel
 
@@ -63,22 +63,14 @@ def _quiet_exporter():
 def export_onnx(model: MultiTaskModel, path: Union[str, os.PathLike], opset_version: int = 18) -> Path:
     """Export ``model`` (in eval mode, on CPU) to ``path``; the file appears only once it is complete."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     cpu_model = copy.deepcopy(model).to("cpu").eval()
     names = [f.name for f in cpu_model.features]
     wrapper = _PositionalInputs(cpu_model, names)
     example = example_inputs(cpu_model, batch_size=4)
     batch = torch.export.Dim("batch", min=1)
     dynamic_shapes = (tuple({0: batch} for _ in names),)  # one entry: the *columns tuple
-    fd, tmp = tempfile.mkstemp(suffix=".onnx.tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        with torch.no_grad(), _quiet_exporter():
-            torch.onnx.export(wrapper, tuple(example[n] for n in names), tmp, input_names=names,
-                              output_names=[OUTPUT_NAME], dynamic_shapes=dynamic_shapes,
-                              opset_version=opset_version, external_data=False, dynamo=True, verbose=False)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_path(path, suffix=".onnx.tmp") as tmp, torch.no_grad(), _quiet_exporter():
+        torch.onnx.export(wrapper, tuple(example[n] for n in names), str(tmp), input_names=names,
+                          output_names=[OUTPUT_NAME], dynamic_shapes=dynamic_shapes,
+                          opset_version=opset_version, external_data=False, dynamo=True, verbose=False)
     return path

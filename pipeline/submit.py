@@ -18,16 +18,11 @@ def compile_pipeline(config: PipelineConfig, output: os.PathLike | str) -> Path:
     """Write the KFP IR YAML for ``config`` to ``output`` (complete or not at all)."""
     from kfp import compiler
 
+    from mtl_models.atomic import atomic_path
+
     output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".yaml", dir=output.parent)
-    os.close(fd)
-    try:
-        compiler.Compiler().compile(build_pipeline(config), tmp)
-        os.replace(tmp, output)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_path(output, suffix=".yaml") as tmp:  # the compiler picks the format from the extension
+        compiler.Compiler().compile(build_pipeline(config), str(tmp))
     return output
 
 
