@@ -90,7 +90,7 @@ def test_two_ranks_match_one_process_and_write_once(adult_prepared, tmp_path, we
     from components.train import train
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    client = MlflowClient(tracking_uri=uri)
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     run_id = client.create_run(client.create_experiment("ddp")).info.run_id
     params = {**PARAMS, "weighting": weighting}
     report = tmp_path / "report"

@@ -38,10 +38,11 @@ def local_run(tmp_path_factory, monkeypatch_module):
 
 @pytest.mark.slow
 def test_local_run_logs_registers_and_promotes(local_run) -> None:
-    from mlflow import MlflowClient
+    from components.tracking import client_for
 
     config, run = local_run
-    client = MlflowClient(tracking_uri=f"sqlite:///{run.work_dir / 'mlflow.db'}")
+    # registry pinned too: an earlier test in this process may have pointed MLflow's global registry elsewhere
+    client = client_for(f"sqlite:///{run.work_dir / 'mlflow.db'}")
     exp = client.get_experiment_by_name("ci-local")
     runs = client.search_runs([exp.experiment_id], max_results=1000)
     by_id = {r.info.run_id: r for r in runs}

@@ -18,7 +18,8 @@ def work_dir(tmp_path, monkeypatch):
 
 
 def client_for(work_dir) -> MlflowClient:
-    return MlflowClient(tracking_uri=f"sqlite:///{work_dir / 'mlflow.db'}")
+    # registry pinned too: another test in this process may have set MLflow's global registry URI
+    return MlflowClient(tracking_uri=f"sqlite:///{work_dir / 'mlflow.db'}", registry_uri=f"sqlite:///{work_dir / 'mlflow.db'}")
 
 
 def test_pipeline_and_model_runs_are_found_again_on_a_rerun(work_dir) -> None:
