@@ -145,16 +145,21 @@ def log_candidate_model(client: Any, run_id: str, onnx_path: str | os.PathLike, 
                          pip_requirements=pip_requirements(), tags=tags)
 
 
-def serve_command(model_uri: str, port: int, host: str = "127.0.0.1", workers: int = 1) -> list[str]:
-    """``mlflow models serve`` in this environment (``--env-manager local``: no conda/virtualenv build)."""
-    mlflow_bin = Path(sys.executable).with_name("mlflow")
-    head = [str(mlflow_bin)] if mlflow_bin.exists() else [sys.executable, "-m", "mlflow"]
-    return head + ["models", "serve", "-m", model_uri, "-h", host, "-p", str(port), "-w", str(workers),
-                   "--env-manager", "local"]
+def serve_command(model_uri: str, port: int, host: str = "127.0.0.1", workers: int = 1,
+                  max_request_bytes: Optional[int] = None) -> list[str]:
+    """The model server in this environment: ``python -m components.model_server``, MLflow's scoring app (what
+    ``mlflow models serve --env-manager local`` runs) behind a request body cap (413 above it; default
+    ``$MTLP_MAX_REQUEST_BYTES`` or 16 MiB)."""
+    cmd = [sys.executable, "-m", "components.model_server", "-m", model_uri, "--host", host, "-p", str(port),
+           "-w", str(workers)]
+    if max_request_bytes is not None:
+        cmd += ["--max-request-bytes", str(max_request_bytes)]
+    return cmd
 
 
 def serve_environment(base: Optional[dict] = None, tracking_uri: Optional[str] = None) -> dict:
-    """Environment for the serve command: this interpreter's ``bin`` first on PATH (MLflow execs ``uvicorn``)."""
+    """Environment for the serve command: this interpreter's ``bin`` first on PATH (as ``mlflow models serve``
+    needs to find ``uvicorn``); ``tracking_uri`` for ``models:/`` URIs."""
     env = dict(os.environ if base is None else base)
     bindir = str(Path(sys.executable).parent)
     env["PATH"] = bindir + os.pathsep + env.get("PATH", "")

@@ -299,7 +299,8 @@ def background(cmd: list[str], log_path: Path, env: Optional[dict] = None):
 
 @contextlib.contextmanager
 def serve_champion(run: PipelineRun, log_path: Path, timeout: float = 180):
-    """``mlflow models serve`` of ``models:/adult-mtl@champion`` on a free loopback port, answering ``/ping``;
+    """``python -m components.model_server`` (MLflow's scoring app behind the body cap) of
+    ``models:/adult-mtl@champion`` on a free loopback port, answering ``/ping``;
     yields ``(base_url, proc)`` and stops the server on exit."""
     from components import serving
 

@@ -224,6 +224,20 @@ def test_model_server_has_probes(serving):
     assert c["readinessProbe"]["httpGet"]["path"] == "/ping" and "livenessProbe" in c
 
 
+def test_model_server_caps_the_request_body(serving):
+    """The pod runs our server (MLflow's scoring app behind the 413 cap), not bare `mlflow models serve`."""
+    from components import model_server
+
+    c = _container(serving, "Deployment", "mtl-champion", "model-server")
+    assert c["command"] == ["python", "-m", "components.model_server"]
+    args = dict(a.split("=", 1) for a in c["args"])
+    assert args["--model-uri"] == "$(MODEL_URI)" and args["--port"] == "8080"
+    cap = int(_env(c)[model_server.MAX_BYTES_ENV]["value"])
+    assert 0 < cap == model_server.DEFAULT_MAX_REQUEST_BYTES
+    parser_options = {o for a in model_server._parser()._actions for o in a.option_strings}
+    assert set(args) <= parser_options  # every flag the manifest passes exists
+
+
 # ---- secrets -----------------------------------------------------------------------------------
 
 def test_no_secret_objects_or_plaintext_passwords_in_the_manifests(any_rendered):

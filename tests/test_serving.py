@@ -1,5 +1,6 @@
 """Serving: the champion's pyfunc is self-contained (raw rows, ONNX, no torch, no repo on sys.path) and
-``mlflow models serve`` answers REST requests with raw Adult rows."""
+the model server (``components.model_server``: MLflow's scoring app behind a body cap) answers REST requests with
+raw Adult rows."""
 
 from __future__ import annotations
 
@@ -82,7 +83,7 @@ def test_mlflow_models_serve_answers_raw_rows(adult_dir, tmp_path_factory, champ
 
     from components.train import predict_prepared
 
-    url, proc, _, _ = champion_server  # `mlflow models serve` of the champion, shared with the reliability suite
+    url, proc, _, _ = champion_server  # the served champion, shared with the reliability suite
     run = embedded_pipeline(adult_dir, tmp_path_factory.getbasetemp())
     client = MlflowClient(run.tracking.uri, run.tracking.uri)
     version = str(client.get_model_version_by_alias(MODEL_NAME, "champion").version)

@@ -1,12 +1,14 @@
 """Group 5b: bad serving requests. Each case POSTs to ``/invocations`` of the champion served by
-``mlflow models serve --env-manager local`` (the session's ``champion_server``, shared with
-``tests/test_serving.py``) and must get the status and message below; afterwards the same server still answers a
-valid request with 200 and one prediction per row, per task."""
+``python -m components.model_server`` (MLflow's scoring app behind our 16 MiB body cap; the session's
+``champion_server``, shared with ``tests/test_serving.py``) and must get the status and message below; afterwards
+the same server still answers a valid request with 200 and one prediction per row, per task."""
 
 from __future__ import annotations
 
+import http.client
 import json
 import time
+from urllib.parse import urlsplit
 from dataclasses import dataclass
 from typing import Callable
 
@@ -21,6 +23,8 @@ quiet_mlflow()
 
 N_ROWS = 8
 OVERSIZED = 50 * 1024 * 1024  # bytes
+CAP = 16 * 1024 * 1024  # components.model_server's default MTLP_MAX_REQUEST_BYTES
+TOO_LARGE = "Request body too large"
 
 
 @dataclass
@@ -30,7 +34,8 @@ class Case:
     status: int
     message: str  # substring of the answer's message
     error: bool = True  # an MLflow JSON error answer ({"error_code", "message"}); False: predictions
-    echoes_body: bool = False  # MLflow's JSON-decode error quotes the whole request body back
+    error_code: tuple = ("BAD_REQUEST", "INVALID_PARAMETER_VALUE")  # both are HTTP 400
+    chunked: bool = False  # sent with Transfer-Encoding: chunked (no Content-Length)
 
 
 def _split(good: dict, edit: Callable[[list, list], None]) -> bytes:
@@ -70,10 +75,24 @@ def _add(column: str, value):
     return edit
 
 
-def _padded(good: dict) -> bytes:
-    """A valid request grown to 50 MB by a key the scoring server does not read."""
+def _padded(good: dict, size: int = OVERSIZED) -> bytes:
+    """A valid request grown to ``size`` bytes by a key the scoring server does not read."""
     head = json.dumps({"dataframe_split": good})[:-1] + ', "padding": "'
-    return (head + "x" * (OVERSIZED - len(head) - 2) + '"}').encode()
+    return (head + "x" * (size - len(head) - 2) + '"}').encode()
+
+
+def _post_chunked(url: str, body: bytes, chunk: int = 1024 * 1024, timeout: float = 120) -> tuple[int, bytes]:
+    """POST ``body`` in 1 MiB chunks with ``Transfer-Encoding: chunked`` and no ``Content-Length``."""
+    parts = urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
+    try:
+        conn.request("POST", parts.path, body=(body[i:i + chunk] for i in range(0, len(body), chunk)),
+                     headers={"Content-Type": "application/json", "Transfer-Encoding": "chunked"},
+                     encode_chunked=True)
+        response = conn.getresponse()
+        return response.status, response.read()
+    finally:
+        conn.close()
 
 
 CASES = [
@@ -92,10 +111,17 @@ CASES = [
          "Ensure that input is a valid JSON formatted string"),
     Case("body: JSON without dataframe_split/records/instances/inputs", lambda g: b'{"rows": []}', 400,
          "dataframe_split"),
-    Case("body: 50 MB (no size cap in MLflow's scoring server; see docs/reliability.md)", _padded, 200, "",
-         False),
-    Case("body: 50 MB, malformed JSON", lambda g: b'{"dataframe_split": "' + b"x" * OVERSIZED, 400,
-         "Ensure that input is a valid JSON formatted string", echoes_body=True),
+    # regression: was 200 (MLflow's scoring server has no size cap); components.model_server refuses it up front
+    Case("body: 50 MB (over the 16 MiB cap)", _padded, 413, "Content-Length is 52428800 bytes",
+         error_code=("RESOURCE_LIMIT_EXCEEDED",)),
+    # regression: was 400 quoting the whole 50 MB body back; now refused before MLflow parses (and echoes) it
+    Case("body: 50 MB, malformed JSON", lambda g: b'{"dataframe_split": "' + b"x" * OVERSIZED, 413,
+         "Content-Length is 52428821 bytes", error_code=("RESOURCE_LIMIT_EXCEEDED",)),
+    Case("body: 50 MB chunked, no Content-Length (counted while streaming)", _padded, 413,
+         f"more than {CAP} bytes received", error_code=("RESOURCE_LIMIT_EXCEEDED",), chunked=True),
+    Case("body: 15 MiB valid request (under the cap)", lambda g: _padded(g, 15 * 1024 * 1024), 200, "", False),
+    Case("body: 15 MiB valid request, chunked (under the cap)", lambda g: _padded(g, 15 * 1024 * 1024), 200, "",
+         False, chunked=True),
     Case("columns: unknown extra column beside the known ones (ignored)", lambda g: _split(g, _add("zodiac", "leo")),
          200, "", False),
 ]
@@ -120,19 +146,19 @@ def test_bad_request_gets_a_clear_4xx_and_the_server_stays_up(champion_server, g
     url, proc, _, log = champion_server
     body = case.body(good)
     started = time.monotonic()
-    status, answer = post(f"{url}/invocations", body)
+    status, answer = (_post_chunked if case.chunked else post)(f"{url}/invocations", body)
     elapsed = time.monotonic() - started
     assert proc.poll() is None, log.read_text()[-3000:]
     assert status == case.status, (status, answer[:2000])
     if case.error:
         error = json.loads(answer)
         print(f"{case.id}: {error['error_code']}: {error['message'][:300]!r}")
-        assert error["error_code"] in ("BAD_REQUEST", "INVALID_PARAMETER_VALUE"), error  # both are HTTP 400
+        assert error["error_code"] in case.error_code, error
         assert case.message in error["message"], error["message"][:2000]
-        if case.echoes_body:  # MLflow's behaviour, documented as a gap in docs/reliability.md
-            assert len(answer) > len(body)
-        else:
-            assert len(answer) < 100_000
+        if status == 413:
+            assert TOO_LARGE in error["message"] and f"at most {CAP} bytes" in error["message"]
+            assert "MTLP_MAX_REQUEST_BYTES" in error["message"] and b"xxxxxxxx" not in answer
+        assert len(answer) < 100_000  # no body echoed back (MLflow quotes a malformed body: kept under the cap)
     else:
         preds = json.loads(answer)["predictions"]
         assert len(preds) == N_ROWS and set(preds[0]) == {"income", "never_married"}
@@ -152,3 +178,31 @@ def test_number_where_a_string_is_expected_is_an_unseen_category(champion_server
     assert len(answers[0]) == N_ROWS and answers[0] == answers[1]
     assert proc.poll() is None
     _assert_serves(url, good)
+
+
+def test_the_cap_is_configurable_through_the_environment(champion_server, good, tmp_path):
+    """A second server of the same champion with ``MTLP_MAX_REQUEST_BYTES=4096``: the 8-row request (under 4 KiB)
+    is served, the same request padded to 5000 bytes gets the 413, plain and chunked."""
+    from _mlflow_helpers import MODEL_NAME, background, free_port, wait_http
+
+    from components import serving
+
+    _, _, run, _ = champion_server
+    port = free_port()
+    env = serving.serve_environment(tracking_uri=run.tracking.uri)
+    env["MTLP_MAX_REQUEST_BYTES"] = "4096"
+    log = tmp_path / "serve-4k.log"
+    with background(serving.serve_command(f"models:/{MODEL_NAME}@champion", port), log, env=env) as proc:
+        url = f"http://127.0.0.1:{port}"
+        wait_http(f"{url}/ping", proc, 180, log)
+        small = json.dumps({"dataframe_split": good}).encode()
+        assert len(small) < 4096
+        _assert_serves(url, good)
+        for send in (post, _post_chunked):
+            status, answer = send(f"{url}/invocations", _padded(good, 5000))
+            assert status == 413, answer[:2000]
+            assert "at most 4096 bytes" in json.loads(answer)["message"]
+        _assert_serves(url, good)
+        assert proc.poll() is None
+    assert "request bodies up to 4096 bytes" in log.read_text()
+    assert "413 for /invocations" in log.read_text()

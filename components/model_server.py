@@ -1,0 +1,206 @@
+"""The model server: MLflow's scoring app behind a request-size cap.
+
+``python -m components.model_server -m models:/<name>@champion --port 8080`` serves a pyfunc exactly like
+``mlflow models serve --env-manager local`` (same FastAPI app from ``mlflow.pyfunc.scoring_server``: ``/ping``,
+``/health``, ``/version``, ``POST /invocations``, the same answers and error messages) and adds one thing
+MLflow 3.17's scoring server does not have: a maximum request body size. A body larger than the cap is
+refused with HTTP 413 and an MLflow-style JSON error before the model sees it:
+
+* a ``Content-Length`` above the cap is refused up front: the body is never handed to MLflow;
+* a body without a length (chunked transfer), or longer than its ``Content-Length``, is counted while it
+  arrives and refused once it passes the cap, so at most ``cap`` bytes (plus one chunk) are ever held.
+
+A refused body is read on and discarded (up to 64 MiB) before the 413 is sent, so that clients which write the
+whole body before reading (``urllib``) get the answer rather than a reset connection. The answer never quotes
+the request body. The cap is ``--max-request-bytes``, else the environment variable
+``MTLP_MAX_REQUEST_BYTES``, else 16 MiB (``0`` turns it off). Accepted bodies are passed to MLflow's app
+unchanged, chunk by chunk.
+
+No torch import: this module needs only MLflow, uvicorn and the model's own dependencies.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from typing import Any, Awaitable, Callable, Optional
+
+__all__ = ["DEFAULT_MAX_REQUEST_BYTES", "MAX_BYTES_ENV", "BodySizeLimit", "max_request_bytes", "build_app",
+           "app_from_env", "main"]
+
+DEFAULT_MAX_REQUEST_BYTES = 16 * 1024 * 1024
+MAX_BYTES_ENV = "MTLP_MAX_REQUEST_BYTES"
+MODEL_PATH_ENV = "MTLP_SERVE_MODEL_PATH"  # local copy of the model, set by main() for uvicorn's workers
+TOO_LARGE_CODE = "RESOURCE_LIMIT_EXCEEDED"  # an MLflow ErrorCode name; the HTTP status is 413
+DRAIN_BYTES = 64 * 1024 * 1024  # a refused body is read and discarded up to this size before the 413 (see below)
+
+log = logging.getLogger("components.model_server")
+
+Scope = dict
+Message = dict
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+
+def max_request_bytes(value: Optional[str | int] = None) -> int:
+    """The cap in bytes: ``value`` if given, else ``$MTLP_MAX_REQUEST_BYTES``, else 16 MiB. 0 = no cap."""
+    source = "--max-request-bytes"
+    if value is None:
+        value, source = os.environ.get(MAX_BYTES_ENV), MAX_BYTES_ENV
+    if value is None or value == "":
+        return DEFAULT_MAX_REQUEST_BYTES
+    try:
+        n = int(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{source} must be a whole number of bytes, got {value!r}") from None
+    if n < 0:
+        raise ValueError(f"{source} must be >= 0 (0: no limit), got {n}")
+    return n
+
+
+def _mib(n: int) -> str:
+    return f"{n / (1024 * 1024):.1f} MiB"
+
+
+async def _json_error(send: Send, status: int, error_code: str, message: str) -> None:
+    body = json.dumps({"error_code": error_code, "message": message}).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+
+
+class BodySizeLimit:
+    """ASGI middleware: refuse HTTP request bodies larger than ``max_bytes`` with 413 (``max_bytes=0``: no cap).
+
+    An accepted body is read here and then replayed to ``app`` message by message, so the app sees exactly what
+    the client sent; MLflow's app reads whole bodies anyway, so this holds no more memory. A refused body is read
+    on and thrown away (up to ``drain_bytes`` in all) before the 413 goes out: clients such as ``urllib`` send
+    ``Connection: close`` and write the whole body before reading the answer, and uvicorn closes such a
+    connection right after the answer, so answering mid-body would reset it and the client would see a broken
+    pipe instead of the 413. Beyond ``drain_bytes`` (or a declared length above it) the 413 is sent at once.
+    """
+
+    def __init__(self, app: Callable, max_bytes: int, drain_bytes: int = DRAIN_BYTES) -> None:
+        self.app = app
+        self.max_bytes = int(max_bytes)
+        self.drain_bytes = max(int(drain_bytes), self.max_bytes)
+
+    def _too_large(self, what: str) -> str:
+        return (f"Request body too large: {what}; this server accepts at most {self.max_bytes} bytes "
+                f"({_mib(self.max_bytes)}, set by --max-request-bytes or {MAX_BYTES_ENV}). "
+                "Send fewer rows per request.")
+
+    async def _refuse(self, scope: Scope, send: Send, what: str, received: int) -> None:
+        log.warning("413 for %s: request body %s (%d bytes read), cap %d bytes", scope.get("path"), what, received,
+                    self.max_bytes)
+        await _json_error(send, 413, TOO_LARGE_CODE, self._too_large(what))
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or self.max_bytes <= 0:
+            await self.app(scope, receive, send)
+            return
+        refusal: Optional[str] = None
+        lengths = [v for k, v in scope.get("headers", []) if k.lower() == b"content-length"]
+        if lengths:
+            try:
+                declared = max(int(v) for v in lengths)
+            except ValueError:
+                await _json_error(send, 400, "BAD_REQUEST", "Content-Length header is not a whole number")
+                return
+            if declared > self.max_bytes:
+                refusal = f"Content-Length is {declared} bytes"
+                if declared > self.drain_bytes:  # not worth reading: answer now
+                    await self._refuse(scope, send, refusal, 0)
+                    return
+
+        messages: list[Message] = []
+        received = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":  # http.disconnect: the client went away; nothing to answer
+                return
+            received += len(message.get("body", b""))
+            if refusal is None and received > self.max_bytes:  # chunked, or more than the Content-Length said
+                refusal = f"more than {self.max_bytes} bytes received"
+                messages.clear()
+            if refusal is None:
+                messages.append(message)
+            elif received > self.drain_bytes:
+                break
+            if not message.get("more_body", False):
+                break
+        if refusal is not None:
+            await self._refuse(scope, send, refusal, received)
+            return
+
+        replay = iter(messages)
+
+        async def receive_again() -> Message:
+            buffered = next(replay, None)
+            return buffered if buffered is not None else await receive()
+
+        await self.app(scope, receive_again, send)
+
+
+def build_app(model_path: str, max_bytes: Optional[int] = None) -> Any:
+    """MLflow's scoring app for the pyfunc at ``model_path`` (a local folder or any model URI) behind the cap."""
+    from mlflow.pyfunc import scoring_server
+
+    model = scoring_server.load_model_with_mlflow_config(model_path)
+    cap = max_request_bytes() if max_bytes is None else max_bytes
+    return BodySizeLimit(scoring_server.init(model), cap)
+
+
+def app_from_env() -> Any:
+    """uvicorn factory (``--workers > 1`` re-imports the app in each worker): the model ``main`` downloaded."""
+    return build_app(os.environ[MODEL_PATH_ENV])
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m components.model_server",
+        description="Serve an MLflow pyfunc (MLflow's scoring server) with a request body size cap.")
+    p.add_argument("-m", "--model-uri", required=True, help="e.g. models:/<name>@champion, runs:/..., a folder")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("-p", "--port", type=int, default=5000)
+    p.add_argument("-w", "--workers", type=int, default=1)
+    p.add_argument("-t", "--timeout", type=int, default=None,
+                   help="seconds per request before a 504 (MLflow's MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT, 60)")
+    p.add_argument("--max-request-bytes", default=None,
+                   help=f"largest accepted request body; default ${MAX_BYTES_ENV} or "
+                        f"{DEFAULT_MAX_REQUEST_BYTES} (16 MiB); 0: no limit")
+    return p
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        cap = max_request_bytes(args.max_request_bytes)
+    except ValueError as err:
+        print(f"components.model_server: error: {err}", file=sys.stderr)
+        return 2
+    if args.workers < 1:
+        print("components.model_server: error: --workers must be >= 1", file=sys.stderr)
+        return 2
+
+    import uvicorn
+    from mlflow.artifacts import download_artifacts
+
+    local_path = download_artifacts(artifact_uri=args.model_uri)
+    os.environ[MODEL_PATH_ENV] = local_path
+    os.environ[MAX_BYTES_ENV] = str(cap)  # the workers read the resolved cap
+    if args.timeout is not None:
+        os.environ["MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT"] = str(args.timeout)
+    log.info("serving %s (local copy %s) on %s:%d, %d worker(s), request bodies up to %s", args.model_uri,
+             local_path, args.host, args.port, args.workers, f"{cap} bytes" if cap else "any size (no cap)")
+    uvicorn.run("components.model_server:app_from_env", factory=True, host=args.host, port=args.port,
+                workers=args.workers)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
