@@ -3,17 +3,23 @@
 Sparse: raw category -> id in ``[1, vocab_size)``, id 0 for unseen or missing values.
 Dense: raw number -> float32, missing -> the train median, then optional (signed) log1p and standardisation.
 Labels: raw value -> float32, with strict checks, because a wrong label silently ruins every later step.
+
+pandas is imported inside the functions that take raw tables, not at module level: generated data
+(synthetic-funnel) is numpy arrays from start to end, and ``import pandas`` alone costs ~45 MiB of RSS.
 """
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Optional, Sequence
 
 import numpy as np
-import pandas as pd
 
 from .errors import DataError
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 __all__ = [
     "SparseEncoder", "DenseEncoder", "LabelSpec", "TASK_TYPES",
@@ -28,8 +34,16 @@ def _examples(values: Iterable[Any], limit: int = 5) -> str:
     return ", ".join(shown)
 
 
+def _is_series(values: Any) -> bool:
+    """A pandas Series? Without pandas loaded nothing can be one, so this never imports it."""
+    pandas = sys.modules.get("pandas")
+    return pandas is not None and isinstance(values, pandas.Series)
+
+
 def as_category_strings(values: pd.Series, missing_values: Sequence[str] = ()) -> pd.Series:
     """Spell categories as stripped strings so that 7, 7.0 and ' 7' all name the same category; missing -> NA."""
+    import pandas as pd
+
     if pd.api.types.is_bool_dtype(values.dtype):
         out = values.astype("Int64").astype("string")
     elif pd.api.types.is_integer_dtype(values.dtype):
@@ -49,6 +63,8 @@ def as_category_strings(values: pd.Series, missing_values: Sequence[str] = ()) -
 
 def as_numbers(values: pd.Series, column: str, missing_values: Sequence[str] = ()) -> np.ndarray:
     """Raw column -> float64 array with NaN for missing; non-numeric values are a DataError, not a silent NaN."""
+    import pandas as pd
+
     if pd.api.types.is_bool_dtype(values.dtype) or pd.api.types.is_numeric_dtype(values.dtype):
         return values.to_numpy(dtype=np.float64, na_value=np.nan)
     text = values.astype("string").str.strip()
@@ -89,21 +105,27 @@ class SparseEncoder:
         """Number of embedding rows, including the reserved id 0."""
         return (len(self.vocabulary) if self.vocabulary is not None else int(self.id_range)) + 1
 
-    def encode(self, values: pd.Series | np.ndarray, missing_values: Sequence[str] = ()) -> np.ndarray:
+    def encode(self, values: pd.Series | np.ndarray, missing_values: Sequence[str] = (),
+               inplace: bool = False) -> np.ndarray:
+        """Raw values -> int64 ids; ``inplace`` lets the identity form reuse an int64 input array's memory."""
         if self.id_range is not None:
-            return self._encode_identity(values)
+            return self._encode_identity(values, inplace)
+        import pandas as pd
+
         if self._index is None:
             self._index = pd.Index(self.vocabulary, dtype="string")
         strings = as_category_strings(pd.Series(values), missing_values)
         return self._index.get_indexer(strings).astype(np.int64) + 1  # -1 (unseen/NA) -> 0
 
-    def _encode_identity(self, values: pd.Series | np.ndarray) -> np.ndarray:
-        raw = values.to_numpy(dtype=np.float64, na_value=-1.0) if isinstance(values, pd.Series) else np.asarray(values)
+    def _encode_identity(self, values: pd.Series | np.ndarray, inplace: bool = False) -> np.ndarray:
+        raw = values.to_numpy(dtype=np.float64, na_value=-1.0) if _is_series(values) else np.asarray(values)
         if raw.dtype.kind == "f":
             valid = np.isfinite(raw) & (raw >= 0) & (raw < self.id_range) & (np.mod(raw, 1.0) == 0)
             return np.where(valid, raw + 1, 0).astype(np.int64)
-        out = raw.astype(np.int64) + 1
-        out[(raw < 0) | (raw >= self.id_range)] = 0
+        outside = (raw < 0) | (raw >= self.id_range)  # before the addition, which may write into raw
+        out = raw if inplace and raw.dtype == np.int64 else raw.astype(np.int64)
+        out += 1
+        out[outside] = 0
         return out
 
     def to_dict(self) -> dict[str, Any]:
@@ -124,6 +146,8 @@ class SparseEncoder:
 def fit_sparse(name: str, source: str, values: pd.Series, missing_values: Sequence[str] = (),
                min_frequency: int = 1) -> SparseEncoder:
     """Vocabulary of the train values seen at least ``min_frequency`` times, most frequent first (ties by value)."""
+    import pandas as pd
+
     if isinstance(min_frequency, bool) or not isinstance(min_frequency, int) or min_frequency < 1:
         raise DataError(f"min_frequency for {name!r} must be a positive int, got {min_frequency!r}")
     counts = as_category_strings(values, missing_values).value_counts(dropna=True)
@@ -163,7 +187,7 @@ class DenseEncoder:
         return out
 
     def encode(self, values: pd.Series | np.ndarray, missing_values: Sequence[str] = ()) -> np.ndarray:
-        numbers = as_numbers(values, self.source, missing_values) if isinstance(values, pd.Series) else values
+        numbers = as_numbers(values, self.source, missing_values) if _is_series(values) else values
         return self.transform_numbers(numbers)
 
     def to_dict(self) -> dict[str, Any]:
@@ -244,6 +268,8 @@ class LabelSpec:
 
 def encode_label(label: LabelSpec, values: pd.Series, missing_values: Sequence[str] = ()) -> np.ndarray:
     """Raw label column -> float32; NaN, unknown classes and non-numeric targets raise DataError."""
+    import pandas as pd
+
     if label.task_type == "regression":
         numbers = as_numbers(values, label.source, missing_values)
         if np.isnan(numbers).any():

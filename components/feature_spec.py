@@ -1,6 +1,7 @@
 """The feature spec: the one file every later step trusts to know the columns, encoders, labels and provenance.
 
-Importable with numpy/pandas only (serving and light tooling read it without torch); ``to_features`` imports
+Importable with numpy only (serving and light tooling read it without torch; pandas is imported by the methods
+that take raw rows, so writing generated data never loads it); ``to_features`` imports
 ``mtl_models`` lazily.
 """
 
@@ -11,13 +12,15 @@ import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Union
+from typing import TYPE_CHECKING, Any, Union
 
 import numpy as np
-import pandas as pd
 
 from .encoders import DenseEncoder, LabelSpec, SparseEncoder, encode_label
 from .errors import DataError
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 __all__ = ["FeatureSpec", "FORMAT_VERSION", "atomic_write_text"]
 
@@ -98,6 +101,8 @@ class FeatureSpec:
 
     # ---- encoding ----
     def _column(self, raw: pd.DataFrame, source: str, name: str) -> pd.Series:
+        import pandas as pd
+
         if source in raw.columns:
             column = raw[source]
         elif name in raw.columns:

@@ -56,6 +56,34 @@ def test_funnel_ids_are_encoded_within_the_vocabulary_and_deterministic(tmp_path
     assert user.encode(np.array([0, 499, 500, -1])).tolist() == [1, 500, 0, 0]
 
 
+def test_identity_encoding_in_place_gives_the_same_ids_and_copies_otherwise():
+    from components.encoders import SparseEncoder
+
+    enc = SparseEncoder("user_id", "user_id", id_range=500)
+    raw = np.array([0, 499, 500, -1, 7], dtype=np.int64)
+    copied = enc.encode(raw)
+    assert copied.tolist() == [1, 500, 0, 0, 8] and raw.tolist() == [0, 499, 500, -1, 7]  # input untouched
+    in_place = enc.encode(raw, inplace=True)
+    assert in_place is raw and in_place.tolist() == copied.tolist()
+    small = np.array([3, 600], dtype=np.int32)  # not int64: inplace cannot reuse it, so it copies
+    assert enc.encode(small, inplace=True).tolist() == [4, 0] and small.tolist() == [3, 600]
+
+
+def test_funnel_prepare_never_imports_pandas(tmp_path):
+    """Generated data is numpy from start to end: loading pandas (~45 MiB RSS) would be a third of the peak at 1M."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = ("import sys\nfrom components.prepare import prepare\n"
+            f"prepare('synthetic-funnel', {str(tmp_path / 'f')!r}, seed=0, options={{'n_rows': 5000}})\n"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'pandas')[:3])\n")
+    result = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1],
+                            capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
+    assert (tmp_path / "f" / "train.parquet").is_file()
+
+
 def test_zipf_ids_follow_the_zipf_law():
     rng = np.random.default_rng(0)
     n_ids, s, n = 50, 1.2, 400_000

@@ -7,14 +7,16 @@ splitting, fitting encoders on train, encoding and label checks are done here on
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional, Sequence
 
 import numpy as np
-import pandas as pd
 
 from ..encoders import LabelSpec, encode_label, fit_dense, fit_sparse, as_numbers
 from ..errors import DataError
 from ..feature_spec import FeatureSpec
+
+if TYPE_CHECKING:  # pandas only in annotations here: generated datasets (synthetic-funnel) never import it
+    import pandas as pd
 
 __all__ = ["TableSchema", "RawTables", "PreparedData", "build_from_raw", "random_split_indices",
            "column_split_masks", "feature_name", "check_options", "split_fractions"]

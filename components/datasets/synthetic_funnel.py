@@ -156,7 +156,7 @@ def build(data_dir: Optional[str | Path], seed: int, val_fraction: float,
         dense.append(fit_dense(name, name, raw[name][bounds["train"]], log1p=(j == 0)))
     encoded: dict[str, np.ndarray] = {}
     for enc in sparse:
-        encoded[enc.name] = enc.encode(raw.pop(enc.source))  # ids + 1; raw array freed
+        encoded[enc.name] = enc.encode(raw.pop(enc.source), inplace=True)  # ids + 1, in the raw array's memory
     for enc in dense:
         encoded[enc.name] = enc.transform_numbers(raw.pop(enc.source), inplace=True)
     encoded.update(raw)  # labels and ground truth, already float32
