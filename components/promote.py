@@ -6,6 +6,11 @@
 
 The tracking store: ``--tracking-uri``, else ``MLFLOW_TRACKING_URI``, else the embedded SQLite store in
 ``--work-dir`` (default: the current directory).
+
+Promotions of one model never overlap, on any backend: each takes the registry's promotion lock (a registered
+model ``<name>.promotion-lock``, see ``components.registry``). A second promoter waits for it, up to
+``MTLP_PROMOTION_LOCK_WAIT_S`` seconds (600); a lock whose holder died is broken once its heartbeat has not
+moved for ``MTLP_PROMOTION_LOCK_STALE_S`` seconds (60), with a warning on stderr. ``--show`` names the holder.
 """
 
 from __future__ import annotations
@@ -35,6 +40,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    import logging
+
+    if not logging.getLogger().handlers:  # the lock's warnings (a stale lock broken) reach stderr
+        logging.basicConfig(level=logging.WARNING, format="%(name)s: %(levelname)s: %(message)s")
     from mlflow.exceptions import MlflowException
 
     from . import registry
@@ -47,7 +56,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         reason = args.reason or "manual via CLI"
         if args.show:
             out = {"model": args.model, "champion": registry.champion_version(client, args.model),
-                   "history": registry.champion_history(client, args.model)}
+                   "history": registry.champion_history(client, args.model),
+                   "promotion_lock": registry.promotion_lock_holder(client, args.model)}
             print(json.dumps(out, indent=2))
             return 0
         if args.rollback:
