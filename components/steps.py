@@ -21,8 +21,8 @@ from . import tracking
 from .feature_spec import FeatureSpec
 from .train import SPEC_FILE
 
-__all__ = ["start_pipeline_run", "mask_credentials", "prepare_step", "start_model_run", "search_step", "train_step", "evaluate_step",
-           "export_step", "register_step", "promote_step", "summary_step"]
+__all__ = ["start_pipeline_run", "mask_credentials", "prepare_step", "start_model_run", "search_step", "train_step",
+           "evaluate_step", "export_step", "register_step", "promote_step", "summary_step"]
 
 PathLike = str | os.PathLike
 

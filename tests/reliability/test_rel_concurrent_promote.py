@@ -180,7 +180,8 @@ def test_concurrent_promotions_against_an_mlflow_server(server, tmp_path) -> Non
     assert any(waits)  # the promotions did overlap
 
     # a promoter dies (SIGKILL) while it holds the lock
-    holder = subprocess.Popen([PY, "-c", HOLDER, url, MODEL], cwd=REPO, env=env(MTLP_PROMOTION_LOCK_STALE_S=str(STALE_S)),
+    holder = subprocess.Popen([PY, "-c", HOLDER, url, MODEL], cwd=REPO,
+                              env=env(MTLP_PROMOTION_LOCK_STALE_S=str(STALE_S)),
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     line = holder.stdout.readline()
     assert line.startswith("held "), holder.stderr.read()

@@ -108,8 +108,8 @@ def test_search_on_postgres_leaves_no_password_in_mlflow_or_outputs(optuna_url, 
                                  device="cpu", run_name="cred-run")
     else:
         best = search(prepared, "shared_bottom", work / "search" / "shared_bottom", n_trials=N_TRIALS, n_epoch=1,
-                      storage=steps.resolve_storage(config["search"]["storage"]), study_name="cred-run-shared_bottom", pruner="none",
-                      search_space=SPACE, n_workers=2, threads=1, device="cpu", parent_run_id=model_run,
+                      storage=steps.resolve_storage(config["search"]["storage"]), study_name="cred-run-shared_bottom",
+                      pruner="none", search_space=SPACE, n_workers=2, threads=1, device="cpu", parent_run_id=model_run,
                       tracking_uri=uri, heartbeat_interval=2).best_params
     out, err = capfd.readouterr()
 
