@@ -24,7 +24,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(f"mtlp run: {len(config.models)} model(s) {config.models} on {config.dataset.name}; "
           f"{config.search.n_trials} search trials, {config.train.n_epoch} epochs; work dir "
           f"{Path(args.runs_root) / (args.run_name or '<new run>')}", flush=True)
-    result = run_local(config, run_name=args.run_name, runs_root=args.runs_root, caching=not args.no_cache)
+    result = run_local(config, run_name=args.run_name, runs_root=args.runs_root, caching=not args.no_cache,
+                       warm_worker=not args.cold_tasks)
     summary = result.work_dir / "summary.md"
     print("\n" + (summary.read_text() if summary.exists() else "(no summary was written)"))
     print(f"Run {result.run_name} finished in {result.seconds:.0f} s; outputs in {result.work_dir}")
@@ -62,6 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--run-name", help="re-use a name to resume a killed run (finished steps are cached)")
     run.add_argument("--runs-root", default="mtlp-runs", help="where run folders go (default: ./mtlp-runs)")
     run.add_argument("--no-cache", action="store_true", help="re-run every step even when cached")
+    run.add_argument("--cold-tasks", action="store_true",
+                     help="start every task as a fresh Python process (KFP's own launcher) instead of forking "
+                          "a warm worker that has imported torch and MLflow once")
     run.set_defaults(func=cmd_run)
 
     comp = sub.add_parser("compile", help="write the KFP IR YAML for a cluster")

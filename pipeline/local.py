@@ -1,9 +1,11 @@
 """Runs the same graph on this machine with KFP's local runner and embedded defaults.
 
-Each task runs as a subprocess of this Python (no containers, no cluster); MLflow is a SQLite store and
-Optuna a journal file, both inside ``<runs_root>/<run_name>/``.
+Each task runs in its own process on this machine (no containers, no cluster), forked from a warm worker
+that imported torch and MLflow once (``pipeline.warm_worker``); MLflow is a SQLite store and Optuna a
+journal file, both inside ``<runs_root>/<run_name>/``.
 """
 
+import contextlib
 import os
 import re
 import sys
@@ -15,6 +17,7 @@ from typing import Optional
 
 from .config import ConfigError, PipelineConfig
 from .graph import build_pipeline
+from .warm_worker import warm_local_runner
 
 __all__ = ["LocalRun", "run_local", "DEFAULT_RUNS_ROOT"]
 
@@ -45,8 +48,11 @@ def _new_run_name() -> str:
 
 
 def run_local(config: PipelineConfig, run_name: Optional[str] = None, runs_root: os.PathLike | str = DEFAULT_RUNS_ROOT,
-              caching: bool = True) -> LocalRun:
-    """Run the whole graph locally; a second call with the same ``run_name`` reuses what finished (caching)."""
+              caching: bool = True, warm_worker: bool = True) -> LocalRun:
+    """Run the whole graph locally; a second call with the same ``run_name`` reuses what finished (caching).
+
+    ``warm_worker=False`` starts each task as a fresh interpreter, as KFP's local runner does by itself.
+    """
     from kfp import local
 
     run_name = check_run_name(run_name or _new_run_name())
@@ -64,7 +70,8 @@ def run_local(config: PipelineConfig, run_name: Optional[str] = None, runs_root:
     warnings.filterwarnings("ignore", message=r".*non-Python base image.*")
     pipeline_func = build_pipeline(config, local=True)
     start = time.perf_counter()
-    task = pipeline_func(run_name=run_name, work_dir=str(work_dir))
+    with warm_local_runner() if warm_worker else contextlib.nullcontext():
+        task = pipeline_func(run_name=run_name, work_dir=str(work_dir))
     seconds = time.perf_counter() - start
     summary = task.outputs["Output"] if hasattr(task, "outputs") and "Output" in getattr(task, "outputs", {}) else ""
     return LocalRun(run_name=run_name, work_dir=work_dir, seconds=seconds, summary=str(summary))

@@ -1,0 +1,259 @@
+"""A warm worker for KFP's local runner: import torch, MLflow, KFP and the steps once, fork once per task.
+
+KFP's ``SubprocessRunner`` starts every task as a fresh ``python3 -m kfp.dsl.executor_main``, which pays the
+imports of torch, MLflow and KFP again (seconds each) before doing any work; on a small run that is most of
+the wall time. Here one worker process imports them once; each task is a ``fork()`` of it that runs the same
+executor on the same arguments, so a task still gets its own process (its memory is returned when it ends,
+a crash or ``os._exit`` in it does not take the run down) but starts in milliseconds.
+
+The worker and its task processes stay in the caller's process group, so killing that group (a pod kill,
+Ctrl-C) stops them with it; if the caller dies alone, the worker sees its pipe close and kills the running
+task. Any command that is not KFP's lightweight-component launcher falls back to KFP's own subprocess path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import itertools
+import json
+import os
+import select
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import traceback
+import warnings
+from pathlib import Path
+from typing import Iterator, Optional, Sequence
+
+__all__ = ["WarmWorker", "parse_launcher", "warm_local_runner"]
+
+# What the tasks import; loaded once in the worker before the first fork. A name that fails to import is
+# skipped: the task that needs it imports it itself and reports the error there.
+PRELOAD = ("kfp.dsl.executor_main", "torch", "mlflow", "mlflow.pyfunc", "optuna", "pandas", "pyarrow.parquet",
+           "onnxruntime", "components.steps", "components.prepare", "components.train", "components.search",
+           "components.registry", "components.serving", "components.plots")
+
+_LAUNCHER = "kfp.dsl.executor_main"
+
+
+def parse_launcher(full_command: Sequence[str]) -> Optional[tuple[str, list[str]]]:
+    """``(component source, executor arguments)`` of KFP's lightweight-component command, else ``None``.
+
+    The command is ``sh -ec <script> <source> --executor_input ... --function_to_execute ...``, where the
+    script writes the source to ``ephemeral_component.py`` and runs the executor on it; anything else (a
+    ``pip install`` step, a container component) is left to KFP.
+    """
+    if len(full_command) < 4 or list(full_command[:2]) != ["sh", "-ec"]:
+        return None
+    script = full_command[2]
+    if _LAUNCHER not in script or "pip" in script or "ephemeral_component.py" not in script:
+        return None
+    args = list(full_command[4:])
+    if "--function_to_execute" not in args:
+        return None
+    return full_command[3], args
+
+
+# ----------------------------------------------------------------------------------------------- worker side
+
+def _run_task(request: dict, reply_fd: int) -> None:
+    """In the forked child: the task's environment, output to its log file, then KFP's executor."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    code = 1
+    try:
+        os.close(reply_fd)  # the protocol pipes belong to the worker: a task (or what it spawns) must not hold them
+        os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
+        log = os.open(request["log"], os.O_WRONLY | os.O_APPEND)
+        os.dup2(log, 1)
+        os.dup2(log, 2)
+        os.environ.clear()
+        os.environ.update(request["env"])
+        os.environ["_KFP_RUNTIME"] = "true"
+        os.chdir(request["cwd"])
+        program = Path(tempfile.mkdtemp())
+        module_path = program / "ephemeral_component.py"
+        module_path.write_text(request["source"])
+        sys.argv = [_LAUNCHER, "--component_module_path", str(module_path), *request["args"]]
+        from kfp.dsl.executor_main import executor_main
+
+        executor_main()
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    except BaseException:  # noqa: BLE001 - reported in the task's log, as the executor's own crash would be
+        traceback.print_exc()
+    finally:
+        with contextlib.suppress(Exception):
+            sys.stdout.flush()
+            sys.stderr.flush()
+        os._exit(code)
+
+
+def _kill_all(children: dict[int, int]) -> None:
+    for pid in children:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 2
+    while children and time.monotonic() < deadline:
+        pid, _ = os.waitpid(-1, os.WNOHANG)
+        if pid:
+            children.pop(pid, None)
+        else:
+            time.sleep(0.05)
+    for pid in children:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def _serve(preload: Sequence[str]) -> None:
+    """The worker's loop: one JSON request per line on stdin, one ``{"id", "rc"}`` line back per finished task.
+
+    KFP's local orchestrator runs independent tasks (e.g. the per-model branches) on threads at the same time,
+    so several tasks may be in flight: each request forks at once, and children are reaped as they end.
+    """
+    reply = os.fdopen(os.dup(1), "w", buffering=1)
+    os.dup2(2, 1)  # stray prints of preloaded modules go to stderr, not into the protocol
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the tasks; the caller decides what follows
+    warnings.filterwarnings("ignore")
+    loaded = []
+    for name in preload:
+        with contextlib.suppress(Exception):
+            importlib.import_module(name)
+            loaded.append(name)
+    reply.write(json.dumps({"ready": loaded}) + "\n")
+    children: dict[int, int] = {}  # pid -> request id
+    pending = b""
+    while True:
+        ready, _, _ = select.select([0], [], [], 0.05 if children else None)
+        if ready:
+            data = os.read(0, 1 << 16)
+            if not data:  # EOF: the caller is gone (or done); running tasks die with it
+                _kill_all(children)
+                return
+            pending += data
+            while b"\n" in pending:
+                line, pending = pending.split(b"\n", 1)
+                request = json.loads(line)
+                pid = os.fork()
+                if pid == 0:
+                    _run_task(request, reply.fileno())
+                children[pid] = request["id"]
+        while children:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+            if not pid:
+                break
+            task_id = children.pop(pid, None)
+            if task_id is not None:
+                reply.write(json.dumps({"id": task_id, "rc": os.waitstatus_to_exitcode(status)}) + "\n")
+
+
+# ----------------------------------------------------------------------------------------------- caller side
+
+class WarmWorker:
+    """The caller's handle on one worker process; ``run`` has the signature of KFP's subprocess launcher and
+    may be called from several threads at once (one per task in flight)."""
+
+    def __init__(self, preload: Sequence[str] = PRELOAD, python: str = sys.executable,
+                 start_timeout_s: float = 300.0) -> None:
+        self.proc = subprocess.Popen([python, "-m", "pipeline.warm_worker", ",".join(preload)], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, text=True, bufsize=1,
+                                     cwd=str(Path(__file__).resolve().parents[1]))
+        self._start_timeout_s = start_timeout_s
+        self._ready = threading.Event()
+        self._write_lock = threading.Lock()
+        self._results: dict[int, Optional[int]] = {}
+        self._done: dict[int, threading.Event] = {}
+        self._ids = itertools.count()
+        self._reader = threading.Thread(target=self._read_replies, name="warm-worker-replies", daemon=True)
+        self._reader.start()
+
+    def _read_replies(self) -> None:
+        for line in self.proc.stdout:
+            message = json.loads(line)
+            if "ready" in message:
+                self._ready.set()
+            else:
+                self._results[message["id"]] = int(message["rc"])
+                self._done[message["id"]].set()
+        for task_id, event in list(self._done.items()):  # the worker is gone: wake whoever still waits
+            self._results.setdefault(task_id, None)
+            event.set()
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def run(self, full_command: list[str], env_vars: Optional[dict] = None) -> int:
+        """Run one task's launcher command in a fork of the worker, streaming its output; its exit code."""
+        source, args = parse_launcher(full_command)
+        deadline = time.monotonic() + self._start_timeout_s
+        while not self._ready.wait(0.2):
+            if not self.alive() or time.monotonic() > deadline:
+                raise RuntimeError("the warm worker did not start (exit code "
+                                   f"{self.proc.poll()}); run with --cold-tasks to bypass it")
+        task_id = next(self._ids)
+        done = self._done[task_id] = threading.Event()
+        with tempfile.NamedTemporaryFile("rb", prefix="mtlp-task-", suffix=".log") as log:
+            request = {"id": task_id, "source": source, "args": args, "env": {**os.environ, **(env_vars or {})},
+                       "cwd": os.getcwd(), "log": log.name}
+
+            def stream() -> None:
+                data = log.read()
+                if data:
+                    sys.stdout.write(data.decode(errors="replace"))
+                    sys.stdout.flush()
+
+            with self._write_lock:
+                self.proc.stdin.write(json.dumps(request) + "\n")
+                self.proc.stdin.flush()
+            while not done.wait(0.2):
+                stream()
+            stream()
+        print("\n")  # KFP's launcher separates each task's log the same way
+        code = self._results.pop(task_id)
+        del self._done[task_id]
+        if code is None:
+            raise RuntimeError(f"the warm worker exited (code {self.proc.wait()}) while a task ran")
+        return code
+
+    def close(self) -> None:
+        if not self._ready.is_set():  # still importing (e.g. every task was cached): nothing to wait for
+            self.proc.kill()
+        with contextlib.suppress(OSError):
+            self.proc.stdin.close()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self._reader.join(timeout=5)
+
+
+@contextlib.contextmanager
+def warm_local_runner(preload: Sequence[str] = PRELOAD) -> Iterator[WarmWorker]:
+    """Route KFP's local subprocess tasks through a warm worker for the duration of the block."""
+    from kfp.local import subprocess_task_handler as handler
+
+    original = handler.run_local_subprocess
+    worker = WarmWorker(preload)
+
+    def launch(full_command: list[str], env_vars: Optional[dict] = None) -> int:
+        if parse_launcher(full_command) is None or not worker.alive():
+            return original(full_command=full_command, env_vars=env_vars)
+        return worker.run(full_command, env_vars)
+
+    handler.run_local_subprocess = launch
+    try:
+        yield worker
+    finally:
+        handler.run_local_subprocess = original
+        worker.close()
+
+
+if __name__ == "__main__":
+    _serve([name for name in (sys.argv[1] if len(sys.argv) > 1 else "").split(",") if name])

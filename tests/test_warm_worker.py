@@ -1,0 +1,89 @@
+"""The warm worker behind the local runner: tasks run in forks of one worker, with KFP's own semantics."""
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from kfp import dsl, local
+
+from pipeline.ops import make_components
+from pipeline.warm_worker import parse_launcher, warm_local_runner
+
+
+@dsl.component(base_image="python:3.11", install_kfp_package=False)  # as pipeline.ops does
+def who_ran_me(tag: str) -> str:
+    import os
+    return f"{tag}:{os.getpid()}:{os.getppid()}:{os.environ.get('MTLP_TEST_FLAG', '')}"
+
+
+@dsl.component(base_image="python:3.11", install_kfp_package=False)  # as pipeline.ops does
+def add(a: int, b: int) -> int:
+    return a + b
+
+
+@dsl.component(base_image="python:3.11", install_kfp_package=False)  # as pipeline.ops does
+def fails(message: str) -> str:
+    raise ValueError(message)
+
+
+@dsl.pipeline
+def two_steps(x: int) -> int:
+    first = add(a=x, b=1)
+    return add(a=first.output, b=10).output
+
+
+@pytest.fixture
+def local_runner(tmp_path):
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "root"),
+               enable_caching=False, raise_on_error=True)
+
+
+def test_the_launcher_of_our_components_is_recognised_and_anything_else_is_not() -> None:
+    container = make_components("python:3.11").start_model_run.component_spec.implementation.container
+    command = [*container.command, *container.args]
+    source, args = parse_launcher(command)
+    assert "def start_model_run(" in source
+    assert args[args.index("--function_to_execute") + 1] == "start_model_run"
+    assert parse_launcher(["python3", "-m", "kfp.dsl.executor_main", "--function_to_execute", "f"]) is None
+    pip = [command[0], command[1], "python3 -m pip install x && " + command[2], *command[3:]]
+    assert parse_launcher(pip) is None
+
+
+def test_tasks_run_in_forks_of_the_worker_with_the_callers_environment(local_runner, monkeypatch) -> None:
+    with warm_local_runner(preload=("kfp.dsl.executor_main",)) as worker:
+        monkeypatch.setenv("MTLP_TEST_FLAG", "set-after-the-worker-started")
+        outputs = [who_ran_me(tag=t).output for t in ("a", "b")]
+        assert two_steps(x=1).output == 12
+    tags, pids, parents, flags = zip(*(o.split(":") for o in outputs))
+    assert tags == ("a", "b")
+    assert set(parents) == {str(worker.proc.pid)}  # forked by the worker, not started by this process
+    assert len(set(pids)) == 2 and str(os.getpid()) not in pids  # one fresh process per task
+    assert flags == ("set-after-the-worker-started",) * 2
+    assert worker.proc.returncode is not None  # the worker is gone once the block ends
+
+
+def test_a_failing_task_fails_the_run_with_its_message_and_the_worker_stays_usable(local_runner, capsys) -> None:
+    with warm_local_runner(preload=()) as worker:
+        with pytest.raises(RuntimeError, match="fails"):
+            fails(message="planted failure 42")
+        assert "planted failure 42" in capsys.readouterr().out  # the task's traceback is streamed through
+        assert worker.alive()
+        assert add(a=2, b=3).output == 5
+
+
+@dsl.component(base_image="python:3.11", install_kfp_package=False)  # as pipeline.ops does
+def nap(seconds: float) -> str:
+    import time
+    start = time.time()
+    time.sleep(seconds)
+    return f"{start}:{time.time()}"
+
+
+def test_tasks_in_flight_at_the_same_time_each_get_their_own_answer(local_runner) -> None:
+    with warm_local_runner(preload=()):
+        with ThreadPoolExecutor(2) as pool:  # as the orchestrator does for independent branches
+            a, b = pool.map(lambda t: who_ran_me(tag=t).output, ["left", "right"])
+            naps = list(pool.map(lambda _: nap(seconds=2.0).output, range(2)))
+    assert a.startswith("left:") and b.startswith("right:")
+    (s1, e1), (s2, e2) = [tuple(map(float, n.split(":"))) for n in naps]
+    assert s1 < e2 and s2 < e1  # the two naps overlapped: neither waited for the other
