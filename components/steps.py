@@ -12,13 +12,12 @@ import contextlib
 import html
 import json
 import os
-import re
-import urllib.parse
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Optional, Sequence
 
 from . import tracking
 from .feature_spec import FeatureSpec
+from .tracking import mask_credentials  # noqa: F401  (re-exported: part of this module's API)
 from .train import SPEC_FILE
 
 __all__ = ["start_pipeline_run", "mask_credentials", "prepare_step", "start_model_run", "search_step", "train_step",
@@ -42,45 +41,14 @@ def _marks_failure(client: Any, run_id: str) -> Iterator[None]:
         raise
 
 
-_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]+")
-
-
-def _mask_url(url: str) -> str:
-    try:
-        parts = urllib.parse.urlsplit(url)
-        password = parts.password
-    except ValueError:  # not parseable as a URL: hide the credentials part, if any, wholesale
-        return re.sub(r"://[^/@\s]*@", "://***@", url)
-    if not password:
-        return url
-    userinfo, _, hostinfo = parts.netloc.rpartition("@")
-    user = userinfo.split(":", 1)[0]
-    return urllib.parse.urlunsplit(parts._replace(netloc=f"{user}:***@{hostinfo}"))
-
-
-def mask_credentials(value: Any) -> Any:
-    """``value`` (a config: mappings, lists, strings) with the password of every URL in it replaced by ``***``.
-
-    What the pipeline logs to MLflow (params, the config tag, ``config.json``) goes through this: a database URL
-    with its password written straight into the config (``search.storage``, ``tracking.uri``) must not end up
-    in the tracking store. The run itself keeps using the real URL."""
-    if isinstance(value, Mapping):
-        return {k: mask_credentials(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [mask_credentials(v) for v in value]
-    if isinstance(value, str) and "://" in value:
-        return _URL.sub(lambda m: _mask_url(m.group(0)), value)
-    return value
-
-
 def start_pipeline_run(config: Mapping[str, Any], work_dir: PathLike, pipeline_run_id: str,
                        tracking_uri: Optional[str] = None, experiment: Optional[str] = None) -> str:
     """Check the tracking store answers (before any training) and create or find the parent run. The config is
-    logged with URL passwords masked (:func:`mask_credentials`)."""
+    logged with URL passwords masked (:func:`components.tracking.mask_credentials`)."""
     experiment = experiment or config.get("tracking", {}).get("experiment") or "mtl-pipeline"
     t = tracking.setup_tracking(experiment, work_dir, tracking_uri or None)
     return tracking.start_parent_run(t, pipeline_run_id, dataset=config.get("dataset", {}).get("name"),
-                                     config=mask_credentials(config), run_name=f"pipeline-{pipeline_run_id}")
+                                     config=config, run_name=f"pipeline-{pipeline_run_id}")
 
 
 def prepare_step(dataset: str, out_dir: PathLike, data_dir: Optional[str], seed: int, val_fraction: float,

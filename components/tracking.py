@@ -16,6 +16,7 @@ import json
 import logging
 import math
 import os
+import re
 import subprocess
 import time
 import urllib.error
@@ -27,7 +28,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping, Optional, Sequence
 
 __all__ = [
-    "TrackingUnavailable", "Tracking", "use_globally", "client_for", "DEFAULT_DB", "DEFAULT_ARTIFACTS", "TAGS",
+    "TrackingUnavailable", "Tracking", "use_globally", "client_for", "mask_credentials", "DEFAULT_DB", "DEFAULT_ARTIFACTS", "TAGS",
     "resolve_tracking_uri", "check_tracking_reachable", "setup_tracking", "get_or_create_experiment",
     "git_commit", "flatten_params", "log_params", "start_parent_run", "find_parent_run", "create_child_run",
     "child_run", "end_run", "MlflowCallback", "retry_call", "log_train_result", "log_artifact_files",
@@ -77,6 +78,37 @@ def resolve_tracking_uri(work_dir: str | os.PathLike | None = None, uri: Optiona
     work = Path(work_dir).resolve()
     work.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{work / DEFAULT_DB}", (work / DEFAULT_ARTIFACTS).as_uri()
+
+
+_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]+")
+
+
+def _mask_url(url: str) -> str:
+    try:
+        parts = urllib.parse.urlsplit(url)
+        password = parts.password
+    except ValueError:  # not parseable as a URL: hide the credentials part, if any, wholesale
+        return re.sub(r"://[^/@\s]*@", "://***@", url)
+    if not password:
+        return url
+    userinfo, _, hostinfo = parts.netloc.rpartition("@")
+    user = userinfo.split(":", 1)[0]
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"{user}:***@{hostinfo}"))
+
+
+def mask_credentials(value: Any) -> Any:
+    """``value`` (a config: mappings, lists, strings) with the password of every URL in it replaced by ``***``.
+
+    Every config this module logs (params, the config tag, ``config.json``) goes through this: a database URL
+    with its password written straight into the config (``search.storage``, ``tracking.uri``) must not end up
+    in the tracking store. The run itself keeps using the real URL."""
+    if isinstance(value, Mapping):
+        return {k: mask_credentials(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [mask_credentials(v) for v in value]
+    if isinstance(value, str) and "://" in value:
+        return _URL.sub(lambda m: _mask_url(m.group(0)), value)
+    return value
 
 
 def _redact(uri: str) -> str:
@@ -351,6 +383,7 @@ def start_parent_run(tracking: Tracking, pipeline_run_id: str, *, dataset: Optio
         for name, digest in raw_sha256.items():
             tags[f"{TAGS['raw_sha256']}.{name}"] = digest
     if config is not None:
+        config = mask_credentials(config)
         tags[TAGS["config"]] = json.dumps(config, sort_keys=True, default=str)
     tags.update(extra_tags or {})
     tags = {k: str(v)[:MAX_TAG_VALUE] for k, v in tags.items()}
@@ -546,7 +579,8 @@ def log_train_result(client: Any, run_id: str, result: Any, *, spec_path: str | 
     onnx_file = Path(onnx_path) if onnx_path else out_dir / "model.onnx"
     log_artifact_files(client, run_id, [onnx_file], "onnx")
     if config is not None:
-        retry_call(client.log_text, run_id, json.dumps(config, indent=2, sort_keys=True, default=str), "config.json")
+        retry_call(client.log_text, run_id, json.dumps(mask_credentials(config), indent=2, sort_keys=True, default=str),
+                   "config.json")
 
     if plots:
         from . import plots as plotting

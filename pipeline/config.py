@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
+import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Optional, Union
@@ -128,6 +129,14 @@ class PipelineConfig:
             unknown = set(per_model) - set(MODEL_NAMES) - extra
             if unknown:
                 raise ConfigError(f"{key}: unknown models {sorted(unknown)}; choose from {list(MODEL_NAMES)}")
+        for key, url in (("search.storage", self.search.storage), ("tracking.uri", self.tracking.uri)):
+            if url and "://" in url and urllib.parse.urlsplit(url).password:
+                # the config travels as KFP pipeline parameters: a password here shows in the KFP UI and YAML
+                fix = ("write `env:VARIABLE` here and put the URL in that environment variable, or leave it empty "
+                       "and set OPTUNA_STORAGE" if key == "search.storage" else
+                       "leave it empty and set MLFLOW_TRACKING_URI (MLFLOW_TRACKING_USERNAME / _PASSWORD for a server)")
+                raise ConfigError(f"{key} carries a password, which would show in the KFP UI and the compiled "
+                                  f"pipeline: {fix} (a Kubernetes Secret on a cluster)")
         return self
 
     @property

@@ -1,8 +1,8 @@
-"""components.steps.mask_credentials: what the pipeline logs to MLflow carries no URL password."""
+"""components.tracking.mask_credentials: what the pipeline (or a library user) logs to MLflow carries no URL password."""
 
 from __future__ import annotations
 
-from components.steps import mask_credentials
+from components.tracking import mask_credentials, setup_tracking, start_parent_run
 
 
 def test_url_passwords_are_masked_anywhere_in_a_config():
@@ -25,3 +25,19 @@ def test_url_passwords_are_masked_anywhere_in_a_config():
 
 def test_an_unparseable_url_still_loses_its_credentials():
     assert mask_credentials("postgresql://u:secret@[::1/db") == "postgresql://***@[::1/db"
+
+
+def test_start_parent_run_masks_the_config_it_logs_even_when_called_directly(tmp_path):
+    from mlflow import MlflowClient
+
+    secret = "s3cr3t-in-config"
+    trk = setup_tracking("mask", tmp_path)
+    run_id = start_parent_run(trk, "p1", config={"search": {"storage": f"postgresql://optuna:{secret}@db/optuna"}})
+    client = MlflowClient(trk.uri, trk.uri)
+    run = client.get_run(run_id)
+    logged = repr(run.data.params) + repr(run.data.tags)
+    assert run.data.params["config.search.storage"] == "postgresql://optuna:***@db/optuna"
+    assert secret not in logged
+    local = client.download_artifacts(run_id, "config.json", str(tmp_path / "dl"))
+    text = open(local).read()
+    assert "optuna:***@db" in text and secret not in text

@@ -120,6 +120,9 @@ def test_database_storage_fans_out_search_workers(tmp_path) -> None:
     ({"resources": {"gpus": -1}}, "resources.gpus"),
     ({"dataset": {"val_fraction": 1.5}}, "val_fraction"),
     ({"train": {"params": {"mmeo": {}}}}, "train.params: unknown models"),
+    # a password in a config URL would travel as a KFP pipeline parameter, visible in the UI and the YAML
+    ({"search": {"storage": "postgresql://optuna:s3cret@db/optuna"}}, "search.storage carries a password.*env:VARIABLE"),
+    ({"tracking": {"uri": "https://alice:tok3n@mlflow.example"}}, "tracking.uri carries a password.*MLFLOW_TRACKING_URI"),
 ])
 def test_bad_configs_name_the_key(bad: dict, match: str) -> None:
     from pipeline.config import ConfigError
