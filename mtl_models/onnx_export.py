@@ -48,16 +48,19 @@ def example_inputs(model: MultiTaskModel, batch_size: int = 4, seed: int = 0) ->
 
 @contextlib.contextmanager
 def _quiet_exporter():
-    """The dynamo exporter warns about torchvision ops and dim names on every call; none of it is actionable."""
-    logger = logging.getLogger("torch.onnx")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
+    """The dynamo exporter warns about torchvision ops and dim names on every call, and onnxscript's optimizer
+    logs every constant it does not fold at INFO; none of it is actionable."""
+    loggers = [logging.getLogger(name) for name in ("torch.onnx", "onnxscript", "onnx_ir")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             yield
     finally:
-        logger.setLevel(level)
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
 
 
 def export_onnx(model: MultiTaskModel, path: Union[str, os.PathLike], opset_version: int = 18) -> Path:
