@@ -207,5 +207,6 @@ def config(quick: bool) -> dict:
                               "search.n_trials": 1, "search.n_epoch": 1, "train.n_epoch": 1}}
     # the default config with two of its five models: on a busy 2-core machine the local runner's 39 tasks of the
     # full default run take longer than this suite's time box; 18 tasks show the same per-task cost
-    return {"search": {"n_trials": 6, "n_epoch": 4, "pruners": "median"}, "pipeline_config": default,
+    # pruning at docs/search.md's setting (16 trials x 10 epochs): with few epochs per trial there is little to prune
+    return {"search": {"n_trials": 16, "n_epoch": 10, "pruners": "median"}, "pipeline_config": default,
             "startup_repeats": 3, "cold": True, "overrides": {"models": ["shared_bottom", "mmoe"]}}

@@ -25,7 +25,7 @@ def cmd_run(args: argparse.Namespace) -> int:
           f"{config.search.n_trials} search trials, {config.train.n_epoch} epochs; work dir "
           f"{Path(args.runs_root) / (args.run_name or '<new run>')}", flush=True)
     result = run_local(config, run_name=args.run_name, runs_root=args.runs_root, caching=not args.no_cache,
-                       warm_worker=not args.cold_tasks)
+                       warm_worker=not args.cold_tasks, parallel_tasks=args.parallel_tasks)
     summary = result.work_dir / "summary.md"
     print("\n" + (summary.read_text() if summary.exists() else "(no summary was written)"))
     print(f"Run {result.run_name} finished in {result.seconds:.0f} s; outputs in {result.work_dir}")
@@ -66,6 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--cold-tasks", action="store_true",
                      help="start every task as a fresh Python process (KFP's own launcher) instead of forking "
                           "a warm worker that has imported torch and MLflow once")
+    run.add_argument("--parallel-tasks", type=int, default=1,
+                     help="tasks of independent branches (the models) run at once (default 1: each training "
+                          "task uses every core; raise it on a machine with cores to spare)")
     run.set_defaults(func=cmd_run)
 
     comp = sub.add_parser("compile", help="write the KFP IR YAML for a cluster")

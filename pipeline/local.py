@@ -48,10 +48,12 @@ def _new_run_name() -> str:
 
 
 def run_local(config: PipelineConfig, run_name: Optional[str] = None, runs_root: os.PathLike | str = DEFAULT_RUNS_ROOT,
-              caching: bool = True, warm_worker: bool = True) -> LocalRun:
+              caching: bool = True, warm_worker: bool = True, parallel_tasks: int = 1) -> LocalRun:
     """Run the whole graph locally; a second call with the same ``run_name`` reuses what finished (caching).
 
-    ``warm_worker=False`` starts each task as a fresh interpreter, as KFP's local runner does by itself.
+    ``warm_worker=False`` starts each task as a fresh interpreter, as KFP's local runner does by itself (and
+    then runs independent branches side by side, whatever ``parallel_tasks`` says). ``parallel_tasks``: how
+    many tasks of independent branches (the models) run at once; 1 lets each use every core.
     """
     from kfp import local
 
@@ -70,7 +72,7 @@ def run_local(config: PipelineConfig, run_name: Optional[str] = None, runs_root:
     warnings.filterwarnings("ignore", message=r".*non-Python base image.*")
     pipeline_func = build_pipeline(config, local=True)
     start = time.perf_counter()
-    with warm_local_runner() if warm_worker else contextlib.nullcontext():
+    with warm_local_runner(parallel_tasks=parallel_tasks) if warm_worker else contextlib.nullcontext():
         task = pipeline_func(run_name=run_name, work_dir=str(work_dir))
     seconds = time.perf_counter() - start
     summary = task.outputs["Output"] if hasattr(task, "outputs") and "Output" in getattr(task, "outputs", {}) else ""

@@ -79,11 +79,21 @@ def nap(seconds: float) -> str:
     return f"{start}:{time.time()}"
 
 
-def test_tasks_in_flight_at_the_same_time_each_get_their_own_answer(local_runner) -> None:
-    with warm_local_runner(preload=()):
+def _two_at_once(parallel_tasks: int) -> tuple[list[str], list[tuple[float, float]]]:
+    with warm_local_runner(preload=(), parallel_tasks=parallel_tasks):
         with ThreadPoolExecutor(2) as pool:  # as the orchestrator does for independent branches
-            a, b = pool.map(lambda t: who_ran_me(tag=t).output, ["left", "right"])
+            tags = list(pool.map(lambda t: who_ran_me(tag=t).output, ["left", "right"]))
             naps = list(pool.map(lambda _: nap(seconds=2.0).output, range(2)))
+    return tags, [tuple(map(float, n.split(":"))) for n in naps]
+
+
+def test_tasks_in_flight_at_the_same_time_each_get_their_own_answer(local_runner) -> None:
+    (a, b), ((s1, e1), (s2, e2)) = _two_at_once(parallel_tasks=2)
     assert a.startswith("left:") and b.startswith("right:")
-    (s1, e1), (s2, e2) = [tuple(map(float, n.split(":"))) for n in naps]
     assert s1 < e2 and s2 < e1  # the two naps overlapped: neither waited for the other
+
+
+def test_by_default_tasks_of_parallel_branches_take_turns(local_runner) -> None:
+    (a, b), ((s1, e1), (s2, e2)) = _two_at_once(parallel_tasks=1)
+    assert a.startswith("left:") and b.startswith("right:")
+    assert e1 <= s2 or e2 <= s1  # one nap ended before the other began
