@@ -576,9 +576,11 @@ def headline(head: dict) -> list[str]:
 
 
 def render(results_dir: Path, docs: Path, command: str = "python -m bench.run", readme: Path | None = REPO / "README.md") -> Path:
-    parts = load_results(results_dir)
     docs = Path(docs)
     img = docs / "benchmarks"
+    # the page's own merged results first, then the part files just written: a run of some parts keeps the others
+    parts = load_results(img) if (img / "results.json").is_file() else {}
+    parts.update(load_results(results_dir))
     img.mkdir(parents=True, exist_ok=True)
     merged = {"parts": {str(k): v for k, v in sorted(parts.items())}}
     if Path(results_dir).resolve() != img.resolve() or not (img / "results.json").exists() or parts:

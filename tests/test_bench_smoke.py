@@ -119,6 +119,27 @@ def test_report_only_cli_renders_from_merged_json_and_names_missing_parts(tmp_pa
     assert "Not run in this report's results" in text and "ONNX / eager" in text
 
 
+def test_rendering_some_parts_keeps_the_pages_other_parts(tmp_path):
+    """`bench.run --parts 6` writes part6.json in bench/results; the page's merged JSON keeps parts 1-5 and 7."""
+    recs = synthetic_results()
+    docs = tmp_path / "docs"
+    (docs / "benchmarks").mkdir(parents=True)
+    (docs / "benchmarks" / "results.json").write_text(json.dumps({"parts": {str(n): recs[n] for n in (1, 5, 7)}}))
+    out = tmp_path / "results"
+    out.mkdir()
+    newer = json.loads(json.dumps(recs[6]))
+    newer["result"]["overhead"] = 0.1
+    (out / "part6.json").write_text(json.dumps(newer))
+    readme = tmp_path / "README.md"
+    readme.write_text(f"{report.README_START}\nold\n{report.README_END}\n")
+    report.render(out, docs, command="python -m bench.run --parts 6", readme=readme)
+    merged = json.loads((docs / "benchmarks" / "results.json").read_text())
+    assert sorted(merged["parts"]) == ["1", "5", "6", "7"]
+    assert merged["parts"]["6"]["result"]["overhead"] == 0.1
+    headline = readme.read_text()
+    assert "ONNX Runtime batch-1 latency" in headline and "local runner vs direct step calls" in headline
+
+
 @pytest.mark.slow  # an ONNX export: seconds on an idle machine, can pass 30 s on a busy one
 @pytest.mark.skipif(not (ADULT / "adult.data").is_file(), reason="Adult raw files not present")
 def test_inference_part_measures_one_model(tmp_path):
