@@ -11,7 +11,7 @@ import re
 import sys
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
@@ -30,6 +30,7 @@ class LocalRun:
     work_dir: Path
     seconds: float
     summary: str
+    task_seconds: list = field(default_factory=list)  # (component function, seconds it ran); warm worker only
 
 
 _RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -72,8 +73,9 @@ def run_local(config: PipelineConfig, run_name: Optional[str] = None, runs_root:
     warnings.filterwarnings("ignore", message=r".*non-Python base image.*")
     pipeline_func = build_pipeline(config, local=True)
     start = time.perf_counter()
-    with warm_local_runner(parallel_tasks=parallel_tasks) if warm_worker else contextlib.nullcontext():
+    with warm_local_runner(parallel_tasks=parallel_tasks) if warm_worker else contextlib.nullcontext() as worker:
         task = pipeline_func(run_name=run_name, work_dir=str(work_dir))
     seconds = time.perf_counter() - start
     summary = task.outputs["Output"] if hasattr(task, "outputs") and "Output" in getattr(task, "outputs", {}) else ""
-    return LocalRun(run_name=run_name, work_dir=work_dir, seconds=seconds, summary=str(summary))
+    return LocalRun(run_name=run_name, work_dir=work_dir, seconds=seconds, summary=str(summary),
+                    task_seconds=list(worker.task_seconds) if worker is not None else [])

@@ -36,7 +36,11 @@ __all__ = ["WarmWorker", "parse_launcher", "warm_local_runner"]
 # skipped: the task that needs it imports it itself and reports the error there.
 PRELOAD = ("kfp.dsl.executor_main", "torch", "mlflow", "mlflow.pyfunc", "optuna", "pandas", "pyarrow.parquet",
            "onnxruntime", "components.steps", "components.prepare", "components.train", "components.search",
-           "components.registry", "components.serving", "components.plots")
+           "components.registry", "components.serving", "components.plots",
+           # imported lazily inside the steps, seconds each in every task that needs them: MLflow's SQL stores
+           # (every task opens the run's SQLite store), the ONNX exporter, metrics and plotting
+           "mlflow.store.tracking.sqlalchemy_store", "mlflow.store.model_registry.sqlalchemy_store", "torch.onnx",
+           "torch._dynamo", "onnxscript", "onnx", "sklearn.metrics", "optuna.visualization", "git")
 
 _LAUNCHER = "kfp.dsl.executor_main"
 
@@ -120,12 +124,18 @@ def _serve(preload: Sequence[str]) -> None:
     reply = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)  # stray prints of preloaded modules go to stderr, not into the protocol
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the tasks; the caller decides what follows
-    warnings.filterwarnings("ignore")
     loaded = []
-    for name in preload:
-        with contextlib.suppress(Exception):
-            importlib.import_module(name)
-            loaded.append(name)
+    with warnings.catch_warnings():  # import-time warnings only; the tasks keep the default filters
+        warnings.simplefilter("ignore")
+        for name in preload:
+            with contextlib.suppress(Exception):
+                importlib.import_module(name)
+                loaded.append(name)
+        if "components.plots" in preload:
+            with contextlib.suppress(Exception):  # pyplot with the backend the plots use (no display is opened)
+                import matplotlib
+                matplotlib.use("Agg", force=True)
+                import matplotlib.pyplot  # noqa: F401
     reply.write(json.dumps({"ready": loaded}) + "\n")
     children: dict[int, int] = {}  # pid -> request id
     pending = b""
@@ -179,6 +189,7 @@ class WarmWorker:
         self._results: dict[int, Optional[int]] = {}
         self._done: dict[int, threading.Event] = {}
         self._ids = itertools.count()
+        self.task_seconds: list[tuple[str, float]] = []  # (component function, seconds it ran), in finishing order
         self._reader = threading.Thread(target=self._read_replies, name="warm-worker-replies", daemon=True)
         self._reader.start()
 
@@ -221,12 +232,15 @@ class WarmWorker:
                     sys.stdout.write(data.decode(errors="replace"))
                     sys.stdout.flush()
 
+            started = time.perf_counter()
             with self._write_lock:
                 self.proc.stdin.write(json.dumps(request) + "\n")
                 self.proc.stdin.flush()
             while not done.wait(0.2):
                 stream()
             stream()
+            function = args[args.index("--function_to_execute") + 1]
+            self.task_seconds.append((function, time.perf_counter() - started))
         print("\n")  # KFP's launcher separates each task's log the same way
         code = self._results.pop(task_id)
         del self._done[task_id]

@@ -60,6 +60,8 @@ def test_tasks_run_in_forks_of_the_worker_with_the_callers_environment(local_run
     assert len(set(pids)) == 2 and str(os.getpid()) not in pids  # one fresh process per task
     assert flags == ("set-after-the-worker-started",) * 2
     assert worker.proc.returncode is not None  # the worker is gone once the block ends
+    assert [f for f, _ in worker.task_seconds] == ["who_ran_me", "who_ran_me", "add", "add"]
+    assert all(0 < s < 60 for _, s in worker.task_seconds)
 
 
 def test_a_failing_task_fails_the_run_with_its_message_and_the_worker_stays_usable(local_runner, capsys) -> None:
