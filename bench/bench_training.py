@@ -182,6 +182,45 @@ class PlainRunner:
 
 
 
+class PlainRecHubRunner(PlainRunner):
+    """The same minimal loop over Torch-RecHub's own model: what its module costs per step without its trainer,
+    so that the gap between libraries splits into model compute and trainer overhead."""
+    label = "plain loop, Torch-RecHub model"
+
+    def __init__(self, name, data, feats, vocab, out):
+        torch.manual_seed(0)
+        self.name = name
+        self.model = rechub(name, feats, vocab)
+        self.x = {k: torch.from_numpy(v.copy()) for k, v in data["x"].items()}
+        cols, _ = rechub_labels(name)
+        self.y = torch.from_numpy(cols(data["y"]).astype(np.float32))
+        self.opt = torch.optim.Adam(self.model.parameters(), lr=LR)
+        self.data, self.epoch = data, 0
+
+    def train_epoch(self):
+        self.model.train()
+        perm = torch.randperm(len(self.y), generator=torch.Generator().manual_seed(self.epoch))
+        x = {k: v[perm] for k, v in self.x.items()}
+        y = self.y[perm]
+        trained = slice(1, 3) if self.name == "ESMM" else slice(0, 2)  # its ESMM trains on (ctr, ctcvr)
+        for i in range(0, len(y), BATCH):
+            pred = self.model({k: v[i:i + BATCH] for k, v in x.items()})
+            loss = F.binary_cross_entropy(pred[:, trained], y[i:i + BATCH, trained])
+            self.opt.zero_grad()
+            loss.backward()
+            self.opt.step()
+        self.epoch += 1
+
+    def test_auc(self):
+        self.model.eval()
+        with torch.no_grad():
+            p = self.model({k: torch.from_numpy(v) for k, v in self.data["xt"].items()}).numpy()
+        cols, _ = rechub_labels(self.name)
+        yt = cols(self.data["yt"])
+        trained = [1, 2] if self.name == "ESMM" else [0, 1]
+        return [roc_auc(yt[:, i], p[:, i]) for i in trained]
+
+
 def rechub_labels(name: str):
     """Torch-RecHub's label layout for ``name``: a function dict-of-labels -> [N, k] array, and its task types.
 

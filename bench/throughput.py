@@ -1,6 +1,7 @@
 """Part 4: training throughput (samples/s) per model: MTLTrainer vs the plain-PyTorch loop vs Torch-RecHub 0.9.0,
 at batch 256, 1024 and 4096, with bench/bench_training.py's runners and config (Adult, every column sparse,
-BatchNorm MLPs). Per (model, batch) the three runners alternate; each trains ``epochs`` epochs, the first is
+BatchNorm MLPs). A fourth runner puts Torch-RecHub's own model through the same plain loop, which splits the
+gap between the libraries into model compute and trainer overhead. Per (model, batch) the runners alternate; each trains ``epochs`` epochs, the first is
 warm-up; samples/s = rows / fastest timed epoch (what survives a shared machine's noise), medians kept too.
 """
 
@@ -17,7 +18,8 @@ import torch
 from bench import bench_training as bt
 from bench.environment import load_average
 
-RUNNERS = [("ours", bt.OursRunner), ("plain", bt.PlainRunner), ("rechub", bt.RecHubRunner)]
+RUNNERS = [("ours", bt.OursRunner), ("plain", bt.PlainRunner), ("rechub", bt.RecHubRunner),
+           ("rechub_plain", bt.PlainRecHubRunner)]
 
 
 def measure(name: str, batch: int, data, feats, vocab, epochs: int, repeats: int) -> dict:
