@@ -22,9 +22,10 @@ from .errors import DataError
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["FeatureSpec", "FORMAT_VERSION", "atomic_write_text"]
+__all__ = ["FeatureSpec", "FORMAT_VERSION", "SPEC_FILE", "atomic_write_text"]
 
 FORMAT_VERSION = 1
+SPEC_FILE = "feature_spec.json"  # its name in every prepared, trained and exported folder
 Encoder = Union[SparseEncoder, DenseEncoder]
 
 

@@ -21,12 +21,11 @@ import pyarrow.parquet as pq
 from .datasets import DATASETS, get_builder
 from .datasets.base import PreparedData
 from .errors import DataError
-from .feature_spec import FeatureSpec
+from .feature_spec import SPEC_FILE, FeatureSpec
 
 __all__ = ["prepare", "write_outputs", "main", "SPLIT_FILES", "SPEC_FILE"]
 
 SPLIT_FILES = {"train": "train.parquet", "val": "val.parquet", "test": "test.parquet"}
-SPEC_FILE = "feature_spec.json"
 ROW_GROUP_SIZE = 1_000_000
 
 

@@ -16,9 +16,8 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping, Optional, Sequence
 
 from . import tracking
-from .feature_spec import FeatureSpec
+from .feature_spec import SPEC_FILE, FeatureSpec
 from .tracking import mask_credentials  # noqa: F401  (re-exported: part of this module's API)
-from .train import SPEC_FILE
 
 __all__ = ["start_pipeline_run", "mask_credentials", "prepare_step", "start_model_run", "search_step", "train_step",
            "evaluate_step", "export_step", "register_step", "promote_step", "summary_step"]

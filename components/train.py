@@ -20,14 +20,13 @@ import numpy as np
 import pyarrow.parquet as pq
 import torch
 
-from .feature_spec import FeatureSpec
+from .feature_spec import SPEC_FILE, FeatureSpec
 from .model_factory import build_model, resolve_params
 
 __all__ = ["TrainResult", "ExportResult", "train", "export", "load_trained", "predict_prepared", "split_loader",
            "test_score", "SPEC_FILE"]
 
 PathLike = Union[str, os.PathLike]
-SPEC_FILE = "feature_spec.json"
 WEIGHTS_FILE, PARAMS_FILE, METRICS_FILE, ONNX_FILE = "model.pt", "params.json", "metrics.json", "model.onnx"
 
 
