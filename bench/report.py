@@ -471,8 +471,9 @@ def part6(rec: dict, img: Path) -> tuple[list[str], dict]:
               + f": {used.get('dataset')} {json.dumps(used.get('options'))}, models {used.get('models')}, search "
               f"{json.dumps(used.get('search'))}, train {json.dumps(used.get('train'))}), caching off. "
               "KFP's local runner (`pipeline.local.run_local`: each task a fork of one warm worker process that "
-              "imported torch, MLflow and the steps once) vs the same `components.steps` functions called in one "
-              "process in the graph's order (`bench.pipeline_overhead.run_direct`)"
+              "imported torch, MLflow and the steps once) vs the same `components.steps` functions called one after "
+              "the other in one fresh Python process, its interpreter start and imports included as the local run's "
+              "are (`bench.pipeline_overhead.run_direct_fresh`)"
               + ("; and, for comparison, the local runner with KFP's own launcher (`--cold-tasks`: a fresh "
                  "`python3` per task)" if cold else "") + ". Seconds per step, summed over models:", "",
               "| step | local runner (sum of task durations) | direct calls |" + (" cold tasks |" if cold else ""),
@@ -487,8 +488,13 @@ def part6(rec: dict, img: Path) -> tuple[list[str], dict]:
               f"One cold task's fixed cost, measured here: a fresh interpreter importing torch, mlflow, kfp and the steps "
               f"module takes {st['median']:.1f} s (median of {len(st['seconds'])}; a bare `python3 -c pass` "
               f"{st['bare_python_median']:.2f} s), ≈ {n_tasks * st['median']:.0f} s over this run's {n_tasks} tasks; the warm "
-              "worker pays it once. What remains of the overhead is per task: KFP's executor input/output handling, "
-              "its log streaming, and each task's MLflow client opening the SQLite store (migration check) afresh."]
+              "worker pays it once."]
+    in_tasks = sum(local["by_step"].values())
+    if local.get("timed_by") == "worker":
+        lines.append(f"The local run's tasks themselves ran for {in_tasks:.1f} s (the worker's clock) of its "
+                     f"{local['seconds']:.1f} s; the other {local['seconds'] - in_tasks:.1f} s are the worker's start "
+                     "(the imports the first task waits for) and KFP's orchestration between tasks (resolving "
+                     "inputs, writing each task's executor input and output files, caching checks).")
     head.update(p6_overhead=over, p6_local=local["seconds"], p6_direct=direct["seconds"], p6_startup=st["median"])
     plt = _plt()
     ks = list(dict.fromkeys(list(direct["by_step"]) + list(local["by_step"])))

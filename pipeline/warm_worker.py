@@ -34,13 +34,17 @@ __all__ = ["WarmWorker", "parse_launcher", "warm_local_runner"]
 
 # What the tasks import; loaded once in the worker before the first fork. A name that fails to import is
 # skipped: the task that needs it imports it itself and reports the error there.
-PRELOAD = ("kfp.dsl.executor_main", "torch", "mlflow", "mlflow.pyfunc", "optuna", "pandas", "pyarrow.parquet",
-           "onnxruntime", "components.steps", "components.prepare", "components.train", "components.search",
-           "components.registry", "components.serving", "components.plots",
-           # imported lazily inside the steps, seconds each in every task that needs them: MLflow's SQL stores
-           # (every task opens the run's SQLite store), the ONNX exporter, metrics and plotting
-           "mlflow.store.tracking.sqlalchemy_store", "mlflow.store.model_registry.sqlalchemy_store", "torch.onnx",
-           "torch._dynamo", "onnxscript", "onnx", "sklearn.metrics", "optuna.visualization", "git")
+PRELOAD = ("kfp.dsl.executor_main", "mlflow", "mlflow.store.tracking.sqlalchemy_store",
+           "mlflow.store.model_registry.sqlalchemy_store", "components.steps",
+           # the rest is imported while the first (light) tasks run: they need none of it
+           "torch", "mlflow.pyfunc", "optuna", "pandas", "pyarrow.parquet", "onnxruntime", "components.prepare",
+           "components.train", "components.search", "components.registry", "components.serving", "components.plots",
+           "matplotlib.pyplot", "torch.onnx", "torch._dynamo", "onnxscript", "onnx", "sklearn.metrics",
+           "optuna.visualization", "git")
+# What the first tasks of every run (start, prepare's bookkeeping, model runs) import: loaded before the worker
+# says it is ready; everything else after, between and during tasks.
+FIRST = frozenset({"kfp.dsl.executor_main", "mlflow", "mlflow.store.tracking.sqlalchemy_store",
+                   "mlflow.store.model_registry.sqlalchemy_store", "components.steps"})
 
 _LAUNCHER = "kfp.dsl.executor_main"
 
@@ -99,6 +103,20 @@ def _run_task(request: dict, reply_fd: int) -> None:
         os._exit(code)
 
 
+def _preload(name: str) -> bool:
+    """Import ``name`` in the worker (later forks inherit it); a failure is left for the task that needs it."""
+    with warnings.catch_warnings():  # import-time warnings only; the tasks keep the default filters
+        warnings.simplefilter("ignore")
+        try:
+            if name == "matplotlib.pyplot":  # with the backend the plots use: no display is ever opened
+                import matplotlib
+                matplotlib.use("Agg", force=True)
+            importlib.import_module(name)
+            return True
+        except Exception:  # noqa: BLE001
+            return False
+
+
 def _kill_all(children: dict[int, int]) -> None:
     for pid in children:
         with contextlib.suppress(ProcessLookupError):
@@ -124,23 +142,14 @@ def _serve(preload: Sequence[str]) -> None:
     reply = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)  # stray prints of preloaded modules go to stderr, not into the protocol
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the tasks; the caller decides what follows
-    loaded = []
-    with warnings.catch_warnings():  # import-time warnings only; the tasks keep the default filters
-        warnings.simplefilter("ignore")
-        for name in preload:
-            with contextlib.suppress(Exception):
-                importlib.import_module(name)
-                loaded.append(name)
-        if "components.plots" in preload:
-            with contextlib.suppress(Exception):  # pyplot with the backend the plots use (no display is opened)
-                import matplotlib
-                matplotlib.use("Agg", force=True)
-                import matplotlib.pyplot  # noqa: F401
+    first = [name for name in preload if name in FIRST]
+    later = [name for name in preload if name not in FIRST]
+    loaded = [name for name in first if _preload(name)]
     reply.write(json.dumps({"ready": loaded}) + "\n")
     children: dict[int, int] = {}  # pid -> request id
     pending = b""
     while True:
-        ready, _, _ = select.select([0], [], [], 0.05 if children else None)
+        ready, _, _ = select.select([0], [], [], 0 if later else 0.05 if children else None)
         if ready:
             data = os.read(0, 1 << 16)
             if not data:  # EOF: the caller is gone (or done); running tasks die with it
@@ -161,6 +170,8 @@ def _serve(preload: Sequence[str]) -> None:
             task_id = children.pop(pid, None)
             if task_id is not None:
                 reply.write(json.dumps({"id": task_id, "rc": os.waitstatus_to_exitcode(status)}) + "\n")
+        if later and not ready:  # idle, or a task is running: import the next module for the tasks to come
+            _preload(later.pop(0))
 
 
 # ----------------------------------------------------------------------------------------------- caller side
