@@ -63,19 +63,20 @@ def run_local(config: PipelineConfig, run_name: Optional[str] = None, runs_root:
     if work_dir.parent != Path(runs_root).resolve():  # e.g. a symlinked run folder pointing elsewhere
         raise ConfigError(f"run folder {work_dir} is outside the runs root {Path(runs_root).resolve()}")
     work_dir.mkdir(parents=True, exist_ok=True)
-    # the tasks' command runs `python3`: make it this interpreter's environment
-    os.environ["PATH"] = str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", "")
-    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(work_dir / "kfp"),
-               enable_caching=caching, cache_root=str(work_dir / "kfp-cache"), raise_on_error=True)
-    # The same graph carries cluster settings (resources, display names, the image) that the local runner
-    # ignores by design; its per-task warnings about them say nothing the user can act on.
-    warnings.filterwarnings("ignore", message=r".*have no effect in the current local runner.*")
-    warnings.filterwarnings("ignore", message=r".*non-Python base image.*")
-    pipeline_func = build_pipeline(config, local=True)
-    start = time.perf_counter()
+    # the worker starts importing now, while KFP initialises and the graph is built
     with warm_local_runner(parallel_tasks=parallel_tasks) if warm_worker else contextlib.nullcontext() as worker:
+        # the tasks' command runs `python3`: make it this interpreter's environment
+        os.environ["PATH"] = str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", "")
+        local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(work_dir / "kfp"),
+                   enable_caching=caching, cache_root=str(work_dir / "kfp-cache"), raise_on_error=True)
+        # The same graph carries cluster settings (resources, display names, the image) that the local runner
+        # ignores by design; its per-task warnings about them say nothing the user can act on.
+        warnings.filterwarnings("ignore", message=r".*have no effect in the current local runner.*")
+        warnings.filterwarnings("ignore", message=r".*non-Python base image.*")
+        pipeline_func = build_pipeline(config, local=True)
+        start = time.perf_counter()
         task = pipeline_func(run_name=run_name, work_dir=str(work_dir))
-    seconds = time.perf_counter() - start
+        seconds = time.perf_counter() - start
     summary = task.outputs["Output"] if hasattr(task, "outputs") and "Output" in getattr(task, "outputs", {}) else ""
     return LocalRun(run_name=run_name, work_dir=work_dir, seconds=seconds, summary=str(summary),
                     task_seconds=list(worker.task_seconds) if worker is not None else [])

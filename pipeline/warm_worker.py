@@ -36,11 +36,14 @@ __all__ = ["WarmWorker", "parse_launcher", "warm_local_runner"]
 # skipped: the task that needs it imports it itself and reports the error there.
 PRELOAD = ("kfp.dsl.executor_main", "mlflow", "mlflow.store.tracking.sqlalchemy_store",
            "mlflow.store.model_registry.sqlalchemy_store", "components.steps",
-           # the rest is imported while the first (light) tasks run: they need none of it
-           "torch", "mlflow.pyfunc", "optuna", "pandas", "pyarrow.parquet", "onnxruntime", "components.prepare",
-           "components.train", "components.search", "components.registry", "components.serving", "components.plots",
-           "matplotlib.pyplot", "torch.onnx", "torch._dynamo", "onnxscript", "onnx", "sklearn.metrics",
-           "optuna.visualization", "git")
+           # the rest, in the order the graph's tasks need it, is imported while the first tasks run
+           "pandas", "pyarrow.parquet", "components.prepare",  # prepare
+           "torch", "optuna", "sklearn.metrics", "components.search", "components.train",  # search, train
+           "optuna.visualization", "matplotlib.pyplot", "components.plots", "git",  # their plots and tags
+           "torch.onnx", "torch.export", "torch._export", "torch._dynamo", "torch._functorch.aot_autograd",
+           "torch._inductor.codegen", "torch.onnx._internal.exporter._core", "sympy", "networkx", "onnx",
+           "onnxscript", "onnxscript.function_libs.torch_lib.ops", "onnxscript.rewriter", "onnxruntime",  # export
+           "mlflow.pyfunc", "components.registry", "components.serving")  # register, promote
 # What the first tasks of every run (start, prepare's bookkeeping, model runs) import: loaded before the worker
 # says it is ready; everything else after, between and during tasks.
 FIRST = frozenset({"kfp.dsl.executor_main", "mlflow", "mlflow.store.tracking.sqlalchemy_store",
