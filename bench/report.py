@@ -484,6 +484,10 @@ def part6(rec: dict, img: Path) -> tuple[list[str], dict]:
     lines += [f"| **total wall time** | **{local['seconds']:.1f}** | **{direct['seconds']:.1f}** |"
               + (f" **{cold['seconds']:.1f}** |" if cold else ""), "",
               f"Local runner overhead over direct calls: **{over * 100:+.0f} %** (target ≤ 15 %: {_ok(over <= 0.15)})"
+              + (f", from the mean wall time of {len(local['all_seconds'])} runs of each path in ABBA order (local "
+                 f"{', '.join(f'{x:.1f}' for x in local['all_seconds'])} s; direct "
+                 f"{', '.join(f'{x:.1f}' for x in direct.get('all_seconds', []))} s; per-step seconds from the first)"
+                 if len(local.get("all_seconds", [])) > 1 else "")
               + (f"; with a fresh interpreter per task it is {res['overhead_cold'] * 100:+.0f} %." if cold else "."),
               f"One cold task's fixed cost, measured here: a fresh interpreter importing torch, mlflow, kfp and the steps "
               f"module takes {st['median']:.1f} s (median of {len(st['seconds'])}; a bare `python3 -c pass` "
