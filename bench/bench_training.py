@@ -151,22 +151,25 @@ class PlainRunner:
         torch.manual_seed(0)
         self.model = ours(name, feats, vocab)
         self.x = {k: torch.from_numpy(v.copy()) for k, v in data["x"].items()}
-        self.y = torch.from_numpy(np.stack([data["y"]["income"], data["y"]["never_married"]], 1))
-        self.targets = self.model.training_targets
+        # the model's training targets, per row (ESMM: click and click x conversion)
+        self.y = self.model.training_targets(torch.from_numpy(np.stack([data["y"]["income"], data["y"]["never_married"]], 1)))
         self.opt = torch.optim.Adam(self.model.parameters(), lr=LR)
         self.data, self.epoch = data, 0
 
     def run(self, epochs: int) -> list[float]:
         return _timed(self.train_epoch, epochs)
 
+    def loss(self, pred, y):
+        return F.binary_cross_entropy(pred, y)  # mean over tasks and rows
+
     def train_epoch(self):
         self.model.train()
         perm = torch.randperm(len(self.y), generator=torch.Generator().manual_seed(self.epoch))
         x = {k: v[perm] for k, v in self.x.items()}
-        y = self.model.training_targets(self.y[perm])
+        y = self.y[perm]
         for i in range(0, len(y), BATCH):
             pred = self.model({k: v[i:i + BATCH] for k, v in x.items()})
-            loss = F.binary_cross_entropy(pred, y[i:i + BATCH])  # mean over tasks and rows
+            loss = self.loss(pred, y[i:i + BATCH])
             self.opt.zero_grad()
             loss.backward()
             self.opt.step()
@@ -197,19 +200,9 @@ class PlainRecHubRunner(PlainRunner):
         self.opt = torch.optim.Adam(self.model.parameters(), lr=LR)
         self.data, self.epoch = data, 0
 
-    def train_epoch(self):
-        self.model.train()
-        perm = torch.randperm(len(self.y), generator=torch.Generator().manual_seed(self.epoch))
-        x = {k: v[perm] for k, v in self.x.items()}
-        y = self.y[perm]
+    def loss(self, pred, y):
         trained = slice(1, 3) if self.name == "ESMM" else slice(0, 2)  # its ESMM trains on (ctr, ctcvr)
-        for i in range(0, len(y), BATCH):
-            pred = self.model({k: v[i:i + BATCH] for k, v in x.items()})
-            loss = F.binary_cross_entropy(pred[:, trained], y[i:i + BATCH, trained])
-            self.opt.zero_grad()
-            loss.backward()
-            self.opt.step()
-        self.epoch += 1
+        return F.binary_cross_entropy(pred[:, trained], y[:, trained])
 
     def test_auc(self):
         self.model.eval()

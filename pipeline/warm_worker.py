@@ -157,7 +157,8 @@ def _serve(preload: Sequence[str]) -> None:
             data = os.read(0, 1 << 16)
             if not data:  # EOF: the caller is gone (or done); running tasks die with it
                 _kill_all(children)
-                return
+                reply.flush()
+                os._exit(0)  # nothing to tear down: a normal exit unloads torch & co. for seconds (4 s measured)
             pending += data
             while b"\n" in pending:
                 line, pending = pending.split(b"\n", 1)
