@@ -32,8 +32,9 @@ from typing import Iterator, Optional, Sequence
 
 __all__ = ["WarmWorker", "parse_launcher", "warm_local_runner"]
 
-# What the tasks import; loaded once in the worker before the first fork. A name that fails to import is
-# skipped: the task that needs it imports it itself and reports the error there.
+# What the tasks import, loaded once in the worker (``FIRST`` before it says it is ready, the rest between and
+# during tasks) so that every later fork has it. A name that fails to import is skipped: the task that needs it
+# imports it itself and reports the error there.
 PRELOAD = ("kfp.dsl.executor_main", "mlflow", "mlflow.store.tracking.sqlalchemy_store",
            "mlflow.store.model_registry.sqlalchemy_store", "components.steps",
            # the rest, in the order the graph's tasks need it, is imported while the first tasks run
