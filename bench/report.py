@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+from components.plots import pyplot, save_figure
+
 REPO = Path(__file__).resolve().parents[1]
 README_START, README_END = "<!-- bench:headline:start -->", "<!-- bench:headline:end -->"
 TASKS = ["income", "never_married"]
@@ -52,14 +54,6 @@ def _env_line(rec: dict) -> str:
             f"{e.get('load_average', ['?'])[0]} at the start and {rec.get('load_average_end', ['?'])[0]} at the end on "
             f"{e.get('cpus', '?')} CPUs._")
 
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 # ---------------------------------------------------------------------------------------------- part 1
@@ -118,7 +112,7 @@ def part1(rec: dict, img: Path) -> tuple[list[str], dict]:
               "like-for-like row (Torch-RecHub's AITM numbers are repeated there)."]
     head["p1_vs_trh"] = all(checks) if checks else None
     # plot
-    plt = _plt()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
     impls = ["mtl_models", "Torch-RecHub 0.9.0"]
     for ax, t in zip(axes, TASKS):
@@ -137,9 +131,7 @@ def part1(rec: dict, img: Path) -> tuple[list[str], dict]:
             ax.set_ylim(min(finite) - 0.01, max(finite + ([hgb[t][0]] if hgb else [])) + 0.006)
         ax.set_title(f"Adult test AUC: {t}")
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(img / "quality_adult.png", dpi=110)
-    plt.close(fig)
+    save_figure(fig, img / "quality_adult.png", dpi=110)
     lines += ["", "![Adult test AUC](benchmarks/quality_adult.png)", ""]
 
     tuned = res.get("tuned")
@@ -209,7 +201,7 @@ def part2(rec: dict, img: Path) -> tuple[list[str], dict]:
     res = rec["result"]
     cfg = res["config"]
     runs = res["runs"]
-    plt = _plt()
+    plt = pyplot()
     ps = cfg["ps"]
     fig, axes = plt.subplots(1, len(ps), figsize=(4.2 * len(ps), 3.6), sharey=False)
     axes = np.atleast_1d(axes)
@@ -228,9 +220,7 @@ def part2(rec: dict, img: Path) -> tuple[list[str], dict]:
         ax.set_xlabel("training steps")
         ax.set_ylabel("test MSE (mean of 2 tasks)")
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(img / "mmoe_synthetic.png", dpi=110)
-    plt.close(fig)
+    save_figure(fig, img / "mmoe_synthetic.png", dpi=110)
     lines = [f"Data: `synthetic-mmoe` (d = 100, m = 10 sines, c = 1, noise 0.1), {cfg['n_rows'] - cfg['n_test']:,} train / "
              f"{cfg['n_test']:,} test rows per seed; models of similar size: SharedBottom bottom {cfg['bottom']}, MMOE "
              f"{cfg['n_expert']} experts {cfg['expert']}, PLE 1 level with {cfg['n_expert']} experts {cfg['expert']} in all "
@@ -285,7 +275,7 @@ def part3(rec: dict, img: Path) -> tuple[list[str], dict]:
              "| metric | " + " | ".join(a[1] for a in arms) + " |", "|---|---|---|"]
     for k, label in keys:
         lines.append(f"| {label} | " + " | ".join(_fmt(*_ms([val(r, a, k) for r in runs])) for a, _ in arms) + " |")
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5, 4.2))
     for a, label in arms:
         c = np.array(runs[0][a]["calibration_all"]["curve"])
@@ -296,9 +286,7 @@ def part3(rec: dict, img: Path) -> tuple[list[str], dict]:
     ax.set_ylabel("mean true pCVR")
     ax.set_title("pCVR calibration over all impressions")
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(img / "esmm_calibration.png", dpi=110)
-    plt.close(fig)
+    save_figure(fig, img / "esmm_calibration.png", dpi=110)
     e = _ms([val(r, "esmm", "soft_auc_all") for r in runs])[0]
     c = _ms([val(r, "cvr_clicked_only", "soft_auc_all") for r in runs])[0]
     er = _ms([val(r, "esmm", "pred_over_true") for r in runs])[0]
@@ -389,7 +377,7 @@ def part4(rec: dict, img: Path) -> tuple[list[str], dict]:
                 f"with no trainer at all, is itself only {min(plain_trh):.1f}–{max(plain_trh):.1f}× Torch-RecHub "
                 f"(median {float(np.median(plain_trh)):.1f}×): most of the gap to 3× is the model's compute per row. "
                 "Load average " f"{min(loads):.1f}–{max(loads):.1f}.")
-    plt = _plt()
+    plt = pyplot()
     models = list(dict.fromkeys(r["model"] for r in rows))
     batches = list(dict.fromkeys(r["batch"] for r in rows))
     fig, axes = plt.subplots(1, len(batches), figsize=(4.5 * len(batches), 3.8))
@@ -405,9 +393,7 @@ def part4(rec: dict, img: Path) -> tuple[list[str], dict]:
         ax.set_title(f"batch {b}, {top_threads} thread(s)")
         ax.set_ylabel("samples/s")
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(img / "throughput.png", dpi=110)
-    plt.close(fig)
+    save_figure(fig, img / "throughput.png", dpi=110)
     lines += ["", "![Training throughput](benchmarks/throughput.png)"]
     return lines, {"p4_med_vs_trh": float(np.median([r["vs_rechub"] for r in rows])),
                    "p4_med_vs_plain": float(np.median([r["vs_plain"] for r in rows])),
@@ -433,7 +419,7 @@ def part5(rec: dict, img: Path) -> tuple[list[str], dict]:
                      f"({b1['onnx_p90_ms']:.3f}) | {b1['onnx_over_eager']:.2f} {'✓' if oks[-1] else '✗'} | "
                      f"{big['eager_samples_s']:,.0f} | {big['onnx_samples_s']:,.0f} | {max(b1['max_abs_diff'], big['max_abs_diff']):.1e} |")
     lines += ["", f"Target ONNX Runtime batch-1 latency ≤ 0.5× eager: {_ok(all(oks))}."]
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 3.6))
     xs = np.arange(len(rows))
     ax.bar(xs - 0.2, [r["b1"]["eager_median_ms"] for r in rows], 0.4, label="PyTorch eager")
@@ -441,9 +427,7 @@ def part5(rec: dict, img: Path) -> tuple[list[str], dict]:
     ax.set_xticks(xs, [r["model"] for r in rows], fontsize=8)
     ax.set_ylabel("batch-1 latency, ms (median)")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(img / "inference.png", dpi=110)
-    plt.close(fig)
+    save_figure(fig, img / "inference.png", dpi=110)
     lines += ["", "![Inference latency](benchmarks/inference.png)"]
     return lines, {"p5_max_ratio": max(r["b1"]["onnx_over_eager"] for r in rows), "p5_ok": all(oks)}
 
@@ -513,7 +497,7 @@ def part6(rec: dict, img: Path) -> tuple[list[str], dict]:
                 "a second export in one process), and a task that arrives while the worker is still importing "
                 "(torch, the exporter) waits for that import to finish.")
     head.update(p6_overhead=over, p6_local=local["seconds"], p6_direct=direct["seconds"], p6_startup=st["median"])
-    plt = _plt()
+    plt = pyplot()
     ks = list(dict.fromkeys(list(direct["by_step"]) + list(local["by_step"])))
     fig, ax = plt.subplots(figsize=(7, 3.6))
     xs = np.arange(len(ks))
@@ -522,9 +506,7 @@ def part6(rec: dict, img: Path) -> tuple[list[str], dict]:
     ax.set_xticks(xs, ks, rotation=30, fontsize=8)
     ax.set_ylabel("seconds")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(img / "pipeline_steps.png", dpi=110)
-    plt.close(fig)
+    save_figure(fig, img / "pipeline_steps.png", dpi=110)
     expected = 4 + 6 * len(used.get("models") or [])
     if n_tasks < expected:
         lines.append(f"({n_tasks} of the run's {expected} task durations were matched in the runner's log; the local "

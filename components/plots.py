@@ -10,29 +10,32 @@ from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 
-__all__ = ["training_curves", "roc_curves", "roc_curves_for_result", "model_comparison", "search_history"]
+__all__ = ["training_curves", "roc_curves", "roc_curves_for_result", "model_comparison", "search_history",
+           "pyplot", "save_figure"]
 
 
-def _pyplot():
+def pyplot():
+    """matplotlib.pyplot on the Agg backend (files only, no display)."""
     import matplotlib
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
     return plt
 
 
-def _save(fig: Any, path: str | os.PathLike) -> Path:
-    plt = _pyplot()
+def save_figure(fig: Any, path: str | os.PathLike, dpi: int = 100) -> Path:
+    """Lay out, write and close ``fig`` (closing frees it: pyplot keeps every open figure alive)."""
+    plt = pyplot()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=dpi)
     plt.close(fig)
     return path
 
 
 def training_curves(history: Sequence[Mapping[str, float]], path: str | os.PathLike, title: str = "") -> Path:
     """Three panels over epochs: train losses, validation metrics, adaptive task weights."""
-    plt = _pyplot()
+    plt = pyplot()
     series: dict[str, list[tuple[int, float]]] = defaultdict(list)
     for i, row in enumerate(history):
         epoch = int(row.get("epoch", i))
@@ -55,7 +58,7 @@ def training_curves(history: Sequence[Mapping[str, float]], path: str | os.PathL
             ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes)
     if title:
         fig.suptitle(title)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def roc_curves(y_true: np.ndarray, y_pred: np.ndarray, task_names: Sequence[str], task_types: Sequence[str],
@@ -63,7 +66,7 @@ def roc_curves(y_true: np.ndarray, y_pred: np.ndarray, task_names: Sequence[str]
     """One ``roc_<task>.png`` per classification task (``y_true``/``y_pred``: ``[N, n_task]``)."""
     from sklearn.metrics import roc_auc_score, roc_curve
 
-    plt = _pyplot()
+    plt = pyplot()
     y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
     paths = []
     for j, (task, kind) in enumerate(zip(task_names, task_types)):
@@ -81,7 +84,7 @@ def roc_curves(y_true: np.ndarray, y_pred: np.ndarray, task_names: Sequence[str]
         ax.set_ylabel("true positive rate")
         ax.set_title(f"{title} {task}".strip())
         ax.legend(loc="lower right")
-        paths.append(_save(fig, Path(out_dir) / f"roc_{task}.png"))
+        paths.append(save_figure(fig, Path(out_dir) / f"roc_{task}.png"))
     return paths
 
 
@@ -102,7 +105,7 @@ def roc_curves_for_result(result: Any, prepared_dir: str | os.PathLike, out_dir:
 def model_comparison(table: Mapping[str, Mapping[str, float]], path: str | os.PathLike,
                      title: str = "test metrics by model") -> Path:
     """Grouped bars: one group per metric (``test_score``, ``<task>/auc``...), one bar per model."""
-    plt = _pyplot()
+    plt = pyplot()
     models = list(table)
     metrics = sorted({m for row in table.values() for m in row}, key=lambda m: (m != "test_score", m))
     fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(metrics) * max(1, len(models)) / 2), 4.5))
@@ -119,13 +122,13 @@ def model_comparison(table: Mapping[str, Mapping[str, float]], path: str | os.Pa
     ax.set_xticklabels(metrics, rotation=30, ha="right", fontsize=8)
     ax.set_title(title)
     ax.legend(fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def search_history(values: Sequence[Optional[float]], path: str | os.PathLike, maximize: bool = True,
                    title: str = "search: objective by trial") -> Path:
     """Objective per trial (None = failed/pruned, skipped) with the best-so-far line."""
-    plt = _pyplot()
+    plt = pyplot()
     xs = [i for i, v in enumerate(values) if v is not None and np.isfinite(v)]
     ys = [float(values[i]) for i in xs]
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -137,4 +140,4 @@ def search_history(values: Sequence[Optional[float]], path: str | os.PathLike, m
     ax.set_xlabel("trial")
     ax.set_ylabel("objective")
     ax.set_title(title)
-    return _save(fig, path)
+    return save_figure(fig, path)
