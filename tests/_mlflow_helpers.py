@@ -59,6 +59,20 @@ def seed_store(work_dir: Path) -> Path:
     return work_dir
 
 
+def store_with_versions(folder: Path, model: str, n_versions: int) -> tuple[Path, str]:
+    """An embedded store in ``folder`` holding registered model ``model`` with ``n_versions`` versions and no
+    aliases; ``(work dir, sqlite URI)``."""
+    from mlflow import MlflowClient
+
+    work = seed_store(folder / "store")
+    uri = f"sqlite:///{work / 'mlflow.db'}"
+    client = MlflowClient(uri, uri)
+    client.create_registered_model(model)
+    for _ in range(n_versions):
+        client.create_model_version(model, source=str(folder / "model"), run_id=None)
+    return work, uri
+
+
 def prepared_adult(adult_dir: Path, root: Path) -> Path:
     """Prepare Adult once per test process (the files are read-only afterwards)."""
     if "adult" not in _PREPARED:

@@ -12,7 +12,7 @@ import pytest
 
 pytest.importorskip("mlflow")
 
-from _mlflow_helpers import quiet_mlflow, seed_store  # noqa: E402
+from _mlflow_helpers import quiet_mlflow, store_with_versions  # noqa: E402
 
 from components import registry  # noqa: E402
 from components.registry import LOCK_SUFFIX, LOCK_TAG, PromotionLock, PromotionLockError  # noqa: E402
@@ -25,13 +25,8 @@ MODEL = "lock-model"
 def client(tmp_path):
     from mlflow import MlflowClient
 
-    work = seed_store(tmp_path / "store")
-    uri = f"sqlite:///{work / 'mlflow.db'}"
-    c = MlflowClient(uri, uri)
-    c.create_registered_model(MODEL)
-    for _ in range(2):
-        c.create_model_version(MODEL, source=str(tmp_path / "model"), run_id=None)
-    return c
+    _, uri = store_with_versions(tmp_path, MODEL, 2)
+    return MlflowClient(uri, uri)
 
 
 def _names(client) -> set[str]:

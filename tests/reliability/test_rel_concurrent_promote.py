@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from _mlflow_helpers import background, free_port, mlflow_bin, quiet_mlflow, seed_store, wait_http
+from _mlflow_helpers import background, free_port, mlflow_bin, quiet_mlflow, store_with_versions, wait_http
 from _rel import PY, REPO, env
 
 pytestmark = [pytest.mark.reliability, pytest.mark.slow]
@@ -30,15 +30,7 @@ STALE_S = 5  # MTLP_PROMOTION_LOCK_STALE_S for the SIGKILL case
 
 def _store(tmp_path: Path) -> tuple[Path, str]:
     """An embedded store holding ``MODEL`` with 3 versions (no champion yet); ``(work dir, sqlite URI)``."""
-    from mlflow import MlflowClient
-
-    work = seed_store(tmp_path / "store")
-    uri = f"sqlite:///{work / 'mlflow.db'}"
-    client = MlflowClient(uri, uri)
-    client.create_registered_model(MODEL)
-    for _ in range(3):
-        client.create_model_version(MODEL, source=str(tmp_path / "model"), run_id=None)
-    return work, uri
+    return store_with_versions(tmp_path, MODEL, 3)
 
 
 # Each promoter is `mtlp promote`'s main() in its own process, started behind a barrier: the imports are done
