@@ -74,9 +74,9 @@ def run_local_timed(config, work: Path, warm_worker: bool = True) -> dict:
     finally:
         root.removeFilter(clock)
     total = time.perf_counter() - t0
-    tasks = task_durations(clock.events)
-    if res.task_seconds:  # the worker's own clock: KFP's log times a task from when its thread waits for a turn
-        tasks = [{"task": function.replace("_", "-"), "seconds": seconds} for function, seconds in res.task_seconds]
+    # the worker's own clock where there is one: KFP's log times a task from when its thread waits for a turn
+    tasks = ([{"task": function.replace("_", "-"), "seconds": seconds} for function, seconds in res.task_seconds]
+             if res.task_seconds else task_durations(clock.events))
     by_step: dict[str, float] = {}
     for t in tasks:
         by_step[_step_name(t["task"])] = by_step.get(_step_name(t["task"]), 0.0) + t["seconds"]

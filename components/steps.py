@@ -17,9 +17,8 @@ from typing import Any, Iterator, Mapping, Optional, Sequence
 
 from . import tracking
 from .feature_spec import SPEC_FILE, FeatureSpec
-from .tracking import mask_credentials  # noqa: F401  (re-exported: part of this module's API)
 
-__all__ = ["start_pipeline_run", "mask_credentials", "prepare_step", "start_model_run", "search_step", "train_step",
+__all__ = ["start_pipeline_run", "prepare_step", "start_model_run", "search_step", "train_step",
            "evaluate_step", "export_step", "register_step", "promote_step", "summary_step"]
 
 PathLike = str | os.PathLike

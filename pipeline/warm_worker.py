@@ -32,23 +32,20 @@ from typing import Iterator, Optional, Sequence
 
 __all__ = ["WarmWorker", "parse_launcher", "warm_local_runner"]
 
-# What the tasks import, loaded once in the worker (``FIRST`` before it says it is ready, the rest between and
-# during tasks) so that every later fork has it. A name that fails to import is skipped: the task that needs it
-# imports it itself and reports the error there.
-PRELOAD = ("kfp.dsl.executor_main", "mlflow", "mlflow.store.tracking.sqlalchemy_store",
-           "mlflow.store.model_registry.sqlalchemy_store", "components.steps",
-           # the rest, in the order the graph's tasks need it, is imported while the first tasks run
-           "pandas", "pyarrow.parquet", "components.prepare",  # prepare
-           "torch", "optuna", "sklearn.metrics", "components.search", "components.train",  # search, train
-           "optuna.visualization", "matplotlib.pyplot", "components.plots", "git",  # their plots and tags
-           "torch.onnx", "torch.export", "torch._export", "torch._dynamo", "torch._functorch.aot_autograd",
-           "torch._inductor.codegen", "torch.onnx._internal.exporter._core", "sympy", "networkx", "onnx",
-           "onnxscript", "onnxscript.function_libs.torch_lib.ops", "onnxscript.rewriter", "onnxruntime",  # export
-           "mlflow.pyfunc", "components.registry", "components.serving")  # register, promote
-# What the first tasks of every run (start, prepare's bookkeeping, model runs) import: loaded before the worker
-# says it is ready; everything else after, between and during tasks.
-FIRST = frozenset({"kfp.dsl.executor_main", "mlflow", "mlflow.store.tracking.sqlalchemy_store",
-                   "mlflow.store.model_registry.sqlalchemy_store", "components.steps"})
+# What the tasks import, loaded once in the worker so that every later fork has it: ``FIRST`` (what the first
+# tasks of every run, start and model runs, need) before it says it is ready, the rest between and during tasks.
+# A name that fails to import is skipped: the task that needs it imports it itself and reports the error there.
+FIRST = ("kfp.dsl.executor_main", "mlflow", "mlflow.store.tracking.sqlalchemy_store",
+         "mlflow.store.model_registry.sqlalchemy_store", "components.steps")
+PRELOAD = FIRST + (
+    # the rest, in the order the graph's tasks need it, is imported while the first tasks run
+    "pandas", "pyarrow.parquet", "components.prepare",  # prepare
+    "torch", "optuna", "sklearn.metrics", "components.search", "components.train",  # search, train
+    "optuna.visualization", "matplotlib.pyplot", "components.plots", "git",  # their plots and tags
+    "torch.onnx", "torch.export", "torch._export", "torch._dynamo", "torch._functorch.aot_autograd",
+    "torch._inductor.codegen", "torch.onnx._internal.exporter._core", "sympy", "networkx", "onnx",
+    "onnxscript", "onnxscript.function_libs.torch_lib.ops", "onnxscript.rewriter", "onnxruntime",  # export
+    "mlflow.pyfunc", "components.registry", "components.serving")  # register, promote
 
 _LAUNCHER = "kfp.dsl.executor_main"
 
