@@ -240,7 +240,7 @@ def summary_step(parent_run_id: str, results: Mapping[str, Mapping[str, float]],
             f"{m[t]:.4f}" if t in m else "" for t in tasks) + " |")
     lines += ["", f"Champion of `{registered_model}`: version {decision.get('current_champion')} "
                   f"(candidate version {decision.get('candidate_version')}: {decision.get('decision')})",
-              "", f"MLflow UI: `mlflow ui --backend-store-uri {tracking._redact(uri)}`"]
+              "", f"MLflow UI: `mlflow ui --backend-store-uri {tracking.mask_credentials(uri)}`"]
     text = "\n".join(lines) + "\n"
     Path(out_md).write_text(text)
     (Path(work_dir) / "summary.md").write_text(text)  # where `mtlp run` finds it

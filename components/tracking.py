@@ -111,14 +111,6 @@ def mask_credentials(value: Any) -> Any:
     return value
 
 
-def _redact(uri: str) -> str:
-    parts = urllib.parse.urlsplit(uri)
-    if parts.password:
-        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-        return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
-    return uri
-
-
 def check_tracking_reachable(uri: str, timeout: float = 10.0) -> None:
     """Raise :class:`TrackingUnavailable` with a clear message when ``uri`` cannot be used; return quietly if it can.
 
@@ -126,7 +118,7 @@ def check_tracking_reachable(uri: str, timeout: float = 10.0) -> None:
     SQLite / file: the folder must be creatable and writable. Other database URIs: a connection must open.
     """
     scheme = urllib.parse.urlsplit(uri).scheme.lower()
-    shown = _redact(uri)
+    shown = _mask_url(uri)
     if scheme in ("http", "https"):
         base = uri.rstrip("/")
         try:
@@ -262,7 +254,7 @@ def setup_tracking(experiment_name: str, work_dir: str | os.PathLike | None = No
     except TrackingUnavailable:
         raise
     except Exception as e:
-        raise TrackingUnavailable(f"tracking store {_redact(uri)} is not usable: {e}") from None
+        raise TrackingUnavailable(f"tracking store {_mask_url(uri)} is not usable: {e}") from None
     return Tracking(uri=uri, experiment_id=experiment_id, experiment_name=experiment_name, client=client)
 
 
