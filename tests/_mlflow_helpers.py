@@ -312,15 +312,17 @@ def background(cmd: list[str], log_path: Path, env: Optional[dict] = None):
 
 
 @contextlib.contextmanager
-def serve_champion(run: PipelineRun, log_path: Path, timeout: float = 180):
+def serve_champion(run: PipelineRun, log_path: Path, timeout: float = 180, plain_mlflow: bool = False):
     """``python -m components.model_server`` (MLflow's scoring app behind the body cap) of
-    ``models:/adult-mtl@champion`` on a free loopback port, answering ``/ping``;
-    yields ``(base_url, proc)`` and stops the server on exit."""
+    ``models:/adult-mtl@champion`` on a free loopback port, answering ``/ping``; with ``plain_mlflow`` MLflow's
+    own ``mlflow models serve --env-manager local`` instead. Yields ``(base_url, proc)``, stops the server on exit."""
     from components import serving
 
     port = free_port()
     env = serving.serve_environment(tracking_uri=run.tracking.uri)
-    cmd = serving.serve_command(f"models:/{MODEL_NAME}@champion", port)
+    uri = f"models:/{MODEL_NAME}@champion"
+    cmd = (mlflow_bin() + ["models", "serve", "-m", uri, "-h", "127.0.0.1", "-p", str(port), "--env-manager", "local"]
+           if plain_mlflow else serving.serve_command(uri, port))
     with background(cmd, log_path, env=env) as proc:
         wait_http(f"http://127.0.0.1:{port}/ping", proc, timeout, log_path)
         yield f"http://127.0.0.1:{port}", proc

@@ -77,13 +77,12 @@ def test_champion_loads_without_torch_or_project_code(adult_dir, tmp_path_factor
     assert got.shape == (200, 2) and np.abs(got - expected).max() <= 1e-6
 
 
-@pytest.mark.slow
-def test_mlflow_models_serve_answers_raw_rows(adult_dir, tmp_path_factory, champion_server):
+def _served_champion_answers_raw_rows(url, proc, adult_dir, tmp_path_factory) -> None:
+    """64 raw test rows (with `?` cells) over HTTP get the trainer's predictions; missing columns get a 400."""
     from mlflow import MlflowClient
 
     from components.train import predict_prepared
 
-    url, proc, _, _ = champion_server  # the served champion, shared with the reliability suite
     run = embedded_pipeline(adult_dir, tmp_path_factory.getbasetemp())
     client = MlflowClient(run.tracking.uri, run.tracking.uri)
     version = str(client.get_model_version_by_alias(MODEL_NAME, "champion").version)
@@ -108,3 +107,18 @@ def test_mlflow_models_serve_answers_raw_rows(adult_dir, tmp_path_factory, champ
     got = np.array([[p["income"], p["never_married"]] for p in preds])
     expected = predict_prepared(run.work / cand.model_name, run.prepared, split="test")[:64]
     assert np.abs(got - expected).max() <= 1e-5
+
+
+@pytest.mark.slow
+def test_model_server_answers_raw_rows(adult_dir, tmp_path_factory, champion_server):
+    url, proc, _, _ = champion_server  # components.model_server, shared with the reliability suite
+    _served_champion_answers_raw_rows(url, proc, adult_dir, tmp_path_factory)
+
+
+@pytest.mark.slow
+def test_plain_mlflow_models_serve_answers_raw_rows(adult_dir, tmp_path_factory, tmp_path):
+    from _mlflow_helpers import serve_champion
+
+    run = embedded_pipeline(adult_dir, tmp_path_factory.getbasetemp())
+    with serve_champion(run, tmp_path / "serve.log", plain_mlflow=True) as (url, proc):
+        _served_champion_answers_raw_rows(url, proc, adult_dir, tmp_path_factory)
