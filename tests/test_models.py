@@ -258,11 +258,11 @@ def test_batched_experts_equal_separate_mlps() -> None:
     torch.manual_seed(0)
     group = ExpertGroup(3, 5, {"dims": [7, 4], "activation": "gelu"})
     x = torch.randn(6, 5)
-    out = group(x)  # [6, 3, 4]
+    out = group(x)  # 3 x [6, 4]: one tensor per expert
     for e in range(3):
         mlp = MLP(5, {"dims": [7, 4], "activation": "gelu"})
         linears = [m for m in mlp if isinstance(m, nn.Linear)]
         for lin, layer in zip(linears, group.layers):
             lin.weight.data = layer.weight[e].T.clone()
             lin.bias.data = layer.bias[e, 0].clone()
-        torch.testing.assert_close(out[:, e], mlp(x))
+        torch.testing.assert_close(out[e], mlp(x))

@@ -5,9 +5,11 @@ Unlike Torch-RecHub, normalisation is opt-in (``"norm": "batch" | "layer"``) so 
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping, Optional, Union
 
 from torch import Tensor, nn
+
+from .embedding import EmbeddedBatch, linear
 
 __all__ = ["MLP", "make_activation", "build_tower", "ACTIVATIONS", "check_mlp_params"]
 
@@ -25,11 +27,13 @@ NORMS = (None, "none", "batch", "layer")
 _KNOWN_KEYS = {"dims", "dropout", "activation", "norm"}
 
 
-def make_activation(name: Optional[str]) -> nn.Module:
+def make_activation(name: Optional[str], inplace: bool = False) -> nn.Module:
+    """``inplace=True`` gives an in-place ReLU (others ignore it): safe right after a Linear or a norm, whose
+    backward does not read their output, and it saves a fresh ``[B, width]`` buffer per layer."""
     key = "none" if name is None else str(name).lower()
     if key not in ACTIVATIONS:
         raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {name!r}")
-    return ACTIVATIONS[key]()
+    return nn.ReLU(inplace=True) if key == "relu" and inplace else ACTIVATIONS[key]()
 
 
 def check_mlp_params(params: Optional[Mapping[str, Any]], argument: str, allow_empty: bool = False) -> dict:
@@ -71,7 +75,7 @@ class MLP(nn.Sequential):
                 layers.append(nn.BatchNorm1d(dim))
             elif cfg["norm"] == "layer":
                 layers.append(nn.LayerNorm(dim))
-            layers.append(make_activation(cfg["activation"]))
+            layers.append(make_activation(cfg["activation"], inplace=True))
             if cfg["dropout"] > 0:
                 layers.append(nn.Dropout(cfg["dropout"]))
             width = dim
@@ -81,8 +85,15 @@ class MLP(nn.Sequential):
         super().__init__(*layers)
         self.output_dim = width
 
-    def forward(self, x: Tensor) -> Tensor:  # [B, input_dim] -> [B, output_dim]
-        return super().forward(x)
+    def forward(self, x: Union[Tensor, EmbeddedBatch]) -> Tensor:  # [B, input_dim] -> [B, output_dim]
+        if not isinstance(x, EmbeddedBatch):
+            return super().forward(x)
+        first = self[0]  # an MLP on the embedding: its first Linear reads the lookup directly
+        h = linear(x, first.weight, first.bias)  # [B, dims[0]]
+        for i, layer in enumerate(self):
+            if i:
+                h = layer(h)
+        return h
 
     @property
     def last_linear(self) -> nn.Linear:

@@ -76,7 +76,7 @@ class AITM(MultiTaskModel):
         self.towers = nn.ModuleList(build_tower(dim, p, f"tower_params_list[{i}]") for i, p in enumerate(towers))
 
     def forward(self, x: Mapping[str, Tensor]) -> Tensor:
-        emb = self.embedding(x)  # [B, input_dim]
+        emb = self.embedding.lookup(x)  # each bottom's first Linear reads it
         z = self.bottoms[0](emb)  # [B, d]
         raw = [self.towers[0](z)]  # [B, 1]
         for t in range(1, self.n_task):

@@ -32,7 +32,7 @@ class ESMM(MultiTaskModel):
         self.cvr_tower = build_tower(width, cvr_params, "tower_params_list[1]")
 
     def _ctr_cvr(self, x: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
-        shared = self.embedding(x)  # [B, input_dim]
+        shared = self.embedding.lookup(x)  # the towers' (or the bottom's) first Linear reads the lookup
         if self.bottom is not None:
             shared = self.bottom(shared)  # [B, bottom_dim]
         return torch.sigmoid(self.ctr_tower(shared)), torch.sigmoid(self.cvr_tower(shared))  # [B, 1] each

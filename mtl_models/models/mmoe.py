@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from ..features import Feature
-from ..layers import ExpertGroup, build_tower
+from ..layers import ExpertGroup, build_tower, linear, mix_experts
 from .base import MultiTaskModel, check_tower_params_list
 
 __all__ = ["MMOE"]
@@ -28,11 +28,12 @@ class MMOE(MultiTaskModel):
             build_tower(self.experts.output_dim, p, f"tower_params_list[{i}]") for i, p in enumerate(towers))
 
     def _forward(self, x: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
-        emb = self.embedding(x)  # [B, input_dim]
-        expert_out = self.experts(emb)  # [B, E, d]
-        gates = self.gates(emb).view(-1, self.n_task, self.n_expert).softmax(dim=-1)  # [B, T, E]
-        mixed = torch.einsum("bte,bed->btd", gates, expert_out)  # [B, T, d]
-        raw = torch.cat([tower(mixed[:, t]) for t, tower in enumerate(self.towers)], dim=1)  # [B, T]
+        emb = self.embedding.lookup(x)  # experts and gates read it through their first Linear
+        experts = self.experts(emb)  # E x [B, d]
+        logits = linear(emb, self.gates.weight, self.gates.bias)  # [B, T * E]
+        gates = logits.view(-1, self.n_task, self.n_expert).softmax(dim=-1)  # [B, T, E]
+        raw = torch.cat([tower(mix_experts(gates[:, t], experts))  # task t's mixture [B, d] -> [B, 1]
+                         for t, tower in enumerate(self.towers)], dim=1)  # [B, T]
         return self.head(raw), gates
 
     def forward(self, x: Mapping[str, Tensor]) -> Tensor:

@@ -4,13 +4,13 @@ experts; below the last level a shared gate mixes all experts into the next leve
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence, Union
 
 import torch
 from torch import Tensor, nn
 
 from ..features import Feature
-from ..layers import ExpertGroup, build_tower
+from ..layers import EmbeddedBatch, ExpertGroup, build_tower, linear, mix_experts
 from .base import MultiTaskModel, check_tower_params_list
 
 __all__ = ["PLE", "CGCLevel"]
@@ -26,41 +26,46 @@ class CGCLevel(nn.Module):
     """One Customized Gate Control level. Experts are ordered task 0's, task 1's, ..., then shared."""
 
     def __init__(self, n_task: int, n_specific: int, n_shared: int, input_dim: int,
-                 expert_params: Mapping[str, Any], with_shared_gate: bool, first: bool) -> None:
+                 expert_params: Mapping[str, Any], with_shared_gate: bool) -> None:
         super().__init__()
         self.n_task, self.n_specific, self.n_shared = n_task, n_specific, n_shared
         n_total = n_task * n_specific + n_shared
         self.experts = ExpertGroup(n_total, input_dim, expert_params)
         self.output_dim = self.experts.output_dim
-        self.first = first
         # which input each expert reads at upper levels: its task's vector, or the shared one (index n_task)
         owner = [t for t in range(n_task) for _ in range(n_specific)] + [n_task] * n_shared
-        self.register_buffer("expert_owner", torch.tensor(owner), persistent=False)  # [E_total]
+        self.expert_owner = owner  # [E_total]
         # expert ids each task gate mixes: its own specific experts, then the shared ones
         shared_ids = list(range(n_task * n_specific, n_total))
         mix = [list(range(t * n_specific, (t + 1) * n_specific)) + shared_ids for t in range(n_task)]
-        self.register_buffer("task_mix", torch.tensor(mix), persistent=False)  # [T, K]
+        self.task_mix = mix  # [T][K]
         k = n_specific + n_shared
         bound = input_dim ** -0.5
         self.task_gate_weight = nn.Parameter(torch.empty(n_task, input_dim, k).uniform_(-bound, bound))
         self.task_gate_bias = nn.Parameter(torch.empty(n_task, k).uniform_(-bound, bound))
         self.shared_gate = nn.Linear(input_dim, n_total) if with_shared_gate else None
 
-    def forward(self, task_in: Tensor, shared_in: Tensor) -> tuple[Tensor, Optional[Tensor], Tensor, Optional[Tensor]]:
-        # task_in: [B, T, d_in]; shared_in: [B, d_in]
-        if self.first:
-            expert_out = self.experts(shared_in)  # [B, E_total, d]  (all inputs are the embedding)
+    def forward(self, task_in: Optional[list[Tensor]], shared_in: Union[Tensor, EmbeddedBatch]
+                ) -> tuple[list[Tensor], Optional[Tensor], Tensor, Optional[Tensor]]:
+        # task_in: T x [B, d_in], None at the first level (every input is the embedding);
+        # shared_in: [B, d_in] or the embedding lookup
+        n_task, d_in, k = self.task_gate_weight.shape
+        if task_in is None:
+            experts = self.experts(shared_in)  # E_total x [B, d]
+            w = self.task_gate_weight.transpose(1, 2).reshape(n_task * k, d_in)  # every task's gate, one Linear
+            logits = linear(shared_in, w, self.task_gate_bias.reshape(-1)).view(-1, n_task, k)  # [B, T, K]
         else:
-            inputs = torch.cat([task_in, shared_in.unsqueeze(1)], dim=1)  # [B, T + 1, d_in]
-            expert_out = self.experts(inputs.index_select(1, self.expert_owner))  # [B, E_total, d]
-        logits = torch.einsum("btd,tdk->btk", task_in, self.task_gate_weight) + self.task_gate_bias  # [B, T, K]
+            inputs = list(task_in) + [shared_in]  # T + 1 candidate inputs [B, d_in]
+            experts = self.experts([inputs[owner] for owner in self.expert_owner])  # E_total x [B, d]
+            logits = torch.stack([torch.addmm(self.task_gate_bias[t], h, self.task_gate_weight[t])
+                                  for t, h in enumerate(task_in)], dim=1)  # [B, T, K]
         task_gates = logits.softmax(dim=-1)  # [B, T, K]
-        candidates = expert_out[:, self.task_mix]  # [B, T, K, d]
-        task_out = torch.einsum("btk,btkd->btd", task_gates, candidates)  # [B, T, d]
+        task_out = [mix_experts(task_gates[:, t], [experts[i] for i in ids])
+                    for t, ids in enumerate(self.task_mix)]  # T x [B, d]
         if self.shared_gate is None:
             return task_out, None, task_gates, None
-        shared_gates = self.shared_gate(shared_in).softmax(dim=-1)  # [B, E_total]
-        shared_out = torch.einsum("be,bed->bd", shared_gates, expert_out)  # [B, d]
+        shared_gates = linear(shared_in, self.shared_gate.weight, self.shared_gate.bias).softmax(dim=-1)  # [B, E_total]
+        shared_out = mix_experts(shared_gates, experts)  # [B, d]
         return task_out, shared_out, task_gates, shared_gates
 
 
@@ -76,20 +81,20 @@ class PLE(MultiTaskModel):
         levels, width = [], self.input_dim
         for level in range(n_level):
             cgc = CGCLevel(self.n_task, n_expert_specific, n_expert_shared, width, expert_params,
-                           with_shared_gate=level < n_level - 1, first=level == 0)
+                           with_shared_gate=level < n_level - 1)
             levels.append(cgc)
             width = cgc.output_dim
         self.levels = nn.ModuleList(levels)
         self.towers = nn.ModuleList(build_tower(width, p, f"tower_params_list[{i}]") for i, p in enumerate(towers))
 
     def _forward(self, x: Mapping[str, Tensor]) -> tuple[Tensor, list[tuple[Tensor, Optional[Tensor]]]]:
-        shared = self.embedding(x)  # [B, input_dim]
-        task_in = shared.unsqueeze(1).expand(-1, self.n_task, -1)  # [B, T, input_dim]
+        shared: Union[Tensor, EmbeddedBatch] = self.embedding.lookup(x)  # the first level's Linears read it
+        task_in: Optional[list[Tensor]] = None  # T x [B, d] from the second level on
         gates = []
         for cgc in self.levels:
-            task_in, shared, task_gates, shared_gates = cgc(task_in, shared)  # [B, T, d], [B, d] | None
+            task_in, shared, task_gates, shared_gates = cgc(task_in, shared)  # T x [B, d], [B, d] | None
             gates.append((task_gates, shared_gates))
-        raw = torch.cat([tower(task_in[:, t]) for t, tower in enumerate(self.towers)], dim=1)  # [B, T]
+        raw = torch.cat([tower(task_in[t]) for t, tower in enumerate(self.towers)], dim=1)  # [B, T]
         return self.head(raw), gates
 
     def forward(self, x: Mapping[str, Tensor]) -> Tensor:

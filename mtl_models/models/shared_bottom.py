@@ -24,7 +24,7 @@ class SharedBottom(MultiTaskModel):
             build_tower(self.bottom.output_dim, p, f"tower_params_list[{i}]") for i, p in enumerate(towers))
 
     def forward(self, x: Mapping[str, Tensor]) -> Tensor:
-        shared = self.bottom(self.embedding(x))  # [B, bottom_dim]
+        shared = self.bottom(self.embedding.lookup(x))  # [B, bottom_dim]
         raw = torch.cat([tower(shared) for tower in self.towers], dim=1)  # [B, n_task]
         return self.head(raw)
 

@@ -1,0 +1,181 @@
+"""The training fast paths compute what the plain graph computes: the table-product first layer, the per-expert
+order of ExpertGroup (BatchNorm statistics included), and the in-place ReLUs, on values and on gradients."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mtl_models import AITM, ESMM, MMOE, PLE, DenseFeature, SharedBottom, SparseFeature
+from mtl_models.layers import MLP, ExpertGroup, FeatureEmbedding, embedding as embedding_module
+from mtl_models.onnx_export import example_inputs
+
+BOTH_CLS = ["classification", "classification"]
+
+
+def features() -> list:
+    # two 16-wide features share the product path's table; a 4-wide one stays on the plain GEMM; dense ones pass
+    return [SparseFeature("user", 40, 16), SparseFeature("item", 25, 16), SparseFeature("city", 7, 4),
+            DenseFeature("price"), DenseFeature("age", embed_dim=3)]
+
+
+def batch(n: int, seed: int = 0) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return {"user": torch.randint(0, 40, (n,), generator=g), "item": torch.randint(0, 25, (n,), generator=g),
+            "city": torch.randint(0, 7, (n,), generator=g), "price": torch.rand(n, generator=g),
+            "age": torch.rand(n, generator=g)}
+
+
+@pytest.fixture
+def plain_graph(monkeypatch):
+    """Switch the table-product path off (its size rule can never hold)."""
+    def off() -> None:
+        monkeypatch.setattr(embedding_module, "ROWS_PER_BATCH", 10 ** 9)
+    return off
+
+
+def test_lookup_linear_takes_the_product_path_and_matches_the_gemm() -> None:
+    torch.manual_seed(0)
+    emb = FeatureEmbedding(features()).train()
+    x = batch(256)
+    lookup = emb.lookup(x)
+    assert [lookup._use_products(t) for t in emb.tables] == [True, False]  # 65 rows <= 256 / 2; width 4 is too narrow
+    weight = torch.randn(24, emb.output_dim, requires_grad=True)
+    bias = torch.randn(24, requires_grad=True)
+    fast = lookup.linear(weight, bias)
+    fast_grads = torch.autograd.grad(fast.pow(2).sum(), [weight, bias, *emb.parameters()])
+    slow = F.linear(emb(x), weight, bias)
+    slow_grads = torch.autograd.grad(slow.pow(2).sum(), [weight, bias, *emb.parameters()])
+    torch.testing.assert_close(fast, slow, atol=1e-5, rtol=1e-5)
+    for a, b in zip(fast_grads, slow_grads):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+
+
+def test_grouped_linear_matches_one_linear_per_group() -> None:
+    torch.manual_seed(0)
+    emb = FeatureEmbedding(features()).train()
+    x = batch(512, seed=1)
+    weight = torch.randn(3, emb.output_dim, 10, requires_grad=True)  # [G, in, H]
+    bias = torch.randn(3, 1, 10, requires_grad=True)
+    grouped = emb.lookup(x).grouped_linear(weight, bias)  # [G, B, H]
+    assert grouped.shape == (3, 512, 10) and grouped.is_contiguous()
+    dense = emb(x)
+    expected = torch.stack([dense @ weight[g] + bias[g] for g in range(3)])
+    torch.testing.assert_close(grouped, expected, atol=1e-5, rtol=1e-5)
+    g1 = torch.autograd.grad(grouped.sin().sum(), [weight, emb.tables[0].table.weight])
+    g2 = torch.autograd.grad(expected.sin().sum(), [weight, emb.tables[0].table.weight])
+    for a, b in zip(g1, g2):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+
+
+def test_eval_mode_never_takes_the_product_path() -> None:
+    emb = FeatureEmbedding(features()).eval()
+    lookup = emb.lookup(batch(4096))
+    assert not any(lookup._use_products(t) for t in emb.tables)
+
+
+BUILDERS = {
+    "shared_bottom": lambda f: SharedBottom(f, BOTH_CLS, {"dims": [32, 16], "norm": "batch"}, [{"dims": [8], "norm": "batch"}] * 2),
+    "esmm": lambda f: ESMM(f, BOTH_CLS, None, [{"dims": [16, 8], "norm": "batch"}] * 2),
+    "mmoe": lambda f: MMOE(f, BOTH_CLS, 4, {"dims": [16, 8], "norm": "batch"}, [{"dims": [8], "norm": "batch"}] * 2),
+    "ple": lambda f: PLE(f, BOTH_CLS, 2, 2, 1, {"dims": [16, 8], "norm": "batch"}, [{"dims": [8], "norm": "batch"}] * 2),
+    "aitm": lambda f: AITM(f, BOTH_CLS, {"dims": [16, 8], "norm": "batch"}, [{"dims": [8], "norm": "batch"}] * 2),
+}
+
+
+@pytest.mark.parametrize("name", BUILDERS)
+def test_training_step_is_the_same_with_and_without_the_product_path(name: str, plain_graph) -> None:
+    """Train-mode outputs, every parameter's gradient and the BatchNorm running statistics agree."""
+    x = batch(512, seed=2)
+
+    def one_step() -> tuple[torch.Tensor, list[torch.Tensor], dict[str, torch.Tensor]]:
+        torch.manual_seed(0)
+        model = BUILDERS[name](features()).train()
+        out = model(x)
+        grads = torch.autograd.grad(out.sum(), list(model.parameters()), allow_unused=True)
+        buffers = {k: v.clone() for k, v in model.state_dict().items() if "running" in k}
+        return out, grads, buffers
+
+    fast = one_step()
+    plain_graph()
+    slow = one_step()
+    torch.testing.assert_close(fast[0], slow[0], atol=1e-5, rtol=1e-4)
+    # float32 sums in another order: differences are measured against the largest gradient (about 120 here;
+    # the worst parameter differs by ~1e-6 of it, where a wrong feature slice or expert would differ by ~1)
+    scale = max(float(b.abs().max()) for b in slow[1] if b is not None)
+    for a, b in zip(fast[1], slow[1]):
+        if a is None or b is None:
+            assert a is None and b is None
+        else:
+            torch.testing.assert_close(a, b, atol=1e-5 * scale, rtol=1e-3)
+    assert fast[2].keys() == slow[2].keys() and fast[2]
+    for k in fast[2]:
+        torch.testing.assert_close(fast[2][k], slow[2][k], atol=1e-5, rtol=1e-4)
+
+
+def _separate_mlps(group: ExpertGroup, input_dim: int, params: dict) -> list[MLP]:
+    """E ordinary MLPs holding the same weights, norms and statistics as ``group``'s experts."""
+    mlps = []
+    for e in range(group.n_expert):
+        mlp = MLP(input_dim, params)
+        linears = [m for m in mlp if isinstance(m, nn.Linear)]
+        norms = [m for m in mlp if isinstance(m, nn.BatchNorm1d)]
+        for lin, bn, layer in zip(linears, norms, group.layers):
+            d = layer.out_dim
+            lin.weight.data = layer.weight[e].T.clone()
+            lin.bias.data = layer.bias[e, 0].clone()
+            bn.weight.data = layer.batch_norm.weight[e * d:(e + 1) * d].clone()
+            bn.bias.data = layer.batch_norm.bias[e * d:(e + 1) * d].clone()
+            bn.running_mean.copy_(layer.batch_norm.running_mean[e * d:(e + 1) * d])
+            bn.running_var.copy_(layer.batch_norm.running_var[e * d:(e + 1) * d])
+        mlps.append(mlp)
+    return mlps
+
+
+def test_batchnorm_experts_match_separate_mlps_in_training_and_eval() -> None:
+    torch.manual_seed(0)
+    params = {"dims": [12, 5], "norm": "batch"}
+    group = ExpertGroup(3, 6, params)
+    with torch.no_grad():  # non-trivial affine parameters
+        for layer in group.layers:
+            layer.batch_norm.weight.uniform_(0.5, 1.5)
+            layer.batch_norm.bias.uniform_(-0.5, 0.5)
+    mlps = _separate_mlps(group, 6, params)
+    x = torch.randn(32, 6)
+    outs = group(x)  # training mode: batch statistics, running statistics move
+    for e, mlp in enumerate(mlps):
+        torch.testing.assert_close(outs[e], mlp(x))
+    for layer, i in zip(group.layers, (1, 4)):
+        d = layer.out_dim
+        for e, mlp in enumerate(mlps):
+            torch.testing.assert_close(layer.batch_norm.running_mean[e * d:(e + 1) * d], mlp[i].running_mean)
+            torch.testing.assert_close(layer.batch_norm.running_var[e * d:(e + 1) * d], mlp[i].running_var)
+        assert int(layer.batch_norm.num_batches_tracked) == 1
+    group.eval()
+    x2 = torch.randn(4, 6)
+    for e, mlp in enumerate(mlps):
+        torch.testing.assert_close(group(x2)[e], mlp.eval()(x2))
+
+
+def test_relu_in_place_keeps_the_gradient_of_an_un_normalised_expert() -> None:
+    """No norm between the first Linear and the ReLU: the activation must not write into the shared product."""
+    torch.manual_seed(0)
+    group = ExpertGroup(2, 5, {"dims": [4, 3]})
+    x = torch.randn(8, 5, requires_grad=True)
+    out = torch.stack(group(x)).sum()
+    (grad,) = torch.autograd.grad(out, [x])
+    expected = torch.zeros_like(x)
+    for e in range(2):
+        h = torch.relu(x @ group.layers[0].weight[e] + group.layers[0].bias[e])
+        h = torch.relu(h @ group.layers[1].weight[e] + group.layers[1].bias[e])
+        expected += torch.autograd.grad(h.sum(), [x])[0]
+    torch.testing.assert_close(grad, expected)
+
+
+def test_models_export_the_plain_graph_in_eval_mode() -> None:
+    torch.manual_seed(0)
+    model = BUILDERS["mmoe"](features()).eval()
+    x = example_inputs(model, batch_size=4096)
+    assert not any(model.embedding.lookup(x)._use_products(t) for t in model.embedding.tables)
