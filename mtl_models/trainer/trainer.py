@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from ..allocator import retain_freed_memory
 from ..data import TensorLoader
 from ..device import DeviceSpec, resolve_device
 from ..metrics import HIGHER_IS_BETTER, task_metrics
@@ -74,6 +75,9 @@ class MTLTrainer:
     ``"val/price/rmse"`` whose direction follows the metric. ``model_path`` receives ``best.pt`` (best
     epoch) and ``last.pt`` (everything ``fit(..., resume=True)`` needs).
 
+    On CPU the trainer raises glibc's mmap and trim thresholds for the process (``retain_cpu_memory=False``
+    leaves them), so freed activations stay mapped between steps instead of page-faulting in again.
+
     Under ``torchrun`` (``WORLD_SIZE > 1``) the same code trains data-parallel: the trainer joins the process
     group (``backend``: ``nccl`` on CUDA, ``gloo`` on CPU, unless the caller initialised one), takes
     ``cuda:LOCAL_RANK`` when the device is ``"auto"``/``"cuda"``, wraps the model in
@@ -94,7 +98,8 @@ class MTLTrainer:
                  callbacks: Optional[Iterable[Callback]] = None, task_names: Optional[Sequence[str]] = None,
                  progress: bool = True, compile: bool = False, mixed_precision: Optional[bool] = None,
                  seed: Optional[int] = None, nan_check_every: Optional[int] = None,
-                 backend: Optional[str] = None, find_unused_parameters: bool = False) -> None:
+                 backend: Optional[str] = None, find_unused_parameters: bool = False,
+                 retain_cpu_memory: bool = True) -> None:
         if not isinstance(model, MultiTaskModel):
             raise TypeError(f"model must be a mtl_models MultiTaskModel, got {type(model).__name__}")
         if task_types is not None and list(task_types) != list(model.task_types):
@@ -115,6 +120,8 @@ class MTLTrainer:
         self.auxiliary_weight = float(model.default_auxiliary_weight if auxiliary_weight is None else auxiliary_weight)
         self.callbacks = CallbackList(callbacks)
         self.progress, self.seed = progress and self.dist.is_main, seed
+        if retain_cpu_memory and self.device.type == "cpu":
+            retain_freed_memory()  # no page faults on every step's fresh activations (see mtl_models/allocator.py)
         self.gpus = gpus  # accepted for Torch-RecHub compatibility; one device per trainer
 
         self.adaptive_params = dict(adaptive_params or {})
