@@ -3,13 +3,20 @@ at batch 256, 1024 and 4096, with bench/bench_training.py's runners and config (
 BatchNorm MLPs). A fourth runner puts Torch-RecHub's own model through the same plain loop, which splits the
 gap between the libraries into model compute and trainer overhead. Per (model, batch) the runners alternate; each trains ``epochs`` epochs, the first is
 warm-up; samples/s = rows / fastest timed epoch (what survives a shared machine's noise), medians kept too.
+
+Every runner trains in its own forked child, so that process-wide state one library sets (MTLTrainer keeps
+freed CPU memory mapped, see mtl_models/allocator.py) never reaches the runners after it. A fifth runner,
+Torch-RecHub's trainer in a child where that same allocator setting was applied, shows how much of the gap
+the setting alone accounts for.
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
+import multiprocessing
 import tempfile
+import traceback
 from pathlib import Path
 
 import numpy as np
@@ -19,23 +26,46 @@ from bench import bench_training as bt
 from bench.environment import load_average
 
 RUNNERS = [("ours", bt.OursRunner), ("plain", bt.PlainRunner), ("rechub", bt.RecHubRunner),
-           ("rechub_plain", bt.PlainRecHubRunner)]
+           ("rechub_plain", bt.PlainRecHubRunner), ("rechub_retained", bt.RecHubRunner)]
+RETAINED = {"rechub_retained"}  # runners whose child applies mtl_models' allocator setting first
+
+
+def _epochs_in_child(key: str, cls, name: str, batch: int, data, feats, vocab, out: Path, epochs: int) -> list[float]:
+    """Build and run one runner in a forked child (fresh allocator state, same data); its epoch times come back."""
+    ctx = multiprocessing.get_context("fork")
+    receive, send = ctx.Pipe(duplex=False)
+    threads = torch.get_num_threads()
+
+    def child() -> None:
+        try:
+            torch.set_num_threads(threads)
+            bt.BATCH = batch  # the runners read the module's BATCH when they build loaders / step
+            if key in RETAINED:
+                from mtl_models.allocator import retain_freed_memory
+                retain_freed_memory()
+            with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+                send.send(("ok", cls(name, data, feats, vocab, out).run(epochs)))
+        except BaseException:  # noqa: BLE001 - reported by the parent
+            send.send(("error", traceback.format_exc()))
+
+    proc = ctx.Process(target=child, daemon=True)
+    proc.start()
+    status, value = receive.recv()
+    proc.join()
+    if status != "ok":
+        raise RuntimeError(f"runner {key} failed for {name} at batch {batch}:\n{value}")
+    return value
 
 
 def measure(name: str, batch: int, data, feats, vocab, epochs: int, repeats: int) -> dict:
     n = len(data["y"]["income"])
-    old, bt.BATCH = bt.BATCH, batch  # the runners read the module's BATCH when they build loaders / step
-    try:
-        times = {k: [] for k, _ in RUNNERS}
-        with tempfile.TemporaryDirectory(prefix="bench-tp-") as tmp:
-            for rep in range(repeats):
-                order = RUNNERS if rep % 2 == 0 else RUNNERS[::-1]
-                for key, cls in order:
-                    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-                        r = cls(name, data, feats, vocab, Path(tmp) / f"{key}{rep}")
-                        times[key] += r.run(epochs)[1:]
-    finally:
-        bt.BATCH = old
+    times = {k: [] for k, _ in RUNNERS}
+    with tempfile.TemporaryDirectory(prefix="bench-tp-") as tmp:
+        for rep in range(repeats):
+            order = RUNNERS if rep % 2 == 0 else RUNNERS[::-1]
+            for key, cls in order:
+                times[key] += _epochs_in_child(key, cls, name, batch, data, feats, vocab, Path(tmp) / f"{key}{rep}",
+                                               epochs)[1:]
     best = {k: n / min(v) for k, v in times.items()}
     med = {k: n / float(np.median(v)) for k, v in times.items()}
     return {"model": name, "batch": batch, "rows": n, "samples_s": best, "median_samples_s": med,

@@ -39,9 +39,10 @@ def plain_graph(monkeypatch):
 def test_lookup_linear_takes_the_product_path_and_matches_the_gemm() -> None:
     torch.manual_seed(0)
     emb = FeatureEmbedding(features()).train()
-    x = batch(256)
+    x = batch(512)
     lookup = emb.lookup(x)
-    assert [lookup._use_products(t) for t in emb.tables] == [True, False]  # 65 rows <= 256 / 2; width 4 is too narrow
+    assert [lookup._use_products(t) for t in emb.tables] == [True, False]  # 65 rows <= 512 / 4; width 4 is too narrow
+    assert not any(emb.lookup(batch(256))._use_products(t) for t in emb.tables)  # 65 rows > 256 / 4
     weight = torch.randn(24, emb.output_dim, requires_grad=True)
     bias = torch.randn(24, requires_grad=True)
     fast = lookup.linear(weight, bias)
