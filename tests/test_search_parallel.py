@@ -61,11 +61,17 @@ def test_three_workers_on_one_postgres_study_finish_exactly_the_total(postgres, 
     assert os.getpid() not in pids  # run by the worker processes, not by this one
 
 
+# The killed worker's trials must last long enough to be caught mid-trial by a poller that reads PostgreSQL every
+# 0.2 s: 4 epochs of 2,500 rows once took seconds, but a faster training step finished all three trials first.
+WORKER_EPOCHS = 200
+
+
 def _worker_cli(url: str, name: str, prepared: Path, work: Path, n_trials: int) -> list[str]:
     space = json.dumps(SPACE)
     return [sys.executable, "-m", "components.search", "run", "--model", "shared_bottom", "--prepared-dir",
             str(prepared), "--work-dir", str(work), "--storage", url, "--study-name", name, "--n-trials", str(n_trials),
-            "--n-epoch", "4", "--pruner", "none", "--space", space, "--device", "cpu", "--threads", "1",
+            "--n-epoch", str(WORKER_EPOCHS), "--patience", str(WORKER_EPOCHS), "--pruner", "none", "--space", space,
+            "--device", "cpu", "--threads", "1",
             "--heartbeat-interval", "1", "--grace-period", "4", "--quiet"]
 
 
@@ -89,8 +95,8 @@ def test_killed_worker_trial_is_failed_and_restart_reaches_the_total(postgres, p
             except KeyError:
                 continue  # not created yet
             for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-                # mid-trial: at least one epoch reported and more to come (4 epochs, no pruning, patience 3)
-                if 1 <= len(t.intermediate_values) <= 3:
+                # mid-trial: at least one epoch reported and more to come (no pruning, patience = epochs)
+                if 1 <= len(t.intermediate_values) < WORKER_EPOCHS:
                     victim = t.number
                     break
         assert victim is not None, f"no running trial to kill:\n{log_path.read_text()[-3000:]}"
