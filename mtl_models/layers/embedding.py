@@ -126,37 +126,39 @@ class EmbeddedBatch:
         return (self.owner.training and table.embed_dim >= MIN_PRODUCT_WIDTH
                 and table.n_rows * ROWS_PER_BATCH <= self.batch_size)
 
-    def linear(self, weight: Tensor, bias: Optional[Tensor] = None) -> Tensor:
-        """weight: ``[H, input_dim]`` (``nn.Linear`` layout) -> ``[B, H]``."""
+    def _by_parts(self, weight: Tensor, grouped: bool) -> Optional[Tensor]:
+        """The product without bias, summed over the tables and the dense columns, each part against its own
+        columns of ``weight`` (dim 1 in both layouts); None when no table takes the table-product path."""
         tables = self.owner.tables
         if not any(self._use_products(t) for t in tables):
-            return F.linear(self.tensor(), weight, bias)
+            return None
+        plain = _grouped_dense if grouped else (lambda x, w: x @ w.t())  # [G, B, H] | [B, H]
         out: Optional[Tensor] = None
         start = 0
         for table, ids in zip(tables, self.ids):
-            w = weight[:, start:start + table.width]  # [H, n * D]
-            part = table.linear(ids, w) if self._use_products(table) else table(ids) @ w.t()  # [B, H]
+            w = weight[:, start:start + table.width]  # [G, n * D, H] | [H, n * D]
+            if self._use_products(table):
+                part = table.grouped_linear(ids, w) if grouped else table.linear(ids, w)
+            else:
+                part = plain(table(ids), w)
             out = part if out is None else out + part
             start += table.width
         if self.dense is not None:
-            out = out + self.dense @ weight[:, start:].t()  # [B, H]
+            out = out + plain(self.dense, weight[:, start:])
+        return out
+
+    def linear(self, weight: Tensor, bias: Optional[Tensor] = None) -> Tensor:
+        """weight: ``[H, input_dim]`` (``nn.Linear`` layout) -> ``[B, H]``."""
+        out = self._by_parts(weight, grouped=False)
+        if out is None:
+            return F.linear(self.tensor(), weight, bias)
         return out + bias if bias is not None else out
 
     def grouped_linear(self, weight: Tensor, bias: Optional[Tensor] = None) -> Tensor:
         """weight: ``[G, input_dim, H]``, bias ``[G, 1, H]`` -> ``[G, B, H]``: G Linears on the same input, group-major."""
-        tables = self.owner.tables
-        if not any(self._use_products(t) for t in tables):
+        out = self._by_parts(weight, grouped=True)
+        if out is None:
             return _grouped_dense(self.tensor(), weight, bias)
-        out: Optional[Tensor] = None
-        start = 0
-        for table, ids in zip(tables, self.ids):
-            w = weight[:, start:start + table.width]  # [G, n * D, H]
-            part = (table.grouped_linear(ids, w) if self._use_products(table)
-                    else _grouped_dense(table(ids), w))  # [G, B, H]
-            out = part if out is None else out + part
-            start += table.width
-        if self.dense is not None:
-            out = out + _grouped_dense(self.dense, weight[:, start:])
         return out + bias if bias is not None else out
 
 
