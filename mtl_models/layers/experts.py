@@ -93,8 +93,9 @@ class _ExpertLayer(nn.Module):
         # h: [B, in] expert e's input -> [B, out]
         return torch.addmm(v.bias[e], h, v.weight[e])
 
-    def finish(self, e: int, h: Tensor, v: SimpleNamespace) -> Tensor:
-        # h: [B, out] expert e's Linear output -> norm, activation, dropout
+    def finish(self, e: int, h: Tensor, v: SimpleNamespace, owns_input: bool = True) -> Tensor:
+        # h: [B, out] expert e's Linear output -> norm, activation, dropout. owns_input=False: h is a view of
+        # the shared first layer's [E, B, out] product (unbind), which must not be written in place
         if self.norm == "layer":
             h = F.layer_norm(h, (self.out_dim,), v.norm_weight[e], v.norm_bias[e])
         elif self.norm == "batch":
@@ -102,7 +103,7 @@ class _ExpertLayer(nn.Module):
                              v.batch_stats, v.momentum, self.batch_norm.eps)
         if self.prelu_weight is not None:
             h = torch.where(h >= 0, h, h * v.prelu[e])
-        elif self.relu and h._base is None:  # not an unbind view of the first layer's output (no norm between)
+        elif self.relu and (self.norm is not None or owns_input):
             h = h.relu_()  # saves a fresh [B, out] buffer; the norm and Linear backward never read their output
         else:
             h = self.activation(h)
@@ -131,15 +132,16 @@ class ExpertGroup(nn.Module):
     def forward(self, x: Union[Tensor, EmbeddedBatch, Sequence[Tensor]]) -> list[Tensor]:
         first = self.layers[0]
         views = [layer.per_expert() for layer in self.layers]
-        if isinstance(x, (Tensor, EmbeddedBatch)):
-            projected = first.project_shared(x)  # E x [B, d1]
+        shared = isinstance(x, (Tensor, EmbeddedBatch))
+        if shared:
+            projected = first.project_shared(x)  # E x [B, d1], views of one [E, B, d1] product
         else:
             if len(x) != self.n_expert:
                 raise ValueError(f"ExpertGroup of {self.n_expert} experts got {len(x)} inputs")
             projected = [first.project(e, h, views[0]) for e, h in enumerate(x)]  # E x [B, d1]
         outputs = []
         for e, h in enumerate(projected):  # expert by expert, while its block is in cache
-            h = first.finish(e, h, views[0])
+            h = first.finish(e, h, views[0], owns_input=not shared)
             for layer, v in zip(self.layers[1:], views[1:]):
                 h = layer.finish(e, layer.project(e, h, v), v)  # [B, d_k]
             outputs.append(h)
