@@ -79,7 +79,7 @@ class _FusedTable(nn.Module):
         # ids: [B, n_feature] int64, already offset
         return self.table(ids).flatten(1)  # [B, n_feature * D]
 
-    def _spread(self) -> Tensor:
+    def spread(self) -> Tensor:
         """The table as a block matrix ``[V, n*D]``: row r's vector in its own feature's columns, zeros elsewhere,
         so that ``spread @ W`` multiplies every row by its feature's slice of ``W`` in one GEMM."""
         n, d = len(self.names), self.embed_dim
@@ -87,15 +87,16 @@ class _FusedTable(nn.Module):
         block = self.row_feature.unsqueeze(1) == column_feature.unsqueeze(0)  # [V, n*D]
         return self.table.weight.repeat(1, n) * block  # [V, n*D]
 
-    def linear(self, ids: Tensor, weight: Tensor) -> Tensor:
-        """``self(ids) @ weight.T`` as a sum of rows of ``table x weight``. ids: [B, n] offset; weight: [H, n*D]."""
-        products = self._spread() @ weight.t()  # [V, H]
+    def linear(self, ids: Tensor, weight: Tensor, spread: Tensor) -> Tensor:
+        """``self(ids) @ weight.T`` as a sum of rows of ``table x weight``. ids: [B, n] offset; weight: [H, n*D];
+        spread: ``self.spread()``."""
+        products = spread @ weight.t()  # [V, H]
         return _RowSum.apply(ids, products)  # [B, H]
 
-    def grouped_linear(self, ids: Tensor, weight: Tensor) -> Tensor:
+    def grouped_linear(self, ids: Tensor, weight: Tensor, spread: Tensor) -> Tensor:
         """``self(ids) @ weight[g]`` for every group g, group-major. ids: [B, n]; weight: [G, n*D, H] -> [G, B, H]."""
         groups, n_rows = weight.shape[0], self.n_rows
-        products = torch.matmul(self._spread(), weight)  # [G, V, H]
+        products = torch.matmul(spread, weight)  # [G, V, H]
         shifted = ids.unsqueeze(0) + (torch.arange(groups, device=ids.device) * n_rows).view(-1, 1, 1)  # [G, B, n]
         out = _RowSum.apply(shifted.flatten(0, 1), products.flatten(0, 1))  # [G * B, H]
         return out.view(groups, ids.shape[0], -1)  # [G, B, H]
@@ -109,6 +110,7 @@ class EmbeddedBatch:
     def __init__(self, owner: "FeatureEmbedding", ids: list[Tensor], dense: Optional[Tensor]) -> None:
         self.owner, self.ids, self.dense = owner, ids, dense  # ids: per table [B, n] offset; dense: [B, n_dense]
         self._tensor: Optional[Tensor] = None
+        self._spreads: dict[int, Tensor] = {}  # per table: its block matrix, built once for every Linear that reads it
 
     @property
     def batch_size(self) -> int:
@@ -126,6 +128,11 @@ class EmbeddedBatch:
         return (self.owner.training and table.embed_dim >= MIN_PRODUCT_WIDTH
                 and table.n_rows * ROWS_PER_BATCH <= self.batch_size)
 
+    def _spread(self, i: int, table: _FusedTable) -> Tensor:
+        if i not in self._spreads:
+            self._spreads[i] = table.spread()  # [V, n*D]
+        return self._spreads[i]
+
     def _by_parts(self, weight: Tensor, grouped: bool) -> Optional[Tensor]:
         """The product without bias, summed over the tables and the dense columns, each part against its own
         columns of ``weight`` (dim 1 in both layouts); None when no table takes the table-product path."""
@@ -135,10 +142,11 @@ class EmbeddedBatch:
         plain = _grouped_dense if grouped else (lambda x, w: x @ w.t())  # [G, B, H] | [B, H]
         out: Optional[Tensor] = None
         start = 0
-        for table, ids in zip(tables, self.ids):
+        for i, (table, ids) in enumerate(zip(tables, self.ids)):
             w = weight[:, start:start + table.width]  # [G, n * D, H] | [H, n * D]
             if self._use_products(table):
-                part = table.grouped_linear(ids, w) if grouped else table.linear(ids, w)
+                spread = self._spread(i, table)
+                part = table.grouped_linear(ids, w, spread) if grouped else table.linear(ids, w, spread)
             else:
                 part = plain(table(ids), w)
             out = part if out is None else out + part
