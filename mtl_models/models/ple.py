@@ -57,8 +57,8 @@ class CGCLevel(nn.Module):
         else:
             inputs = list(task_in) + [shared_in]  # T + 1 candidate inputs [B, d_in]
             experts = self.experts([inputs[owner] for owner in self.expert_owner])  # E_total x [B, d]
-            logits = torch.stack([torch.addmm(self.task_gate_bias[t], h, self.task_gate_weight[t])
-                                  for t, h in enumerate(task_in)], dim=1)  # [B, T, K]
+            gate_w, gate_b = self.task_gate_weight.unbind(0), self.task_gate_bias.unbind(0)  # one backward node each
+            logits = torch.stack([torch.addmm(b, h, w) for h, w, b in zip(task_in, gate_w, gate_b)], dim=1)  # [B, T, K]
         task_gates = logits.softmax(dim=-1)  # [B, T, K]
         task_out = [mix_experts(task_gates[:, t], [experts[i] for i in ids])
                     for t, ids in enumerate(self.task_mix)]  # T x [B, d]
