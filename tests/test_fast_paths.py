@@ -41,8 +41,8 @@ def test_lookup_linear_takes_the_product_path_and_matches_the_gemm() -> None:
     emb = FeatureEmbedding(features()).train()
     x = batch(512)
     lookup = emb.lookup(x)
-    assert [lookup._use_products(t) for t in emb.tables] == [True, False]  # 65 rows <= 512 / 4; width 4 is too narrow
-    assert not any(emb.lookup(batch(256))._use_products(t) for t in emb.tables)  # 65 rows > 256 / 4
+    assert [lookup._use_products(t) for t in emb.tables] == [True, False]  # at most 40 ids <= 512 / 8; width 4 is too narrow
+    assert not any(emb.lookup(batch(256))._use_products(t) for t in emb.tables)  # 40 ids > 256 / 8
     weight = torch.randn(24, emb.output_dim, requires_grad=True)
     bias = torch.randn(24, requires_grad=True)
     fast = lookup.linear(weight, bias)
@@ -180,3 +180,29 @@ def test_models_export_the_plain_graph_in_eval_mode() -> None:
     model = BUILDERS["mmoe"](features()).eval()
     x = example_inputs(model, batch_size=4096)
     assert not any(model.embedding.lookup(x)._use_products(t) for t in model.embedding.tables)
+
+
+@pytest.mark.parametrize("norm", [None, "batch"])
+def test_parallel_mlps_on_the_lookup_match_separate_mlps(norm) -> None:
+    """ESMM's towers and AITM's bottoms run their first layers as one grouped product: outputs and gradients equal
+    separate MLPs (and, with no norm, the in-place ReLU after the first Linear must not write into the product)."""
+    from mtl_models.layers import parallel_mlps
+
+    torch.manual_seed(0)
+    emb = FeatureEmbedding(features()).train()
+    mlps = [MLP(emb.output_dim, {"dims": [12, 6], "norm": norm}) for _ in range(3)]
+    x = batch(512, seed=3)
+    lookup = emb.lookup(x)
+    assert lookup.uses_products()
+    together = parallel_mlps(lookup, mlps)
+    params = [*emb.parameters(), *(p for m in mlps for p in m.parameters())]
+    loss = sum((h * (i + 1)).sin().sum() for i, h in enumerate(together))
+    grads = torch.autograd.grad(loss, params)
+    dense = emb(x)
+    separate = [m(dense) for m in mlps]
+    expected = torch.autograd.grad(sum((h * (i + 1)).sin().sum() for i, h in enumerate(separate)), params)
+    for a, b in zip(together, separate):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+    scale = max(float(b.abs().max()) for b in expected)  # BatchNorm's gradients reach ~1e3 here; float32 order
+    for a, b in zip(grads, expected):
+        torch.testing.assert_close(a, b, atol=1e-5 * scale, rtol=1e-3)

@@ -2,10 +2,10 @@
 
 ``FeatureEmbedding.lookup`` returns an ``EmbeddedBatch``: the looked-up rows before they are concatenated. A
 Linear layer that reads the embedding (an MLP's first layer, MMOE's experts and gates) asks it for
-``linear(weight, bias)``. When a table has at most a quarter as many rows as the batch (small-vocabulary
-data such as binned census columns) that product is computed as ``embedding_bag(ids, table_rows @ weight_slice)``: exact
-in real arithmetic, and the ``[B, n*d] x [n*d, H]`` GEMM with its two backward GEMMs shrinks to one over the
-table's rows plus a gather-sum.
+``linear(weight, bias)``. When every feature of a table has few ids next to the batch (small-vocabulary data
+such as binned census columns) that product is computed as a gather-sum over ``table_rows @ weight_slice``:
+exact in real arithmetic, and the ``[B, n*d] x [n*d, H]`` GEMM with its two backward GEMMs shrinks to one
+batched GEMM over each feature's rows (padded to the largest vocabulary) plus the gather-sum and its scatter.
 """
 
 from __future__ import annotations
@@ -19,36 +19,44 @@ from torch import Tensor, nn
 
 from ..features import DenseFeature, Feature, SparseFeature, validate_features
 
-__all__ = ["FeatureEmbedding", "EmbeddedBatch", "linear", "grouped_linear"]
+__all__ = ["FeatureEmbedding", "EmbeddedBatch", "linear", "grouped_linear", "unstack"]
 
-# The table-product path needs table rows <= batch / ROWS_PER_BATCH and an embedding at least MIN_PRODUCT_WIDTH
-# wide (narrower, the direct GEMM is already cheap next to the gather-sum). Measured on one core, Adult with
-# 159 table rows of width 16, training step product path / plain GEMM: SharedBottom 0.78x at batch 128, 0.87x
-# at 256, 1.09x at 512, 1.27x at 1024, 1.72x at 4096; MMOE 0.76x, 0.90x, 0.99x, 1.26x, 1.17x: break-even
-# near rows = batch / 3.
-ROWS_PER_BATCH = 4
+# The table-product path needs every feature of the table to have at most batch / ROWS_PER_BATCH ids and an
+# embedding at least MIN_PRODUCT_WIDTH wide (narrower, the direct GEMM is already cheap next to the gather-sum).
+# Measured on one core, Adult (13 features, at most 42 ids each, width 16), training step time of the product
+# path over the plain GEMM: SharedBottom 0.80x at batch 128, 0.95x at 256, 1.12x at 512; MMOE 0.63x, 0.76x,
+# 1.36x: break-even near batch = 8 x the largest vocabulary.
+ROWS_PER_BATCH = 8
 MIN_PRODUCT_WIDTH = 8
 
 
 class _RowSum(torch.autograd.Function):
-    """``out[b] = sum_f rows[ids[b, f]]`` (ids: ``[B, n]``, rows: ``[V, H]``): ``embedding_bag``'s sum forward with a
-    backward of one ``index_add_`` per feature column, which skips the sort ``embedding_bag``'s own backward does
-    (measured 2.2 ms vs 0.7 ms at B 1024, n 13, H 128 on one thread)."""
+    """``out[g, b] = sum_f rows[g, ids[b, f]]`` (ids: ``[B, n]``, rows: ``[G, R, H]`` -> ``[G, B, H]``).
+
+    Forward: one ``embedding_bag`` sum over the G-major rows. Backward: one ``index_add_`` per feature column
+    into an H-major ``[R, G*H]`` gradient, which adds G*H-wide rows instead of H-wide ones (measured 2.1 ms
+    against 7.3 ms for G=8, H=128, B=1024, n=13 on one thread), and skips the sort ``embedding_bag``'s own
+    backward does."""
 
     @staticmethod
     def forward(ctx, ids: Tensor, rows: Tensor) -> Tensor:
+        groups, n_rows, width = rows.shape
         ctx.save_for_backward(ids)
-        ctx.n_rows = rows.shape[0]
-        return F.embedding_bag(ids, rows, mode="sum")  # [B, H]
+        ctx.shape = rows.shape
+        if groups > 1:  # group g's rows start at g * R of the flattened table
+            ids = (ids.unsqueeze(0) + torch.arange(0, groups * n_rows, n_rows, device=ids.device).view(-1, 1, 1)).flatten(0, 1)
+        out = F.embedding_bag(ids, rows.reshape(groups * n_rows, width), mode="sum")  # [G * B, H]
+        return out.view(groups, -1, width)  # [G, B, H]
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[None, Tensor]:
         (ids,) = ctx.saved_tensors
-        grad = grad.contiguous()  # [B, H]
-        rows_grad = grad.new_zeros(ctx.n_rows, grad.shape[1])  # [V, H]
+        groups, n_rows, width = ctx.shape
+        by_row = grad.transpose(0, 1).reshape(grad.shape[1], groups * width)  # [B, G * H] (a copy when G > 1)
+        rows_grad = grad.new_zeros(n_rows, groups * width)  # [R, G * H]
         for column in ids.t():  # [B] ids of one feature
-            rows_grad.index_add_(0, column, grad)
-        return None, rows_grad
+            rows_grad.index_add_(0, column, by_row)
+        return None, rows_grad.view(n_rows, groups, width).transpose(0, 1)  # [G, R, H]
 
 
 class _FusedTable(nn.Module):
@@ -61,9 +69,14 @@ class _FusedTable(nn.Module):
         self.embed_dim = embed_dim
         offsets = torch.tensor([0] + self.vocab_sizes[:-1], dtype=torch.long).cumsum(0)
         self.register_buffer("offsets", offsets, persistent=False)  # [n_feature]
-        # which feature each table row belongs to, for the block-diagonal product below
-        row_feature = torch.repeat_interleave(torch.arange(len(features)), torch.tensor(self.vocab_sizes))
-        self.register_buffer("row_feature", row_feature, persistent=False)  # [V]
+        # the product path lays the table out padded, feature-major [n_feature, max_vocab, D]: feature i's
+        # id j at row i * max_vocab + j; padding slots repeat the feature's first row and are never looked up
+        self.max_vocab = max(self.vocab_sizes)
+        local = torch.arange(self.max_vocab)
+        pad_rows = torch.stack([o + torch.where(local < v, local, 0) for o, v in zip(offsets.tolist(), self.vocab_sizes)])
+        self.register_buffer("pad_rows", pad_rows.flatten(), persistent=False)  # [n_feature * max_vocab]
+        to_padded = torch.arange(len(features)) * self.max_vocab - offsets
+        self.register_buffer("to_padded", to_padded, persistent=False)  # [n_feature]: offset id -> padded row
         self.table = nn.Embedding(sum(self.vocab_sizes), embed_dim)
         nn.init.normal_(self.table.weight, std=init_std)
 
@@ -79,27 +92,22 @@ class _FusedTable(nn.Module):
         # ids: [B, n_feature] int64, already offset
         return self.table(ids).flatten(1)  # [B, n_feature * D]
 
-    def spread(self) -> Tensor:
-        """The table as a block matrix ``[V, n*D]``: row r's vector in its own feature's columns, zeros elsewhere,
-        so that ``spread @ W`` multiplies every row by its feature's slice of ``W`` in one GEMM."""
+    def padded(self) -> Tensor:
+        """The table laid out ``[n_feature, max_vocab, D]``, so that one batched GEMM multiplies every feature's
+        rows by that feature's slice of a weight."""
+        return self.table.weight[self.pad_rows].view(len(self.names), self.max_vocab, self.embed_dim)
+
+    def products(self, ids: Tensor, weight: Tensor, bias: Optional[Tensor], padded: Tensor) -> Tensor:
+        """``self(ids) @ weight[g] (+ bias[g])`` for every group g as sums of rows of ``table x weight``.
+
+        ids: ``[B, n]`` padded rows (``ids + to_padded``); weight: ``[G, n*D, H]``; bias: ``[G, 1, H]`` or None;
+        padded: ``self.padded()``. Returns ``[G, B, H]``."""
+        groups, _, width = weight.shape
         n, d = len(self.names), self.embed_dim
-        column_feature = torch.arange(n, device=self.row_feature.device).repeat_interleave(d)  # [n*D]
-        block = self.row_feature.unsqueeze(1) == column_feature.unsqueeze(0)  # [V, n*D]
-        return self.table.weight.repeat(1, n) * block  # [V, n*D]
-
-    def linear(self, ids: Tensor, weight: Tensor, spread: Tensor) -> Tensor:
-        """``self(ids) @ weight.T`` as a sum of rows of ``table x weight``. ids: [B, n] offset; weight: [H, n*D];
-        spread: ``self.spread()``."""
-        products = spread @ weight.t()  # [V, H]
-        return _RowSum.apply(ids, products)  # [B, H]
-
-    def grouped_linear(self, ids: Tensor, weight: Tensor, spread: Tensor) -> Tensor:
-        """``self(ids) @ weight[g]`` for every group g, group-major. ids: [B, n]; weight: [G, n*D, H] -> [G, B, H]."""
-        groups, n_rows = weight.shape[0], self.n_rows
-        products = torch.matmul(spread, weight)  # [G, V, H]
-        shifted = ids.unsqueeze(0) + (torch.arange(groups, device=ids.device) * n_rows).view(-1, 1, 1)  # [G, B, n]
-        out = _RowSum.apply(shifted.flatten(0, 1), products.flatten(0, 1))  # [G * B, H]
-        return out.view(groups, ids.shape[0], -1)  # [G, B, H]
+        products = torch.matmul(padded, weight.view(groups, n, d, width))  # [G, n, V_max, H]
+        if bias is not None:  # every row of feature 0 carries the bias: each sample sums exactly one of them
+            products[:, 0] += bias  # in place on the fresh product; its backward never reads it
+        return _RowSum.apply(ids, products.view(groups, n * self.max_vocab, width))  # [G, B, H]
 
 
 class EmbeddedBatch:
@@ -110,7 +118,7 @@ class EmbeddedBatch:
     def __init__(self, owner: "FeatureEmbedding", ids: list[Tensor], dense: Optional[Tensor]) -> None:
         self.owner, self.ids, self.dense = owner, ids, dense  # ids: per table [B, n] offset; dense: [B, n_dense]
         self._tensor: Optional[Tensor] = None
-        self._spreads: dict[int, Tensor] = {}  # per table: its block matrix, built once for every Linear that reads it
+        self._padded: dict[int, tuple[Tensor, Tensor]] = {}  # per table: padded table and ids, built once per forward
 
     @property
     def batch_size(self) -> int:
@@ -124,50 +132,55 @@ class EmbeddedBatch:
             self._tensor = torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]  # [B, input_dim]
         return self._tensor
 
+    def uses_products(self) -> bool:
+        """Whether a Linear reading this lookup takes the table-product path for at least one table."""
+        return any(self._use_products(t) for t in self.owner.tables)
+
     def _use_products(self, table: _FusedTable) -> bool:
         return (self.owner.training and table.embed_dim >= MIN_PRODUCT_WIDTH
-                and table.n_rows * ROWS_PER_BATCH <= self.batch_size)
+                and table.max_vocab * ROWS_PER_BATCH <= self.batch_size)
 
-    def _spread(self, i: int, table: _FusedTable) -> Tensor:
-        if i not in self._spreads:
-            self._spreads[i] = table.spread()  # [V, n*D]
-        return self._spreads[i]
+    def _padded_table(self, i: int, table: _FusedTable) -> tuple[Tensor, Tensor]:
+        if i not in self._padded:
+            self._padded[i] = (table.padded(), self.ids[i] + table.to_padded)  # [n, V_max, D], [B, n]
+        return self._padded[i]
 
-    def _by_parts(self, weight: Tensor, grouped: bool) -> Optional[Tensor]:
-        """The product without bias, summed over the tables and the dense columns, each part against its own
-        columns of ``weight`` (dim 1 in both layouts); None when no table takes the table-product path."""
+    def _by_parts(self, weight: Tensor, bias: Optional[Tensor]) -> Optional[Tensor]:
+        """``[G, B, H]`` product of the lookup with ``weight`` (``[G, input_dim, H]``) plus ``bias`` (``[G, 1, H]``),
+        summed over the tables and the dense columns, each part against its own rows of ``weight``; the bias
+        rides in the first table-product part. None when no table takes the table-product path."""
         tables = self.owner.tables
-        if not any(self._use_products(t) for t in tables):
+        if not self.uses_products():
             return None
-        plain = _grouped_dense if grouped else (lambda x, w: x @ w.t())  # [G, B, H] | [B, H]
         out: Optional[Tensor] = None
         start = 0
         for i, (table, ids) in enumerate(zip(tables, self.ids)):
-            w = weight[:, start:start + table.width]  # [G, n * D, H] | [H, n * D]
+            w = weight[:, start:start + table.width]  # [G, n * D, H]
             if self._use_products(table):
-                spread = self._spread(i, table)
-                part = table.grouped_linear(ids, w, spread) if grouped else table.linear(ids, w, spread)
+                padded, padded_ids = self._padded_table(i, table)
+                part = table.products(padded_ids, w, bias, padded)
+                bias = None
             else:
-                part = plain(table(ids), w)
+                part = _grouped_dense(table(ids), w)
             out = part if out is None else out + part
             start += table.width
         if self.dense is not None:
-            out = out + plain(self.dense, weight[:, start:])
-        return out
+            out = out + _grouped_dense(self.dense, weight[:, start:])
+        return out + bias if bias is not None else out
 
     def linear(self, weight: Tensor, bias: Optional[Tensor] = None) -> Tensor:
         """weight: ``[H, input_dim]`` (``nn.Linear`` layout) -> ``[B, H]``."""
-        out = self._by_parts(weight, grouped=False)
+        out = self._by_parts(weight.t().unsqueeze(0), bias.view(1, 1, -1) if bias is not None else None)
         if out is None:
             return F.linear(self.tensor(), weight, bias)
-        return out + bias if bias is not None else out
+        return out.squeeze(0)  # [B, H]
 
     def grouped_linear(self, weight: Tensor, bias: Optional[Tensor] = None) -> Tensor:
         """weight: ``[G, input_dim, H]``, bias ``[G, 1, H]`` -> ``[G, B, H]``: G Linears on the same input, group-major."""
-        out = self._by_parts(weight, grouped=True)
+        out = self._by_parts(weight, bias)
         if out is None:
             return _grouped_dense(self.tensor(), weight, bias)
-        return out + bias if bias is not None else out
+        return out
 
 
 def linear(x: "Tensor | EmbeddedBatch", weight: Tensor, bias: Optional[Tensor] = None) -> Tensor:
@@ -185,6 +198,26 @@ def _grouped_dense(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None) -> 
 def grouped_linear(x: "Tensor | EmbeddedBatch", weight: Tensor, bias: Optional[Tensor] = None) -> Tensor:
     """G Linears over one shared input (``[B, in]`` or the lookup): weight ``[G, in, H]`` -> ``[G, B, H]``."""
     return x.grouped_linear(weight, bias) if isinstance(x, EmbeddedBatch) else _grouped_dense(x, weight, bias)
+
+
+class _Unstack(torch.autograd.Function):
+    """``[G, B, H]`` -> G views ``[B, H]`` (``unbind``), whose backward writes the G gradients batch-major into one
+    ``[B, G, H]`` block and passes it on as a ``[G, B, H]``-shaped view: the table-product backward, which wants
+    each sample's G*H gradient in one row, then reads it without the transpose copy that ``unbind``'s own
+    backward (a group-major ``stack``) would need."""
+
+    @staticmethod
+    def forward(ctx, h: Tensor) -> tuple[Tensor, ...]:
+        return h.unbind(0)
+
+    @staticmethod
+    def backward(ctx, *grads: Tensor) -> Tensor:
+        return torch.stack(grads, dim=1).transpose(0, 1)  # [G, B, H] view of a [B, G, H] block
+
+
+def unstack(h: Tensor) -> list[Tensor]:
+    """The G outputs of ``grouped_linear`` (``[G, B, H]``) as G tensors ``[B, H]``, gradients gathered batch-major."""
+    return list(_Unstack.apply(h))
 
 
 class FeatureEmbedding(nn.Module):

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .embedding import EmbeddedBatch, grouped_linear
+from .embedding import EmbeddedBatch, grouped_linear, unstack
 from .mlp import check_mlp_params, make_activation
 
 __all__ = ["ExpertGroup", "mix_experts"]
@@ -61,7 +61,7 @@ class _ExpertLayer(nn.Module):
 
     def project_shared(self, x: Union[Tensor, EmbeddedBatch]) -> list[Tensor]:
         # x: [B, in] or the embedding lookup, read by every expert -> E x [B, out]
-        return list(grouped_linear(x, self.weight, self.bias).unbind(0))  # from one [E, B, out] product
+        return unstack(grouped_linear(x, self.weight, self.bias))  # from one [E, B, out] product
 
     def per_expert(self) -> SimpleNamespace:
         """This forward's per-expert views of the stacked parameters (``unbind``: one backward node per tensor,

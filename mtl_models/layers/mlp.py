@@ -5,13 +5,14 @@ Unlike Torch-RecHub, normalisation is opt-in (``"norm": "batch" | "layer"``) so 
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Optional, Union
+from typing import Any, Mapping, Optional, Sequence, Union
 
+import torch
 from torch import Tensor, nn
 
-from .embedding import EmbeddedBatch, linear
+from .embedding import EmbeddedBatch, linear, unstack
 
-__all__ = ["MLP", "make_activation", "build_tower", "ACTIVATIONS", "check_mlp_params"]
+__all__ = ["MLP", "make_activation", "build_tower", "ACTIVATIONS", "check_mlp_params", "parallel_mlps"]
 
 ACTIVATIONS = {
     "relu": nn.ReLU,
@@ -89,9 +90,15 @@ class MLP(nn.Sequential):
         if not isinstance(x, EmbeddedBatch):
             return super().forward(x)
         first = self[0]  # an MLP on the embedding: its first Linear reads the lookup directly
-        h = linear(x, first.weight, first.bias)  # [B, dims[0]]
+        return self.after_first(linear(x, first.weight, first.bias))  # [B, dims[0]] -> [B, output_dim]
+
+    def after_first(self, h: Tensor, owns_input: bool = True) -> Tensor:
+        """Every layer after the first Linear: h ``[B, dims[0]]`` -> ``[B, output_dim]``. ``owns_input=False``: h is
+        a view of a grouped product (``unstack``), which an in-place ReLU right after the Linear must not write."""
         for i, layer in enumerate(self):
-            if i:
+            if i == 1 and not owns_input and isinstance(layer, nn.ReLU) and layer.inplace:
+                h = torch.relu(h)
+            elif i:
                 h = layer(h)
         return h
 
@@ -103,3 +110,19 @@ class MLP(nn.Sequential):
 def build_tower(input_dim: int, params: Optional[Mapping[str, Any]], argument: str) -> MLP:
     """A task tower: the configured hidden layers and one output unit (the task's logit or value)."""
     return MLP(input_dim, params, output_dim=1, argument=argument)
+
+
+def parallel_mlps(x: Union[Tensor, EmbeddedBatch], mlps: Sequence[MLP]) -> list[Tensor]:
+    """``[mlp(x) for mlp in mlps]``, for MLPs that read the same embedding lookup (ESMM's towers, AITM's bottoms).
+
+    When the lookup takes the table-product path and the first Linears have one width, those Linears run as
+    one grouped product: one gather-sum over G*H-wide rows, where G separate ones would each pay the per-row
+    cost of the gather and of its backward."""
+    firsts = [m[0] for m in mlps]
+    if (len(mlps) < 2 or not isinstance(x, EmbeddedBatch) or not x.uses_products()
+            or len({f.out_features for f in firsts}) > 1 or any(f.bias is None for f in firsts)):
+        return [m(x) for m in mlps]
+    weight = torch.stack([f.weight.t() for f in firsts])  # [G, input_dim, H]
+    bias = torch.stack([f.bias for f in firsts]).unsqueeze(1)  # [G, 1, H]
+    return [m.after_first(h, owns_input=False)
+            for m, h in zip(mlps, unstack(x.grouped_linear(weight, bias)))]  # G x [B, out]

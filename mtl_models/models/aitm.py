@@ -11,7 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from ..features import Feature
-from ..layers import MLP, build_tower
+from ..layers import MLP, build_tower, parallel_mlps
 from .base import MultiTaskModel, check_tower_params_list
 
 __all__ = ["AITM", "AttentionTransfer"]
@@ -77,11 +77,11 @@ class AITM(MultiTaskModel):
 
     def forward(self, x: Mapping[str, Tensor]) -> Tensor:
         emb = self.embedding.lookup(x)  # each bottom's first Linear reads it
-        z = self.bottoms[0](emb)  # [B, d]
+        owns = parallel_mlps(emb, self.bottoms)  # T x [B, d]: the bottoms' first layers as one grouped product
+        z = owns[0]  # [B, d]
         raw = [self.towers[0](z)]  # [B, 1]
         for t in range(1, self.n_task):
-            own = self.bottoms[t](emb)  # [B, d]
-            z, _ = self.attentions[t - 1](self.transfers[t - 1](z), own)  # [B, d]
+            z, _ = self.attentions[t - 1](self.transfers[t - 1](z), owns[t])  # [B, d]
             raw.append(self.towers[t](z))  # [B, 1]
         return self.head(torch.cat(raw, dim=1))  # [B, T]
 

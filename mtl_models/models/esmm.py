@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from ..features import Feature
-from ..layers import MLP, build_tower
+from ..layers import MLP, build_tower, parallel_mlps
 from .base import MultiTaskModel, check_tower_params_list
 
 __all__ = ["ESMM"]
@@ -35,7 +35,8 @@ class ESMM(MultiTaskModel):
         shared = self.embedding.lookup(x)  # the towers' (or the bottom's) first Linear reads the lookup
         if self.bottom is not None:
             shared = self.bottom(shared)  # [B, bottom_dim]
-        return torch.sigmoid(self.ctr_tower(shared)), torch.sigmoid(self.cvr_tower(shared))  # [B, 1] each
+        ctr, cvr = parallel_mlps(shared, [self.ctr_tower, self.cvr_tower])  # on the lookup: one grouped first layer
+        return torch.sigmoid(ctr), torch.sigmoid(cvr)  # [B, 1] each
 
     def forward(self, x: Mapping[str, Tensor]) -> Tensor:
         p_ctr, p_cvr = self._ctr_cvr(x)
