@@ -206,3 +206,14 @@ def test_parallel_mlps_on_the_lookup_match_separate_mlps(norm) -> None:
     scale = max(float(b.abs().max()) for b in expected)  # BatchNorm's gradients reach ~1e3 here; float32 order
     for a, b in zip(grads, expected):
         torch.testing.assert_close(a, b, atol=1e-5 * scale, rtol=1e-3)
+
+
+def test_mix_experts_gradients_match_autograd_of_the_formula() -> None:
+    from mtl_models.layers import mix_experts
+
+    torch.manual_seed(0)
+    gates = torch.rand(6, 3, dtype=torch.float64).softmax(1).requires_grad_()
+    experts = [torch.randn(6, 4, dtype=torch.float64, requires_grad=True) for _ in range(3)]
+    assert torch.autograd.gradcheck(lambda g, *e: mix_experts(g, e), (gates, *experts))
+    expected = sum(gates[:, k:k + 1] * experts[k] for k in range(3))
+    torch.testing.assert_close(mix_experts(gates, experts), expected)

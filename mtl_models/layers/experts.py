@@ -25,16 +25,37 @@ from .mlp import check_mlp_params, make_activation
 __all__ = ["ExpertGroup", "mix_experts"]
 
 
+class _Mix(torch.autograd.Function):
+    """``sum_k gates[:, k] * experts[k]`` with a backward of one multiply per expert and one multiply-sum per gate
+    column (autograd's ``addcmul`` backward also scales each expert by its ``value`` of 1: a wasted pass)."""
+
+    @staticmethod
+    def forward(ctx, gates: Tensor, *experts: Tensor) -> Tensor:
+        # gates: [B, K]; experts: K x [B, d]
+        out = experts[0] * gates[:, :1]  # [B, d], accumulated in place
+        for k in range(1, len(experts)):
+            out.addcmul_(experts[k], gates[:, k:k + 1])
+        ctx.save_for_backward(gates, *experts)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Optional[Tensor], ...]:
+        gates, *experts = ctx.saved_tensors
+        grad_gates = None
+        if ctx.needs_input_grad[0]:
+            grad_gates = torch.stack([(grad * e).sum(1) for e in experts], dim=1)  # [B, K]
+        grad_experts = [grad * gates[:, k:k + 1] if ctx.needs_input_grad[k + 1] else None
+                        for k in range(len(experts))]  # K x [B, d]
+        return (grad_gates, *grad_experts)
+
+
 def mix_experts(gates: Tensor, experts: Sequence[Tensor]) -> Tensor:
     """``sum_k gates[:, k] * experts[k]``: gates ``[B, K]``, K expert outputs ``[B, d]`` -> ``[B, d]``.
 
     A running multiply-add over the experts' own blocks (views from ``unbind`` of the expert-major output),
     so neither a ``[B, K, d]`` gather nor a batched matrix-vector product is built.
     """
-    out = experts[0] * gates[:, :1]  # [B, d]
-    for k in range(1, len(experts)):
-        out = torch.addcmul(out, experts[k], gates[:, k:k + 1])
-    return out
+    return _Mix.apply(gates, *experts)
 
 
 class _ExpertLayer(nn.Module):
