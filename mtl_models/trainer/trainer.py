@@ -33,7 +33,7 @@ from ..models.base import MultiTaskModel
 from ..onnx_export import export_onnx as _export_onnx
 from ..weighting import Weighting, build_weighting
 from .callbacks import Callback, CallbackList, StopTraining
-from .checkpoint import CheckpointWriter, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .distributed import DistContext, env_world_size, setup_distributed
 
 __all__ = ["MTLTrainer"]
@@ -78,11 +78,6 @@ class MTLTrainer:
     On CPU the trainer raises glibc's mmap and trim thresholds for the process (``retain_cpu_memory=False``
     leaves them), so freed activations stay mapped between steps instead of page-faulting in again.
 
-    ``background_checkpoints`` (default on): each epoch's checkpoints are snapshotted (copied to CPU memory) at
-    the end of the epoch and written by a background thread while the next epoch trains, because on short epochs
-    the synchronous writes were several percent of the time. ``fit`` waits for them before it returns or raises,
-    so the files are complete and current after it; ``False`` writes inline as before.
-
     Under ``torchrun`` (``WORLD_SIZE > 1``) the same code trains data-parallel: the trainer joins the process
     group (``backend``: ``nccl`` on CUDA, ``gloo`` on CPU, unless the caller initialised one), takes
     ``cuda:LOCAL_RANK`` when the device is ``"auto"``/``"cuda"``, wraps the model in
@@ -104,7 +99,7 @@ class MTLTrainer:
                  progress: bool = True, compile: bool = False, mixed_precision: Optional[bool] = None,
                  seed: Optional[int] = None, nan_check_every: Optional[int] = None,
                  backend: Optional[str] = None, find_unused_parameters: bool = False,
-                 retain_cpu_memory: bool = True, background_checkpoints: bool = True) -> None:
+                 retain_cpu_memory: bool = True) -> None:
         if not isinstance(model, MultiTaskModel):
             raise TypeError(f"model must be a mtl_models MultiTaskModel, got {type(model).__name__}")
         if task_types is not None and list(task_types) != list(model.task_types):
@@ -128,8 +123,6 @@ class MTLTrainer:
         if retain_cpu_memory and self.device.type == "cpu":
             retain_freed_memory()  # no page faults on every step's fresh activations (see mtl_models/allocator.py)
         self.gpus = gpus  # accepted for Torch-RecHub compatibility; one device per trainer
-        self.background_checkpoints = bool(background_checkpoints)
-        self._checkpoints = CheckpointWriter(synchronous=not self.background_checkpoints, save=self._save_checkpoint)
 
         self.adaptive_params = dict(adaptive_params or {})
         self.weighting: Weighting = build_weighting(self.adaptive_params, self.task_types, self.model).to(self.device)
@@ -332,45 +325,42 @@ class MTLTrainer:
         start = 0
         last_path = self.model_path / LAST_FILE
         main = self.dist.is_main
-        with self._checkpoints:  # every write has finished when fit returns or raises
-            self._checkpoints.wait()  # resume reads last.pt: nothing of it may still be in flight
-            if resume and self.dist.broadcast_object(last_path.exists()):  # every rank reads it: shared storage
-                start = self._load_state(load_checkpoint(last_path, map_location=self.device)) + 1
-            else:
-                if self.seed is not None:
-                    torch.manual_seed(self.seed)
-                self.best_score, self.best_epoch, self.history, self._bad_epochs = -math.inf, -1, [], 0
-            if main:
-                self.callbacks.on_fit_start(self)
-            stop = self._bad_epochs >= self.patience
-            for epoch in range(start, self.n_epoch):
-                if stop:
-                    break
-                metrics = self._train_epoch(train_loader, epoch)
-                if val_dataloader is not None:
-                    scores = self.evaluate(self.model, val_dataloader)
-                    metrics.update({f"val/{task}/{m}": v for task, d in scores.items() for m, v in d.items()})
-                value, score = self._monitor_value(metrics)
-                metrics["val/monitor"] = value
-                metrics.update({f"weight/{n}": w
-                                for n, w in zip(self.task_names, self.weighting.current_weights().tolist())})
-                self.history.append(metrics)
-                if score > self.best_score:  # NaN never improves
-                    self.best_score, self.best_epoch, self._bad_epochs = score, epoch, 0
-                    if main:
-                        self._checkpoints.submit(self.model_path / BEST_FILE, self._best_state(epoch))
-                else:
-                    self._bad_epochs += 1
-                if self.scheduler is not None:
-                    self.scheduler.step()
-                stop = self._bad_epochs >= self.patience
+        if resume and self.dist.broadcast_object(last_path.exists()):  # every rank reads it: shared storage
+            start = self._load_state(load_checkpoint(last_path, map_location=self.device)) + 1
+        else:
+            if self.seed is not None:
+                torch.manual_seed(self.seed)
+            self.best_score, self.best_epoch, self.history, self._bad_epochs = -math.inf, -1, [], 0
+        if main:
+            self.callbacks.on_fit_start(self)
+        stop = self._bad_epochs >= self.patience
+        for epoch in range(start, self.n_epoch):
+            if stop:
+                break
+            metrics = self._train_epoch(train_loader, epoch)
+            if val_dataloader is not None:
+                scores = self.evaluate(self.model, val_dataloader)
+                metrics.update({f"val/{task}/{m}": v for task, d in scores.items() for m, v in d.items()})
+            value, score = self._monitor_value(metrics)
+            metrics["val/monitor"] = value
+            metrics.update({f"weight/{n}": w for n, w in zip(self.task_names, self.weighting.current_weights().tolist())})
+            self.history.append(metrics)
+            if score > self.best_score:  # NaN never improves
+                self.best_score, self.best_epoch, self._bad_epochs = score, epoch, 0
                 if main:
-                    self._checkpoints.submit(last_path, self._full_state(epoch))
-                    self._report(epoch, metrics)
-                stop = self._epoch_callbacks(epoch, metrics) or stop
-            self.restore_best()
+                    save_checkpoint(self.model_path / BEST_FILE, self._best_state(epoch))
+            else:
+                self._bad_epochs += 1
+            if self.scheduler is not None:
+                self.scheduler.step()
+            stop = self._bad_epochs >= self.patience
             if main:
-                self.callbacks.on_fit_end(self)
+                save_checkpoint(last_path, self._full_state(epoch))
+                self._report(epoch, metrics)
+            stop = self._epoch_callbacks(epoch, metrics) or stop
+        self.restore_best()
+        if main:
+            self.callbacks.on_fit_end(self)
         return self
 
     def _epoch_callbacks(self, epoch: int, metrics: dict[str, float]) -> bool:
@@ -401,10 +391,6 @@ class MTLTrainer:
             tqdm.write(line)
 
     # ------------------------------------------------------------------ checkpoints
-    @staticmethod
-    def _save_checkpoint(path: Path, state: dict[str, Any]) -> Path:
-        return save_checkpoint(path, state)  # the module's name, looked up per write (instrumentation patches it)
-
     def _best_state(self, epoch: int) -> dict[str, Any]:
         return {"format": CHECKPOINT_FORMAT, "model": self.model.state_dict(), "weighting": self.weighting.state_dict(),
                 "weighting_method": self.weighting.name, "epoch": epoch, "best_score": self.best_score,
@@ -437,7 +423,6 @@ class MTLTrainer:
         """Load ``model_path/best.pt`` into the model and weighting; False when there is none. Data-parallel:
         rank 0 reads it and sends the weights to the others (no storage shared between nodes is needed)."""
         path = self.model_path / BEST_FILE
-        self._checkpoints.wait()  # a best.pt still being written in the background
         if not self.dist.broadcast_object(path.exists()):
             return False
         if self.dist.is_main:
