@@ -66,3 +66,23 @@ def test_resume_reproduces_uninterrupted_run(tmp_path, method):
 def test_resume_without_checkpoint_starts_fresh(tmp_path):
     t = _run(tmp_path / "new", "equal", resume=True)
     assert len(t.history) == 5
+
+
+@pytest.mark.parametrize("hard_links", [True, False])
+def test_best_checkpoint_is_a_frozen_copy_of_that_epochs_last(tmp_path, monkeypatch, hard_links):
+    """best.pt is linked (or copied) from last.pt; replacing last.pt later must not change it."""
+    import os
+
+    from mtl_models.trainer.checkpoint import link_checkpoint, save_checkpoint
+
+    if not hard_links:
+        def no_link(*args, **kwargs):
+            raise OSError("no hard links on this filesystem")
+        monkeypatch.setattr(os, "link", no_link)
+    save_checkpoint(tmp_path / "last.pt", {"epoch": 3, "w": torch.arange(4.0)})
+    link_checkpoint(tmp_path / "last.pt", tmp_path / "best.pt")
+    save_checkpoint(tmp_path / "last.pt", {"epoch": 4, "w": torch.zeros(4)})
+    best = load_checkpoint(tmp_path / "best.pt")
+    assert best["epoch"] == 3 and torch.equal(best["w"], torch.arange(4.0))
+    assert load_checkpoint(tmp_path / "last.pt")["epoch"] == 4
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pt", "last.pt"]  # no temporary file left

@@ -4,6 +4,7 @@ never half-written (temporary file in the same folder, then ``os.replace``)."""
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 from typing import Any, Union
 
@@ -11,7 +12,7 @@ import torch
 
 from ..atomic import atomic_path
 
-__all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "rng_state", "set_rng_state"]
+__all__ = ["CheckpointError", "save_checkpoint", "link_checkpoint", "load_checkpoint", "rng_state", "set_rng_state"]
 
 PathLike = Union[str, os.PathLike]
 
@@ -24,6 +25,19 @@ def save_checkpoint(path: PathLike, state: dict[str, Any]) -> Path:
     path = Path(path)
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
+    return path
+
+
+def link_checkpoint(source: PathLike, path: PathLike) -> Path:
+    """Make ``path`` hold what ``source`` holds now, atomically, without serialising it again: a hard link where
+    the filesystem has them (a later atomic replace of ``source`` leaves ``path`` as it was), else a copy."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        os.unlink(tmp)
+        try:
+            os.link(source, tmp)
+        except OSError:  # no hard links here (some network and FAT filesystems)
+            shutil.copyfile(source, tmp)
     return path
 
 

@@ -33,7 +33,7 @@ from ..models.base import MultiTaskModel
 from ..onnx_export import export_onnx as _export_onnx
 from ..weighting import Weighting, build_weighting
 from .callbacks import Callback, CallbackList, StopTraining
-from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .checkpoint import link_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .distributed import DistContext, env_world_size, setup_distributed
 
 __all__ = ["MTLTrainer"]
@@ -72,8 +72,9 @@ class MTLTrainer:
     ``adaptive_params={"method": "equal" | "uwl" | "gradnorm", ...}`` picks the task weighting (extra keys go
     to the method, ``lr`` sets its own learning rate). ``monitor`` is ``"mean"`` (mean over tasks of AUC, and
     of -RMSE for regression tasks; higher is better) or a metric key such as ``"val/ctr/auc"`` or
-    ``"val/price/rmse"`` whose direction follows the metric. ``model_path`` receives ``best.pt`` (best
-    epoch) and ``last.pt`` (everything ``fit(..., resume=True)`` needs).
+    ``"val/price/rmse"`` whose direction follows the metric. ``model_path`` receives ``last.pt`` (everything
+    ``fit(..., resume=True)`` needs) and ``best.pt``, the best epoch's ``last.pt`` (a hard link, or a copy where the
+    filesystem has none: the state is serialised once per epoch).
 
     On CPU the trainer raises glibc's mmap and trim thresholds for the process (``retain_cpu_memory=False``
     leaves them), so freed activations stay mapped between steps instead of page-faulting in again.
@@ -327,6 +328,8 @@ class MTLTrainer:
         main = self.dist.is_main
         if resume and self.dist.broadcast_object(last_path.exists()):  # every rank reads it: shared storage
             start = self._load_state(load_checkpoint(last_path, map_location=self.device)) + 1
+            if main and self.best_epoch == start - 1:  # stopped between writing last.pt and linking best.pt
+                link_checkpoint(last_path, self.model_path / BEST_FILE)
         else:
             if self.seed is not None:
                 torch.manual_seed(self.seed)
@@ -345,10 +348,9 @@ class MTLTrainer:
             metrics["val/monitor"] = value
             metrics.update({f"weight/{n}": w for n, w in zip(self.task_names, self.weighting.current_weights().tolist())})
             self.history.append(metrics)
-            if score > self.best_score:  # NaN never improves
+            improved = score > self.best_score  # NaN never improves
+            if improved:
                 self.best_score, self.best_epoch, self._bad_epochs = score, epoch, 0
-                if main:
-                    save_checkpoint(self.model_path / BEST_FILE, self._best_state(epoch))
             else:
                 self._bad_epochs += 1
             if self.scheduler is not None:
@@ -356,6 +358,8 @@ class MTLTrainer:
             stop = self._bad_epochs >= self.patience
             if main:
                 save_checkpoint(last_path, self._full_state(epoch))
+                if improved:  # best.pt is the best epoch's last.pt: linked, not serialised a second time
+                    link_checkpoint(last_path, self.model_path / BEST_FILE)
                 self._report(epoch, metrics)
             stop = self._epoch_callbacks(epoch, metrics) or stop
         self.restore_best()
