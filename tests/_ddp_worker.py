@@ -58,7 +58,7 @@ def _instrumented_init(self, *args, **kwargs):
     self.fit = fit_then_compare
 
 
-_save = trainer_module.save_checkpoint
+_save, _link = trainer_module.save_checkpoint, trainer_module.link_checkpoint
 
 
 def _counted_save(*args, **kwargs):
@@ -66,8 +66,14 @@ def _counted_save(*args, **kwargs):
     return _save(*args, **kwargs)
 
 
+def _counted_link(*args, **kwargs):  # best.pt: the best epoch's last.pt, linked
+    state["checkpoint_writes"] += 1
+    return _link(*args, **kwargs)
+
+
 trainer_module.MTLTrainer.__init__ = _instrumented_init
 trainer_module.save_checkpoint = _counted_save
+trainer_module.link_checkpoint = _counted_link
 
 if __name__ == "__main__":
     rank = int(os.environ["RANK"])

@@ -72,11 +72,9 @@ class _FusedTable(nn.Module):
         # the product path lays the table out padded, feature-major [n_feature, max_vocab, D]: feature i's
         # id j at row i * max_vocab + j; padding slots repeat the feature's first row and are never looked up
         self.max_vocab = max(self.vocab_sizes)
-        local = torch.arange(self.max_vocab)
-        pad_rows = torch.stack([o + torch.where(local < v, local, 0) for o, v in zip(offsets.tolist(), self.vocab_sizes)])
-        self.register_buffer("pad_rows", pad_rows.flatten(), persistent=False)  # [n_feature * max_vocab]
         to_padded = torch.arange(len(features)) * self.max_vocab - offsets
         self.register_buffer("to_padded", to_padded, persistent=False)  # [n_feature]: offset id -> padded row
+        self._pad_rows: Optional[Tensor] = None  # built on first use: the path only runs for small vocabularies
         self.table = nn.Embedding(sum(self.vocab_sizes), embed_dim)
         nn.init.normal_(self.table.weight, std=init_std)
 
@@ -95,7 +93,12 @@ class _FusedTable(nn.Module):
     def padded(self) -> Tensor:
         """The table laid out ``[n_feature, max_vocab, D]``, so that one batched GEMM multiplies every feature's
         rows by that feature's slice of a weight."""
-        return self.table.weight[self.pad_rows].view(len(self.names), self.max_vocab, self.embed_dim)
+        weight = self.table.weight
+        if self._pad_rows is None or self._pad_rows.device != weight.device:
+            local = torch.arange(self.max_vocab, device=weight.device)
+            rows = [o + torch.where(local < v, local, 0) for o, v in zip(self.offsets.tolist(), self.vocab_sizes)]
+            self._pad_rows = torch.stack(rows).flatten()  # [n_feature * max_vocab] rows of the table
+        return weight[self._pad_rows].view(len(self.names), self.max_vocab, self.embed_dim)
 
     def products(self, ids: Tensor, weight: Tensor, bias: Optional[Tensor], padded: Tensor) -> Tensor:
         """``self(ids) @ weight[g] (+ bias[g])`` for every group g as sums of rows of ``table x weight``.
