@@ -52,7 +52,7 @@ class _Mix(torch.autograd.Function):
 def mix_experts(gates: Tensor, experts: Sequence[Tensor]) -> Tensor:
     """``sum_k gates[:, k] * experts[k]``: gates ``[B, K]``, K expert outputs ``[B, d]`` -> ``[B, d]``.
 
-    A running multiply-add over the experts' own blocks (views from ``unbind`` of the expert-major output),
+    A running multiply-add over the experts' own blocks (views from ``unstack`` of the expert-major output),
     so neither a ``[B, K, d]`` gather nor a batched matrix-vector product is built.
     """
     return _Mix.apply(gates, *experts)

@@ -395,18 +395,14 @@ class MTLTrainer:
             tqdm.write(line)
 
     # ------------------------------------------------------------------ checkpoints
-    def _best_state(self, epoch: int) -> dict[str, Any]:
+    def _full_state(self, epoch: int) -> dict[str, Any]:
+        """last.pt's content (best.pt is the best epoch's last.pt): everything ``fit(..., resume=True)`` needs."""
         return {"format": CHECKPOINT_FORMAT, "model": self.model.state_dict(), "weighting": self.weighting.state_dict(),
                 "weighting_method": self.weighting.name, "epoch": epoch, "best_score": self.best_score,
-                "task_names": list(self.task_names or [])}
-
-    def _full_state(self, epoch: int) -> dict[str, Any]:
-        state = self._best_state(epoch)
-        state.update({"optimizer": self.optimizer.state_dict(),
-                      "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
-                      "best_epoch": self.best_epoch, "bad_epochs": self._bad_epochs,
-                      "global_step": self._global_step, "history": self.history, "rng": rng_state()})
-        return state
+                "task_names": list(self.task_names or []), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+                "best_epoch": self.best_epoch, "bad_epochs": self._bad_epochs,
+                "global_step": self._global_step, "history": self.history, "rng": rng_state()}
 
     def _load_state(self, state: dict[str, Any]) -> int:
         if state.get("weighting_method") != self.weighting.name:
