@@ -217,3 +217,24 @@ def test_mix_experts_gradients_match_autograd_of_the_formula() -> None:
     assert torch.autograd.gradcheck(lambda g, *e: mix_experts(g, e), (gates, *experts))
     expected = sum(gates[:, k:k + 1] * experts[k] for k in range(3))
     torch.testing.assert_close(mix_experts(gates, experts), expected)
+
+
+@pytest.mark.parametrize("groups,with_bias", [(1, True), (3, True), (3, False)])
+def test_table_product_matches_the_gemm_on_values_and_gradients(groups: int, with_bias: bool) -> None:
+    """The fused gather-sum (products, bias in feature 0's rows, H-major backward) against the GEMM it replaces."""
+    from mtl_models.layers.embedding import _TableProduct
+
+    torch.manual_seed(0)
+    n, vocab, d, width, rows = 3, 5, 2, 4, 7
+    ids = torch.randint(0, vocab, (rows, n)) + torch.arange(n) * vocab  # [B, n] rows of the padded table
+    padded = torch.randn(n, vocab, d, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(groups, n * d, width, dtype=torch.float64, requires_grad=True)
+    bias = [torch.randn(groups, 1, width, dtype=torch.float64, requires_grad=True)] if with_bias else []
+
+    def fused(p, w, *b):
+        return _TableProduct.apply(ids, p, w, b[0] if b else None)
+
+    assert torch.autograd.gradcheck(fused, (padded, weight, *bias))
+    looked_up = padded.reshape(n * vocab, d)[ids].flatten(1)  # [B, n*d], the concatenated embedding
+    expected = torch.einsum("bi,gih->gbh", looked_up, weight) + (bias[0] if bias else 0)  # [G, B, H]
+    torch.testing.assert_close(fused(padded, weight, *bias), expected)
