@@ -222,7 +222,7 @@ def test_mix_experts_gradients_match_autograd_of_the_formula() -> None:
 @pytest.mark.parametrize("groups,with_bias", [(1, True), (3, True), (3, False)])
 def test_table_product_matches_the_gemm_on_values_and_gradients(groups: int, with_bias: bool) -> None:
     """The fused gather-sum (products, bias in feature 0's rows, H-major backward) against the GEMM it replaces."""
-    from mtl_models.layers.embedding import _TableProduct
+    from mtl_models.layers.embedding import PaddedRows, _TableProduct
 
     torch.manual_seed(0)
     n, vocab, d, width, rows = 3, 5, 2, 4, 7
@@ -232,7 +232,7 @@ def test_table_product_matches_the_gemm_on_values_and_gradients(groups: int, wit
     bias = [torch.randn(groups, 1, width, dtype=torch.float64, requires_grad=True)] if with_bias else []
 
     def fused(p, w, *b):
-        return _TableProduct.apply(ids, p, w, b[0] if b else None)
+        return _TableProduct.apply(PaddedRows(ids, n * vocab), p, w, b[0] if b else None)
 
     assert torch.autograd.gradcheck(fused, (padded, weight, *bias))
     looked_up = padded.reshape(n * vocab, d)[ids].flatten(1)  # [B, n*d], the concatenated embedding
