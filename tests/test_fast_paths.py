@@ -238,3 +238,16 @@ def test_table_product_matches_the_gemm_on_values_and_gradients(groups: int, wit
     looked_up = padded.reshape(n * vocab, d)[ids].flatten(1)  # [B, n*d], the concatenated embedding
     expected = torch.einsum("bi,gih->gbh", looked_up, weight) + (bias[0] if bias else 0)  # [G, B, H]
     torch.testing.assert_close(fused(padded, weight, *bias), expected)
+
+
+@pytest.mark.parametrize("n_rows", [60, 40_000])  # the 16-bit radix sort, and the general sort above 2**15 rows
+def test_padded_rows_group_every_sample_under_the_rows_it_reads(n_rows: int) -> None:
+    from mtl_models.layers.embedding import PaddedRows
+
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, n_rows, (50, 3), generator=g)  # [B, n]
+    samples, offsets = PaddedRows(ids, n_rows).samples_by_row()
+    ends = torch.cat([offsets[1:], torch.tensor([samples.numel()])])
+    for row in ids.unique().tolist() + [n_rows - 1]:
+        expected = sorted(b for b in range(50) for f in range(3) if ids[b, f] == row)
+        assert samples[offsets[row]:ends[row]].tolist() == expected  # ascending: a deterministic summation order
