@@ -5,7 +5,8 @@ Linear layer that reads the embedding (an MLP's first layer, MMOE's experts and 
 ``linear(weight, bias)``. When every feature of a table has few ids next to the batch (small-vocabulary data
 such as binned census columns) that product is computed as a gather-sum over ``table_rows @ weight_slice``:
 exact in real arithmetic, and the ``[B, n*d] x [n*d, H]`` GEMM with its two backward GEMMs shrinks to one
-batched GEMM over each feature's rows (padded to the largest vocabulary) plus the gather-sum and its scatter.
+batched GEMM over each feature's rows (padded to the largest vocabulary) plus the gather-sum and, in the
+backward, its transpose: a second gather-sum over the batch's samples grouped by row.
 """
 
 from __future__ import annotations
