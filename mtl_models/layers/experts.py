@@ -12,7 +12,6 @@ spilled the cache and paid transpose copies, and were slower than this per-exper
 from __future__ import annotations
 
 import math
-from types import SimpleNamespace
 from typing import Any, Mapping, Optional, Sequence, Union
 
 import torch
@@ -58,6 +57,11 @@ def mix_experts(gates: Tensor, experts: Sequence[Tensor]) -> Tensor:
     return _Mix.apply(gates, *experts)
 
 
+class ExpertViews:
+    """One forward's per-expert views of an expert layer's stacked parameters, filled by ``per_expert`` (a plain
+    class rather than ``types.SimpleNamespace``, which ``torch.compile`` cannot trace)."""
+
+
 class _ExpertLayer(nn.Module):
     """``E`` parallel ``Linear(in, out)`` with optional per-expert norm, activation and dropout."""
 
@@ -84,11 +88,12 @@ class _ExpertLayer(nn.Module):
         # x: [B, in] or the embedding lookup, read by every expert -> E x [B, out]
         return unstack(grouped_linear(x, self.weight, self.bias))  # from one [E, B, out] product
 
-    def per_expert(self) -> SimpleNamespace:
+    def per_expert(self) -> ExpertViews:
         """This forward's per-expert views of the stacked parameters (``unbind``: one backward node per tensor,
         where ``weight[e]`` would zero-fill a full-size gradient for each expert)."""
         n, out = self.n_expert, self.out_dim
-        v = SimpleNamespace(weight=self.weight.unbind(0), bias=self.bias.view(n, out).unbind(0))
+        v = ExpertViews()
+        v.weight, v.bias = self.weight.unbind(0), self.bias.view(n, out).unbind(0)
         if self.norm == "layer":
             v.norm_weight = self.norm_weight.view(n, out).unbind(0)
             v.norm_bias = self.norm_bias.view(n, out).unbind(0)
@@ -110,11 +115,11 @@ class _ExpertLayer(nn.Module):
             v.prelu = self.prelu_weight.view(n, 1).unbind(0)
         return v
 
-    def project(self, e: int, h: Tensor, v: SimpleNamespace) -> Tensor:
+    def project(self, e: int, h: Tensor, v: ExpertViews) -> Tensor:
         # h: [B, in] expert e's input -> [B, out]
         return torch.addmm(v.bias[e], h, v.weight[e])
 
-    def finish(self, e: int, h: Tensor, v: SimpleNamespace, owns_input: bool = True) -> Tensor:
+    def finish(self, e: int, h: Tensor, v: ExpertViews, owns_input: bool = True) -> Tensor:
         # h: [B, out] expert e's Linear output -> norm, activation, dropout. owns_input=False: h is a view of
         # the shared first layer's [E, B, out] product (unbind), which must not be written in place
         if self.norm == "layer":
