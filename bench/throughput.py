@@ -98,7 +98,8 @@ def config(quick: bool) -> dict:
     if quick:
         return {"models": ["SharedBottom"], "batches": [1024], "epochs": 2, "repeats": 1, "rows": 8192, "threads": 1,
                 "data_dir": str(ADULT)}
-    # 3 epochs per child (2 timed): forking and building a runner cost more than an epoch, so a third epoch doubles
-    # the timed samples for about a fifth more wall time, on a machine whose epoch times vary by 10-40 %
+    # 3 epochs per child (2 timed): forking and building a runner cost more than an epoch (with 2 epochs, the timed
+    # ones were 299 s of the part's 1,676 s), so a third epoch doubles the timed samples for roughly a fifth more
+    # wall time, on a machine whose epoch times vary by 10-40 %
     return {"models": bt.MODELS, "batches": [256, 1024, 4096], "epochs": 3, "repeats": 2, "rows": 16384, "threads": [1, 2],
             "data_dir": str(ADULT)}
