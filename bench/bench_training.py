@@ -21,6 +21,7 @@ import platform
 import sys
 import time
 from pathlib import Path
+from typing import Callable, Optional
 
 import numpy as np
 import pandas as pd
@@ -99,15 +100,26 @@ def rechub(name: str, feats: list[str], vocab: dict[str, int]):
     return rm.AITM(features, 2, mlp, towers)
 
 
+Between = Optional[Callable[[float], None]]  # called after each epoch with its seconds; returns when the next may start
+
+
 class _EpochClock(Callback):
+    """Each epoch's seconds, from fit start or the previous epoch's end to this epoch's end (checkpoint included);
+    time spent in ``between`` is not counted."""
+
     def __init__(self):
-        self.marks = []
+        self.times: list[float] = []
+        self.between: Between = None
+        self._start = 0.0
 
     def on_fit_start(self, trainer):
-        self.marks.append(time.perf_counter())
+        self._start = time.perf_counter()
 
     def on_epoch_end(self, trainer, epoch, metrics):
-        self.marks.append(time.perf_counter())
+        self.times.append(time.perf_counter() - self._start)
+        if self.between is not None:
+            self.between(self.times[-1])
+        self._start = time.perf_counter()
 
 
 class OursRunner:
@@ -123,23 +135,26 @@ class OursRunner:
                                   model_path=out, progress=False, compile=compile, callbacks=[self.clock],
                                   auxiliary_weight=auxiliary_weight)
 
-    def run(self, epochs: int) -> list[float]:
+    def run(self, epochs: int, between: Between = None) -> list[float]:
         """One ordinary ``fit`` (checkpoints included); epoch times from a callback's clock."""
         self.trainer.n_epoch = epochs
+        self.clock.times, self.clock.between = [], between
         self.trainer.fit(self.loader)
-        return list(np.diff(self.clock.marks))
+        return list(self.clock.times)
 
     def test_auc(self):
         s = self.trainer.evaluate(self.trainer.model, self.test)
         return [s["income"]["auc"], s["never_married"]["auc"]]
 
 
-def _timed(step, epochs: int) -> list[float]:
+def _timed(step, epochs: int, between: Between = None) -> list[float]:
     times = []
     for _ in range(epochs):
         t0 = time.perf_counter()
         step()
         times.append(time.perf_counter() - t0)
+        if between is not None:
+            between(times[-1])
     return times
 
 
@@ -156,8 +171,8 @@ class PlainRunner:
         self.opt = torch.optim.Adam(self.model.parameters(), lr=LR)
         self.data, self.epoch = data, 0
 
-    def run(self, epochs: int) -> list[float]:
-        return _timed(self.train_epoch, epochs)
+    def run(self, epochs: int, between: Between = None) -> list[float]:
+        return _timed(self.train_epoch, epochs, between)
 
     def loss(self, pred, y):
         return F.binary_cross_entropy(pred, y)  # mean over tasks and rows
@@ -242,8 +257,8 @@ class RecHubRunner:
         self.trainer = RTrainer(self.model, types, optimizer_params={"lr": LR, "weight_decay": 0.0}, n_epoch=1,
                                 device="cpu", model_path=str(out))
 
-    def run(self, epochs: int) -> list[float]:
-        return _timed(lambda: self.trainer.train_one_epoch(self.train_dl), epochs)  # its fit() adds validation
+    def run(self, epochs: int, between: Between = None) -> list[float]:
+        return _timed(lambda: self.trainer.train_one_epoch(self.train_dl), epochs, between)  # its fit() adds validation
 
     def test_auc(self):
         s = self.trainer.evaluate(self.model, self.test_dl)

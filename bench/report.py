@@ -313,15 +313,23 @@ def part3(rec: dict, img: Path) -> tuple[list[str], dict]:
 
 
 # ---------------------------------------------------------------------------------------------- part 4
+def _part4_schedule(cfg: dict) -> str:
+    """How part 4's epochs were scheduled, for results written before and after epochs were interleaved."""
+    if "warmup" in cfg:
+        return (f"{cfg['epochs']} epochs per runner of which the first {cfg['warmup']} are warm-up, each runner in its own "
+                "forked process, their epochs interleaved (one epoch of each in turn, the order reversed every round)")
+    return (f"{cfg.get('repeats', 1)} × {cfg['epochs']} epochs per runner of which the first of each is warm-up, runners "
+            "alternating, each in its own forked process")
+
+
 def part4(rec: dict, img: Path) -> tuple[list[str], dict]:
     res = rec["result"]
     cfg = res["config"]
     rows = res["rows"]
     target_batch = 1024  # the issue's common config; the other batch sizes are context
     lines = [f"bench/bench_training.py's runners (Adult, every column sparse, BatchNorm MLPs) on the first "
-             f"{rows[0]['rows']:,} training rows, torch threads {cfg['threads']}, {cfg.get('repeats', 1)} × {cfg['epochs']} epochs per "
-             f"runner of which the first of each is warm-up, runners alternating, each in its own forked process; samples/s "
-             "of the fastest timed epoch (median in brackets). *TRH, our allocator* is Torch-RecHub's trainer in a process "
+             f"{rows[0]['rows']:,} training rows, torch threads {cfg['threads']}, " + _part4_schedule(cfg)
+             + "; samples/s of the fastest timed epoch (median in brackets). *TRH, our allocator* is Torch-RecHub's trainer in a process "
              "where `mtl_models.allocator.retain_freed_memory()` (which MTLTrainer applies on CPU) was called first.", "",
              "| model | threads | batch | MTLTrainer | plain loop | Torch-RecHub | TRH model, plain loop | TRH, our allocator "
              "| ours / TRH (target ≥ 3×, aim 5×) | ours / plain (target ≥ 1.0×) | load |",

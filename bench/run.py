@@ -68,7 +68,7 @@ def main(argv=None) -> int:
     ap.add_argument("--report-only", action="store_true")
     ap.add_argument("--no-report", action="store_true")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=JSON",
-                    help="override a part's config key, e.g. --set repeats=2 (applies to every part run)")
+                    help="override a part's config key, e.g. --set epochs=3 (applies to every part run)")
     ap.add_argument("--command", default=None, help="how the results were produced, as the page should state it")
     args = ap.parse_args(argv)
     out = Path(args.out)

@@ -1,8 +1,9 @@
 """Part 4: training throughput (samples/s) per model: MTLTrainer vs the plain-PyTorch loop vs Torch-RecHub 0.9.0,
 at batch 256, 1024 and 4096, with bench/bench_training.py's runners and config (Adult, every column sparse,
 BatchNorm MLPs). A fourth runner puts Torch-RecHub's own model through the same plain loop, which splits the
-gap between the libraries into model compute and trainer overhead. Per (model, batch) the runners alternate; each trains ``epochs`` epochs, the first is
-warm-up; samples/s = rows / fastest timed epoch (what survives a shared machine's noise), medians kept too.
+gap between the libraries into model compute and trainer overhead. Per (model, batch) the runners' epochs are
+interleaved: one epoch of each in turn, the order reversed every round, so that the machine's drift over minutes
+reaches them alike; the first epochs are warm-up; samples/s = rows / fastest timed epoch, medians kept too.
 
 Every runner trains in its own forked child, so that process-wide state one library sets (MTLTrainer keeps
 freed CPU memory mapped, see mtl_models/allocator.py) never reaches the runners after it. A fifth runner,
@@ -30,42 +31,85 @@ RUNNERS = [("ours", bt.OursRunner), ("plain", bt.PlainRunner), ("rechub", bt.Rec
 RETAINED = {"rechub_retained"}  # runners whose child applies mtl_models' allocator setting first
 
 
-def _epochs_in_child(key: str, cls, name: str, batch: int, data, feats, vocab, out: Path, epochs: int) -> list[float]:
-    """Build and run one runner in a forked child (fresh allocator state, same data); its epoch times come back."""
-    ctx = multiprocessing.get_context("fork")
-    receive, send = ctx.Pipe(duplex=False)
-    threads = torch.get_num_threads()
+class _RunnerProcess:
+    """One runner in a forked child (fresh allocator state, same data) that trains one epoch each time ``epoch()``
+    asks for it and reports that epoch's seconds; between epochs it waits on a pipe, untimed."""
 
-    def child() -> None:
-        try:
-            torch.set_num_threads(threads)
-            bt.BATCH = batch  # the runners read the module's BATCH when they build loaders / step
-            if key in RETAINED:
-                from mtl_models.allocator import retain_freed_memory
-                retain_freed_memory()
-            with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-                send.send(("ok", cls(name, data, feats, vocab, out).run(epochs)))
-        except BaseException:  # noqa: BLE001 - reported by the parent
-            send.send(("error", traceback.format_exc()))
+    def __init__(self, key: str, cls, name: str, batch: int, data, feats, vocab, out: Path, epochs: int) -> None:
+        ctx = multiprocessing.get_context("fork")
+        self._conn, child_conn = ctx.Pipe()
+        self.key, self.name, self.batch = key, name, batch
+        threads = torch.get_num_threads()
 
-    proc = ctx.Process(target=child, daemon=True)
-    proc.start()
-    status, value = receive.recv()
-    proc.join()
-    if status != "ok":
-        raise RuntimeError(f"runner {key} failed for {name} at batch {batch}:\n{value}")
-    return value
+        def child() -> None:
+            try:
+                torch.set_num_threads(threads)
+                bt.BATCH = batch  # the runners read the module's BATCH when they build loaders / step
+                if key in RETAINED:
+                    from mtl_models.allocator import retain_freed_memory
+                    retain_freed_memory()
+                done = [0]
+
+                def between(seconds: float) -> None:  # report the epoch, wait for the next turn (not after the last)
+                    done[0] += 1
+                    child_conn.send(("epoch", seconds))
+                    if done[0] < epochs:
+                        child_conn.recv()
+
+                with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+                    runner = cls(name, data, feats, vocab, out)
+                    child_conn.send(("ready", None))
+                    child_conn.recv()  # the first turn
+                    runner.run(epochs, between)
+            except BaseException:  # noqa: BLE001 - reported by the parent
+                child_conn.send(("error", traceback.format_exc()))
+
+        self._proc = ctx.Process(target=child, daemon=True)
+        self._proc.start()
+        self._expect("ready")
+
+    def _expect(self, kind: str):
+        status, value = self._conn.recv()
+        if status != kind:
+            raise RuntimeError(f"runner {self.key} failed for {self.name} at batch {self.batch}:\n{value}")
+        return value
+
+    def epoch(self) -> float:
+        """Train one more epoch in the child -> its seconds."""
+        self._conn.send("go")
+        return self._expect("epoch")
+
+    def close(self, finished: bool) -> None:
+        """Join the child; one that has not trained all its epochs (another runner failed) only waits for a turn
+        that will not come, and is killed."""
+        self._proc.join(timeout=60 if finished else 0)
+        if self._proc.is_alive():
+            self._proc.kill()
+            self._proc.join()
+        self._conn.close()
 
 
-def measure(name: str, batch: int, data, feats, vocab, epochs: int, repeats: int) -> dict:
+def measure(name: str, batch: int, data, feats, vocab, epochs: int, warmup: int) -> dict:
+    """Every runner in its own process, their epochs interleaved: one epoch of each in turn, the order reversed every
+    round, so that the machine's drift over minutes (10-40 % here) reaches every runner alike. The first ``warmup``
+    epochs of each runner are dropped."""
     n = len(data["y"]["income"])
     times = {k: [] for k, _ in RUNNERS}
+    procs: dict[str, _RunnerProcess] = {}
     with tempfile.TemporaryDirectory(prefix="bench-tp-") as tmp:
-        for rep in range(repeats):
-            order = RUNNERS if rep % 2 == 0 else RUNNERS[::-1]
-            for key, cls in order:
-                times[key] += _epochs_in_child(key, cls, name, batch, data, feats, vocab, Path(tmp) / f"{key}{rep}",
-                                               epochs)[1:]
+        finished = False
+        try:
+            for key, cls in RUNNERS:
+                procs[key] = _RunnerProcess(key, cls, name, batch, data, feats, vocab, Path(tmp) / key, epochs)
+            for rnd in range(epochs):
+                for key, _ in (RUNNERS if rnd % 2 == 0 else RUNNERS[::-1]):
+                    seconds = procs[key].epoch()
+                    if rnd >= warmup:
+                        times[key].append(seconds)
+            finished = True
+        finally:
+            for p in procs.values():
+                p.close(finished)
     best = {k: n / min(v) for k, v in times.items()}
     med = {k: n / float(np.median(v)) for k, v in times.items()}
     return {"model": name, "batch": batch, "rows": n, "samples_s": best, "median_samples_s": med,
@@ -84,7 +128,7 @@ def run(cfg: dict, log=print) -> dict:
         for threads in threads_list:
           torch.set_num_threads(threads)
           for batch in cfg["batches"]:
-            r = measure(name, batch, data, feats, vocab, cfg["epochs"], cfg["repeats"])
+            r = measure(name, batch, data, feats, vocab, cfg["epochs"], cfg["warmup"])
             r["threads"] = threads
             rows.append(r)
             log(f"  {name} threads {threads} batch {batch}: " + ", ".join(f"{k} {v:,.0f}/s" for k, v in r["samples_s"].items())
@@ -96,10 +140,9 @@ def config(quick: bool) -> dict:
     from bench.quality import ADULT
 
     if quick:
-        return {"models": ["SharedBottom"], "batches": [1024], "epochs": 2, "repeats": 1, "rows": 8192, "threads": 1,
+        return {"models": ["SharedBottom"], "batches": [1024], "epochs": 2, "warmup": 1, "rows": 8192, "threads": 1,
                 "data_dir": str(ADULT)}
-    # 3 epochs per child (2 timed): forking and building a runner cost more than an epoch (with 2 epochs, the timed
-    # ones were 299 s of the part's 1,676 s), so a third epoch doubles the timed samples for roughly a fifth more
-    # wall time, on a machine whose epoch times vary by 10-40 %
-    return {"models": bt.MODELS, "batches": [256, 1024, 4096], "epochs": 3, "repeats": 2, "rows": 16384, "threads": [1, 2],
+    # 7 epochs per runner, the first 2 warm-up (Torch-RecHub speeds up over its first epochs), 5 timed; one build per
+    # runner, where separate children per repeat paid a fork and a build every 2 timed epochs
+    return {"models": bt.MODELS, "batches": [256, 1024, 4096], "epochs": 7, "warmup": 2, "rows": 16384, "threads": [1, 2],
             "data_dir": str(ADULT)}

@@ -169,3 +169,50 @@ def test_throughput_misses_are_split_into_model_step_and_trainer_overhead(tmp_pa
     # our allocator setting moves its trainer by 11,000 / 10,000
     assert "same plain loop: MMOE 1.25×" in text and "over its trainer: MMOE 1.60×" in text
     assert "trainer by MMOE 1.10×" in text
+
+
+class _ScriptedRunner:
+    """Stands in for a bench runner: logs each epoch it trains to a file and reports made-up seconds."""
+    log: Path
+    fail = False
+
+    def __init__(self, name, data, feats, vocab, out):
+        self.key = out.name
+
+    def run(self, epochs, between=None):
+        if self.fail and self.key == "plain":
+            raise ValueError("scripted failure")
+        times = []
+        for i in range(epochs):
+            with open(self.log, "a") as f:
+                f.write(f"{self.key} {i}\n")
+            times.append({"ours": 1.0, "plain": 2.0, "rechub": 4.0}[self.key] / (i + 1))
+            between(times[-1])
+        return times
+
+
+def test_throughput_interleaves_the_runners_epochs_and_drops_warmup(tmp_path, monkeypatch):
+    from bench import throughput
+
+    _ScriptedRunner.log, _ScriptedRunner.fail = tmp_path / "log", False
+    monkeypatch.setattr(throughput, "RUNNERS", [(k, _ScriptedRunner) for k in ("ours", "plain", "rechub")])
+    data = {"y": {"income": [0] * 100}}
+    r = throughput.measure("MMOE", 1024, data, [], {}, epochs=3, warmup=1)
+    order = (tmp_path / "log").read_text().split("\n")[:-1]
+    assert order == ["ours 0", "plain 0", "rechub 0", "rechub 1", "plain 1", "ours 1", "ours 2", "plain 2", "rechub 2"]
+    assert r["epoch_seconds"] == {"ours": [0.5, 1 / 3], "plain": [1.0, 2 / 3], "rechub": [2.0, 4 / 3]}
+    assert r["samples_s"]["ours"] == pytest.approx(300.0) and r["median_samples_s"]["ours"] == pytest.approx(240.0)
+    assert r["vs_rechub"] == pytest.approx(4.0) and r["vs_plain"] == pytest.approx(2.0)
+
+
+def test_throughput_reports_a_failing_runner_and_stops_the_others(tmp_path, monkeypatch):
+    from bench import throughput
+
+    _ScriptedRunner.log, _ScriptedRunner.fail = tmp_path / "log", True
+    monkeypatch.setattr(throughput, "RUNNERS", [(k, _ScriptedRunner) for k in ("ours", "plain", "rechub")])
+    closed = []
+    monkeypatch.setattr(throughput._RunnerProcess, "close",
+                        lambda self, finished, orig=throughput._RunnerProcess.close: (orig(self, finished), closed.append(self._proc.is_alive())))
+    with pytest.raises(RuntimeError, match=r"(?s)runner plain failed for MMOE at batch 1024.*scripted failure"):
+        throughput.measure("MMOE", 1024, {"y": {"income": [0] * 100}}, [], {}, epochs=3, warmup=1)
+    assert closed == [False, False, False]  # every child started was joined, the failed one included
