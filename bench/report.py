@@ -374,7 +374,8 @@ def part4(rec: dict, img: Path) -> tuple[list[str], dict]:
             + ". What is left in our step: the table-product path removes the first layer's GEMMs (exact; "
             "docs/training.md), so the step is the layers above it (MMOE: 8 experts' 128 → 64 GEMMs; PLE: the second "
             "level's 64 → 128 → 64 experts), per-expert BatchNorm and ReLU passes, and the gather-sum; fp32 throughout, "
-            "since this AVX2 CPU has no AVX512-BF16 for bf16 autocast. Noise: load average "
+            "since this AVX2 CPU has no AVX512-BF16 for bf16 autocast; `bench/step_floor.py` sets each model's step beside "
+            "the time of the GEMM and BatchNorm kernels it needs (docs/training.md). Noise: load average "
             f"{min(loads):.1f}–{max(loads):.1f} on {rec.get('env_start', {}).get('cpus', 2)} CPUs shared with other jobs; "
             "a timed epoch lasts " + (f"{min(epochs):.2f}–{max(epochs):.2f} s" if epochs else "under a few seconds")
             + ", and MTLTrainer writes a checkpoint every epoch, which the plain loop skips.")

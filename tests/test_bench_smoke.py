@@ -216,3 +216,17 @@ def test_throughput_reports_a_failing_runner_and_stops_the_others(tmp_path, monk
     with pytest.raises(RuntimeError, match=r"(?s)runner plain failed for MMOE at batch 1024.*scripted failure"):
         throughput.measure("MMOE", 1024, {"y": {"income": [0] * 100}}, [], {}, epochs=3, warmup=1)
     assert closed == [False, False, False]  # every child started was joined, the failed one included
+
+
+@pytest.mark.skipif(not (ADULT / "adult.data").is_file(), reason="Adult raw files not present")
+def test_step_floor_records_every_gemm_over_the_batch_and_every_batchnorm():
+    from bench import bench_training as bt
+    from bench import step_floor
+
+    x, y, _, _, feats, vocab = bt.load_adult(ADULT)
+    rec = step_floor.record_step("SharedBottom", {"x": x, "y": y}, feats, vocab, batch=512)
+    # bottom [208 -> 128 -> 64] (its first layer on the table-product path: no GEMM over the batch), towers [64 -> 32 -> 1]
+    assert dict(rec.norms) == {(512, 128): 1, (512, 64): 1, (512, 32): 2}
+    # forward, input gradient and weight gradient of 128 -> 64, and of each tower's 64 -> 32 and 32 -> 1
+    assert sum(rec.gemms.values()) == 15 and step_floor.gemm_macs(rec) == 512 * 3 * (128 * 64 + 2 * (64 * 32 + 32 * 1))
+    assert step_floor.gemm_ms(*next(iter(rec.gemms))) > 0 and step_floor.norm_relu_ms((512, 64)) > 0
