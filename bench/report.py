@@ -316,10 +316,16 @@ def part3(rec: dict, img: Path) -> tuple[list[str], dict]:
 def _part4_schedule(cfg: dict) -> str:
     """How part 4's epochs were scheduled, for results written before and after epochs were interleaved."""
     if "warmup" in cfg:
-        return (f"{cfg['epochs']} epochs per runner of which the first {cfg['warmup']} are warm-up, each runner in its own "
+        return (f"{cfg['epochs']} epochs per runner, the first {cfg['warmup']} of them warm-up, each runner in its own "
                 "forked process, their epochs interleaved (one epoch of each in turn, the order reversed every round)")
     return (f"{cfg.get('repeats', 1)} × {cfg['epochs']} epochs per runner of which the first of each is warm-up, runners "
             "alternating, each in its own forked process")
+
+
+def _paired(row: dict, other: str) -> tuple[float, float, float]:
+    """Median, min and max over the rounds of ``other``'s epoch seconds over ours (ours is that many times faster)."""
+    ratios = [b / a for a, b in zip(row["epoch_seconds"]["ours"], row["epoch_seconds"][other])]
+    return float(np.median(ratios)), min(ratios), max(ratios)
 
 
 def part4(rec: dict, img: Path) -> tuple[list[str], dict]:
@@ -352,6 +358,13 @@ def part4(rec: dict, img: Path) -> tuple[list[str], dict]:
               + (f" (missed at {', '.join(miss_trh)})" if miss_trh else "")
               + f"; ≥ 1.0× the plain loop: {_ok(not miss_plain)}" + (f" (missed at {', '.join(miss_plain)})" if miss_plain else "")
               + f". Over every row: ≥ 3× in {sum(ok_trh)} of {len(rows)}, ≥ 1.0× in {sum(ok_plain)} of {len(rows)}.", ""]
+    if "warmup" in cfg:  # interleaved epochs: a round's epochs ran back to back, so their ratio cancels the drift
+        paired = [(tag(r), _paired(r, "rechub"), _paired(r, "plain")) for r, _, _ in at_target]
+        lines += ["Paired per round (each round's epochs ran back to back, so their ratio cancels the machine's drift), "
+                  f"median [range] over the rounds at batch {target_batch}: ours / TRH "
+                  + ", ".join(f"{t} {m:.2f}× [{lo:.2f}–{hi:.2f}]" for t, (m, lo, hi), _ in paired)
+                  + "; ours / plain " + ", ".join(f"{t} {m:.2f}× [{lo:.2f}–{hi:.2f}]" for t, _, (m, lo, hi) in paired)
+                  + ".", ""]
     loads = [r["load"][0] for r in rows]
     split = [r for r in rows if "rechub_plain" in r["samples_s"]]
     if split:  # the same plain loop over both libraries' modules: model compute vs trainer overhead

@@ -230,3 +230,15 @@ def test_step_floor_records_every_gemm_over_the_batch_and_every_batchnorm():
     # forward, input gradient and weight gradient of 128 -> 64, and of each tower's 64 -> 32 and 32 -> 1
     assert sum(rec.gemms.values()) == 15 and step_floor.gemm_macs(rec) == 512 * 3 * (128 * 64 + 2 * (64 * 32 + 32 * 1))
     assert step_floor.gemm_ms(*next(iter(rec.gemms))) > 0 and step_floor.norm_relu_ms((512, 64)) > 0
+
+
+def test_throughput_report_pairs_each_rounds_epochs(tmp_path):
+    s = {"ours": 8192 / 0.5, "plain": 8192 / 0.5, "rechub": 8192 / 1.0}
+    row = {"model": "PLE", "batch": 1024, "rows": 8192, "threads": 2, "samples_s": s, "median_samples_s": s,
+           "vs_rechub": 2.0, "vs_plain": 1.0, "median_vs_rechub": 2.0, "median_vs_plain": 1.0, "load": [1.0, 0, 0],
+           # a slow round in the middle slows every runner alike: paired, it still reads 2x and 1x
+           "epoch_seconds": {"ours": [0.5, 1.0, 0.5], "plain": [0.5, 1.2, 0.55], "rechub": [1.0, 2.0, 1.5]}}
+    rec = _rec(4, {"config": {"threads": 2, "epochs": 4, "warmup": 1}, "rows": [row]})
+    text = "\n".join(report.part4(rec, tmp_path)[0])
+    assert "4 epochs per runner, the first 1 of them warm-up, each runner in its own forked process, their epochs interleaved" in text
+    assert "ours / TRH PLE@1024/2t 2.00× [2.00–3.00]; ours / plain PLE@1024/2t 1.10× [1.00–1.20]." in text
