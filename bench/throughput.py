@@ -42,6 +42,7 @@ class _RunnerProcess:
         threads = torch.get_num_threads()
 
         def child() -> None:
+            self._conn.close()  # the parent's end: if the parent dies, this child's recv() ends instead of hanging
             try:
                 torch.set_num_threads(threads)
                 bt.BATCH = batch  # the runners read the module's BATCH when they build loaders / step
