@@ -94,6 +94,8 @@ def measure(name: str, batch: int, data, feats, vocab, epochs: int, warmup: int)
     """Every runner in its own process, their epochs interleaved: one epoch of each in turn, the order reversed every
     round, so that the machine's drift over minutes (10-40 % here) reaches every runner alike. The first ``warmup``
     epochs of each runner are dropped."""
+    if epochs <= warmup:
+        raise ValueError(f"part 4 needs more epochs than warm-up epochs, got epochs={epochs}, warmup={warmup}")
     n = len(data["y"]["income"])
     times = {k: [] for k, _ in RUNNERS}
     procs: dict[str, _RunnerProcess] = {}

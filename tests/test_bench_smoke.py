@@ -203,6 +203,8 @@ def test_throughput_interleaves_the_runners_epochs_and_drops_warmup(tmp_path, mo
     assert r["epoch_seconds"] == {"ours": [0.5, 1 / 3], "plain": [1.0, 2 / 3], "rechub": [2.0, 4 / 3]}
     assert r["samples_s"]["ours"] == pytest.approx(300.0) and r["median_samples_s"]["ours"] == pytest.approx(240.0)
     assert r["vs_rechub"] == pytest.approx(4.0) and r["vs_plain"] == pytest.approx(2.0)
+    with pytest.raises(ValueError, match="more epochs than warm-up epochs"):
+        throughput.measure("MMOE", 1024, data, [], {}, epochs=2, warmup=2)
 
 
 def test_throughput_reports_a_failing_runner_and_stops_the_others(tmp_path, monkeypatch):
