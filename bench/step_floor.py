@@ -9,7 +9,9 @@ that keeps the model's arithmetic and uses these kernels: it leaves out the tabl
 the loss, Adam, autograd and Python, and times every kernel with its operands in cache. (``torch.compile``'s CPU
 kernels are slower than ATen's here, docs/training.md, so they do not lower it.)
 
-The budget is a third of Torch-RecHub's step: its trainer's fastest epoch over the same rows, per batch.
+Both whole steps come from bench_training's runners, fastest epoch over the same rows after one warm-up, per
+batch: ours from the plain loop over our model (part 4's plain runner), and Torch-RecHub's from its trainer, a
+third of which is the budget.
 
     .venv/bin/python bench/step_floor.py [--models MMOE PLE] [--threads 1] [--out bench/results/step_floor.json]
 """
@@ -24,9 +26,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -54,16 +54,14 @@ class _KernelRecorder(TorchDispatchMode):
 
 
 def record_step(name: str, data: dict, feats: list, vocab: dict, batch: int) -> _KernelRecorder:
-    """One forward + backward of our ``name`` on the first ``batch`` rows, in training mode, recorded."""
-    torch.manual_seed(0)
-    x, y = data["x"], data["y"]
-    model = bt.ours(name, feats, vocab)
-    model.train()
-    xs = {k: torch.from_numpy(v[:batch].copy()) for k, v in x.items()}
-    targets = model.training_targets(torch.from_numpy(np.stack([y["income"][:batch], y["never_married"][:batch]], 1)))
+    """One forward + backward of our ``name`` (bench_training's plain-loop runner: its model and training targets) on
+    the first ``batch`` rows, in training mode, recorded."""
+    runner = bt.PlainRunner(name, data, feats, vocab, None)
+    runner.model.train()
     rec = _KernelRecorder()
     with rec:
-        F.binary_cross_entropy(model(xs)[:, :2], targets).backward()
+        batch_x = {k: v[:batch] for k, v in runner.x.items()}
+        runner.loss(runner.model(batch_x), runner.y[:batch]).backward()
     return rec
 
 
@@ -108,38 +106,18 @@ def norm_relu_ms(shape: tuple) -> float:
     return _best_ms(both)
 
 
-def trh_step_ms(name: str, data: dict, feats: list, vocab: dict, batch: int, epochs: int) -> float:
-    """Torch-RecHub's trainer, fastest of ``epochs`` epochs (after one warm-up) -> ms per batch."""
+def fastest_step_ms(runner_cls, name: str, data: dict, feats: list, vocab: dict, batch: int, epochs: int) -> float:
+    """One of bench_training's runners (its plain loop, or Torch-RecHub's trainer), fastest of ``epochs`` epochs after
+    one warm-up -> ms per batch."""
     import contextlib
     import io
     import tempfile
 
     bt.BATCH = batch
     with tempfile.TemporaryDirectory() as tmp, contextlib.redirect_stdout(io.StringIO()):
-        runner = bt.RecHubRunner(name, data, feats, vocab, Path(tmp))
-        times = runner.run(epochs + 1)[1:]
+        times = runner_cls(name, data, feats, vocab, Path(tmp)).run(epochs + 1)[1:]
     steps = -(-len(data["y"]["income"]) // batch)
     return min(times) / steps * 1e3
-
-
-def our_step_ms(name: str, data: dict, feats: list, vocab: dict, batch: int, steps: int = 8, rounds: int = 7) -> float:
-    """Our model in bench_training's plain loop (forward, BCE, backward, fused Adam), fastest round -> ms per step."""
-    torch.manual_seed(0)
-    model = bt.ours(name, feats, vocab)
-    model.train()
-    n = min(len(data["y"]["income"]), steps * batch)
-    xs = {k: torch.from_numpy(v[:n].copy()) for k, v in data["x"].items()}
-    ys = model.training_targets(torch.from_numpy(np.stack([data["y"]["income"][:n], data["y"]["never_married"][:n]], 1)))
-    opt = torch.optim.Adam(model.parameters(), lr=bt.LR, fused=True)
-
-    def epoch() -> None:
-        for i in range(0, n - batch + 1, batch):
-            loss = F.binary_cross_entropy(model({k: v[i:i + batch] for k, v in xs.items()}), ys[i:i + batch])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-
-    return _best_ms(epoch, calls=1, rounds=rounds) / (n // batch)
 
 
 def measure(name: str, data: dict, feats: list, vocab: dict, batch: int, epochs: int) -> dict:
@@ -147,8 +125,8 @@ def measure(name: str, data: dict, feats: list, vocab: dict, batch: int, epochs:
     gemm = sum(n * gemm_ms(kind, ops) for (kind, ops), n in rec.gemms.items())
     norm = sum(n * norm_relu_ms(shape) for shape, n in rec.norms.items())
     macs = gemm_macs(rec)
-    trh = trh_step_ms(name, data, feats, vocab, batch, epochs)
-    ours = our_step_ms(name, data, feats, vocab, batch)
+    trh = fastest_step_ms(bt.RecHubRunner, name, data, feats, vocab, batch, epochs)
+    ours = fastest_step_ms(bt.PlainRunner, name, data, feats, vocab, batch, epochs)
     return {"our_step_ms": ours, "model": name, "batch": batch, "gemm_calls": sum(rec.gemms.values()), "gemm_macs": macs,
             "gemm_ms": gemm, "norm_layers": sum(rec.norms.values()), "norm_relu_ms": norm, "floor_ms": gemm + norm,
             "trh_step_ms": trh, "budget_ms": trh / 3, "floor_over_budget": (gemm + norm) / (trh / 3)}
