@@ -116,6 +116,36 @@ def test_training_step_is_the_same_with_and_without_the_product_path(name: str, 
         torch.testing.assert_close(fast[2][k], slow[2][k], atol=1e-5, rtol=1e-4)
 
 
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", BUILDERS)
+def test_training_forward_compiles_as_one_graph_with_eager_gradients(name: str) -> None:
+    """``MTLTrainer(compile=True)`` on the product path: Dynamo traces the whole train-mode forward (the table
+    products' backward included) without a break, and AOTAutograd's traced forward and backward, run on the same
+    ATen kernels (``aot_eager``), give eager's outputs and gradients."""
+    torch._dynamo.reset()
+    x = batch(512, seed=4)
+    torch.manual_seed(0)
+    model = BUILDERS[name](features()).train()
+    assert model.embedding.lookup(x).uses_products()
+    explained = torch._dynamo.explain(model)(x)
+    assert (explained.graph_count, explained.graph_break_count) == (1, 0), [b.reason for b in explained.break_reasons]
+
+    def step(forward) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        torch.manual_seed(0)
+        fresh = BUILDERS[name](features()).train()
+        out = (torch.compile(fresh, backend="aot_eager", fullgraph=True) if forward else fresh)(x)
+        return out, torch.autograd.grad(out.sum(), list(fresh.parameters()), allow_unused=True)
+
+    compiled, eager = step(True), step(False)
+    torch.testing.assert_close(compiled[0], eager[0], atol=1e-5, rtol=1e-4)
+    scale = max(float(b.abs().max()) for b in eager[1] if b is not None)
+    for a, b in zip(compiled[1], eager[1]):
+        assert (a is None) == (b is None)
+        if b is not None:
+            torch.testing.assert_close(a, b, atol=1e-5 * scale, rtol=1e-3)
+
+
 def _separate_mlps(group: ExpertGroup, input_dim: int, params: dict) -> list[MLP]:
     """E ordinary MLPs holding the same weights, norms and statistics as ``group``'s experts."""
     mlps = []
@@ -232,7 +262,8 @@ def test_table_product_matches_the_gemm_on_values_and_gradients(groups: int, wit
     bias = [torch.randn(groups, 1, width, dtype=torch.float64, requires_grad=True)] if with_bias else []
 
     def fused(p, w, *b):
-        return _TableProduct.apply(PaddedRows(ids, n * vocab), p, w, b[0] if b else None)
+        samples, offsets = PaddedRows(ids, n * vocab).samples_by_row()
+        return _TableProduct.apply(ids, samples, offsets, p, w, b[0] if b else None)
 
     assert torch.autograd.gradcheck(fused, (padded, weight, *bias))
     looked_up = padded.reshape(n * vocab, d)[ids].flatten(1)  # [B, n*d], the concatenated embedding

@@ -34,8 +34,9 @@ MIN_PRODUCT_WIDTH = 8
 
 
 class PaddedRows:
-    """A batch's rows of the padded table (``[B, n]``, feature f's ids in ``f*V .. (f+1)*V``) and, built on first
-    use by a backward pass and shared by every product on the same lookup, the samples grouped by row."""
+    """A batch's rows of the padded table (``[B, n]``, feature f's ids in ``f*V .. (f+1)*V``) and, built by the
+    first product that will need a backward and shared by every product on the same lookup, the samples grouped
+    by row."""
 
     def __init__(self, ids: Tensor, n_rows: int) -> None:
         self.ids, self.n_rows = ids, n_rows
@@ -43,23 +44,26 @@ class PaddedRows:
 
     def samples_by_row(self) -> tuple[Tensor, Tensor]:
         """``(samples, offsets)``: the sample of every (sample, feature) pair sorted by the row it reads (``[B*n]``),
-        and where each row's samples start (``[R]``): the bags of a gather-sum that is the lookup's transpose."""
+        and where each row's samples start (``[R]``): the bags of a gather-sum that is the lookup's transpose.
+        Both shapes are fixed by ``ids``' shape and ``n_rows`` (no ``bincount``), so ``torch.compile`` traces it."""
         if self._by_row is None:
             flat = self.ids.reshape(-1)  # [B*n], sample b's ids at b*n .. b*n + n - 1
-            if flat.device.type == "cpu" and self.n_rows <= 1 << 15:  # NumPy sorts 16-bit ints by radix (stable)
+            if (flat.device.type == "cpu" and self.n_rows <= 1 << 15
+                    and not torch.compiler.is_compiling()):  # NumPy sorts 16-bit ints by radix (stable)
                 order = torch.from_numpy(np.argsort(flat.to(torch.int16).numpy(), kind="stable"))
             else:
                 order = torch.sort(flat, stable=True).indices
-            counts = torch.bincount(flat, minlength=self.n_rows)  # [R]
-            self._by_row = (order.div_(self.ids.shape[1], rounding_mode="floor"), counts.cumsum(0) - counts)
+            counts = torch.zeros(self.n_rows, dtype=flat.dtype, device=flat.device)
+            counts.index_add_(0, flat, torch.ones_like(flat))  # [R] samples per row
+            self._by_row = (order.div(self.ids.shape[1], rounding_mode="floor"), counts.cumsum(0) - counts)
         return self._by_row
 
 
 class _TableProduct(torch.autograd.Function):
     """``out[g, b] = sum_f P[g, f, ids[b, f]]`` with ``P[g, f] = padded[f] @ W[g, f]`` (+ ``bias[g]`` on f = 0).
 
-    rows_of: the batch's rows of the padded table (``[B, n]``); padded: ``[n, V, D]``; weight: ``[G, n*D, H]``;
-    bias: ``[G, 1, H]`` or None -> ``[G, B, H]``.
+    ids: the batch's rows of the padded table (``[B, n]``); samples, offsets: ``PaddedRows.samples_by_row()``, the
+    backward's bags; padded: ``[n, V, D]``; weight: ``[G, n*D, H]``; bias: ``[G, 1, H]`` or None -> ``[G, B, H]``.
 
     Forward: one batched GEMM for the products, one ``embedding_bag`` sum over the G-major rows. Backward: the
     H-major ``[R, G*H]`` row gradient as a second ``embedding_bag``, over the batch's ``[B, G*H]`` gradient with
@@ -72,8 +76,8 @@ class _TableProduct(torch.autograd.Function):
     per MMOE step at batch 1024) nor copies the transposed gradient to contiguous for the GEMMs' backward."""
 
     @staticmethod
-    def forward(ctx, rows_of: PaddedRows, padded: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
-        ids = rows_of.ids
+    def forward(ctx, ids: Tensor, samples: Tensor, offsets: Tensor, padded: Tensor, weight: Tensor,
+                bias: Optional[Tensor]) -> Tensor:
         n, n_vocab, d = padded.shape
         groups, _, width = weight.shape
         products = torch.matmul(padded, weight.view(groups, n, d, width))  # [G, n, V, H]
@@ -84,30 +88,29 @@ class _TableProduct(torch.autograd.Function):
         if groups > 1:
             shifted = ids.unsqueeze(0) + torch.arange(0, groups * rows, rows, device=ids.device).view(-1, 1, 1)
         out = F.embedding_bag(shifted.reshape(-1, n), products.view(groups * rows, width), mode="sum")  # [G*B, H]
-        ctx.save_for_backward(padded, weight)
-        ctx.rows_of, ctx.has_bias = rows_of, bias is not None
+        ctx.save_for_backward(samples, offsets, padded, weight)
+        ctx.has_bias = bias is not None
         return out.view(groups, -1, width)  # [G, B, H]
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Optional[Tensor], ...]:
-        padded, weight = ctx.saved_tensors
+        samples, offsets, padded, weight = ctx.saved_tensors
         n, n_vocab, d = padded.shape
         groups, _, width = weight.shape
         # a view when the gradient came through unstack (batch-major), else a copy
         by_sample = grad.transpose(0, 1).reshape(grad.shape[1], groups * width).contiguous()  # [B, G*H]
-        samples, offsets = ctx.rows_of.samples_by_row()
         rows = F.embedding_bag(samples, by_sample, offsets, mode="sum")  # [R, G*H]: row r sums its samples' rows
         rows = rows.view(n, n_vocab, groups * width)  # [n, V, G*H]
         grad_padded = grad_weight = grad_bias = None
-        if ctx.needs_input_grad[1]:
+        if ctx.needs_input_grad[3]:
             w_t = weight.view(groups, n, d, width).permute(1, 0, 3, 2).reshape(n, groups * width, d)  # [n, G*H, D]
             grad_padded = torch.bmm(rows, w_t)  # [n, V, D]
-        if ctx.needs_input_grad[2]:
+        if ctx.needs_input_grad[4]:
             per_feature = torch.bmm(padded.transpose(1, 2), rows)  # [n, D, G*H]
             grad_weight = per_feature.view(n, d, groups, width).permute(2, 0, 1, 3).reshape(groups, n * d, width)
-        if ctx.has_bias and ctx.needs_input_grad[3]:
+        if ctx.has_bias and ctx.needs_input_grad[5]:
             grad_bias = rows[0].sum(0).view(groups, 1, width)  # feature 0's rows: one per sample
-        return None, grad_padded, grad_weight, grad_bias
+        return None, None, None, grad_padded, grad_weight, grad_bias
 
 
 class _FusedTable(nn.Module):
@@ -118,7 +121,8 @@ class _FusedTable(nn.Module):
         self.names = [f.name for f in features]
         self.vocab_sizes = [f.vocab_size for f in features]
         self.embed_dim = embed_dim
-        offsets = torch.tensor([0] + self.vocab_sizes[:-1], dtype=torch.long).cumsum(0)
+        self._offset_list = np.cumsum([0] + self.vocab_sizes[:-1]).tolist()  # plain ints: no tensor read per step
+        offsets = torch.tensor(self._offset_list, dtype=torch.long)
         self.register_buffer("offsets", offsets, persistent=False)  # [n_feature]
         # the product path lays the table out padded, feature-major [n_feature, max_vocab, D]: feature i's
         # id j at row i * max_vocab + j; padding slots repeat the feature's first row and are never looked up
@@ -147,7 +151,7 @@ class _FusedTable(nn.Module):
         weight = self.table.weight
         if self._pad_rows is None or self._pad_rows.device != weight.device:
             local = torch.arange(self.max_vocab, device=weight.device)
-            rows = [o + torch.where(local < v, local, 0) for o, v in zip(self.offsets.tolist(), self.vocab_sizes)]
+            rows = [o + torch.where(local < v, local, 0) for o, v in zip(self._offset_list, self.vocab_sizes)]
             self._pad_rows = torch.stack(rows).flatten()  # [n_feature * max_vocab] rows of the table
         return weight[self._pad_rows].view(len(self.names), self.max_vocab, self.embed_dim)
 
@@ -156,7 +160,11 @@ class _FusedTable(nn.Module):
 
         rows_of: the batch's padded rows (``ids + to_padded``); weight: ``[G, n*D, H]``; bias: ``[G, 1, H]`` or
         None; padded: ``self.padded()``. Returns ``[G, B, H]``."""
-        return _TableProduct.apply(rows_of, padded, weight, bias)
+        if torch.is_grad_enabled():  # the backward's bags, built once per lookup
+            samples, offsets = rows_of.samples_by_row()
+        else:
+            samples = offsets = rows_of.ids.new_empty(0)
+        return _TableProduct.apply(rows_of.ids, samples, offsets, padded, weight, bias)
 
 
 class EmbeddedBatch:
