@@ -147,6 +147,15 @@ class OursRunner:
         return [s["income"]["auc"], s["never_married"]["auc"]]
 
 
+
+class CompiledOursRunner(OursRunner):
+    """MTLTrainer(compile=True): Inductor compiles the training forward and backward during the first epoch, which
+    part 4 counts as warm-up."""
+    label = "mtl_models MTLTrainer, compile=True"
+
+    def __init__(self, name, data, feats, vocab, out):
+        super().__init__(name, data, feats, vocab, out, compile=True)
+
 def _timed(step, epochs: int, between: Between = None) -> list[float]:
     times = []
     for _ in range(epochs):

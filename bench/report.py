@@ -322,10 +322,18 @@ def _part4_schedule(cfg: dict) -> str:
             "alternating, each in its own forked process")
 
 
-def _paired(row: dict, other: str) -> tuple[float, float, float]:
-    """Median, min and max over the rounds of ``other``'s epoch seconds over ours (ours is that many times faster)."""
-    ratios = [b / a for a, b in zip(row["epoch_seconds"]["ours"], row["epoch_seconds"][other])]
+def _paired(row: dict, other: str, ours: str = "ours") -> tuple[float, float, float]:
+    """Median, min and max over the rounds of ``other``'s epoch seconds over ``ours``'s (ours is that many times
+    faster)."""
+    ratios = [b / a for a, b in zip(row["epoch_seconds"][ours], row["epoch_seconds"][other])]
     return float(np.median(ratios)), min(ratios), max(ratios)
+
+
+def _compiled_cell(row: dict) -> str:
+    """MTLTrainer(compile=True)'s samples/s and its ratio to Torch-RecHub, where part 4 measured it."""
+    if "ours_compiled" not in row["samples_s"]:
+        return "—"
+    return f"{row['samples_s']['ours_compiled']:,.0f}, {row['compiled_vs_rechub']:.2f}×"
 
 
 def part4(rec: dict, img: Path) -> tuple[list[str], dict]:
@@ -338,8 +346,8 @@ def part4(rec: dict, img: Path) -> tuple[list[str], dict]:
              + "; samples/s of the fastest timed epoch (median in brackets). *TRH, our allocator* is Torch-RecHub's trainer in a process "
              "where `mtl_models.allocator.retain_freed_memory()` (which MTLTrainer applies on CPU) was called first.", "",
              "| model | threads | batch | MTLTrainer | plain loop | Torch-RecHub | TRH model, plain loop | TRH, our allocator "
-             "| ours / TRH (target ≥ 3×, aim 5×) | ours / plain (target ≥ 1.0×) | load |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| ours / TRH (target ≥ 3×, aim 5×) | ours / plain (target ≥ 1.0×) | MTLTrainer, compile=True: samples/s, / TRH | load |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     ok_trh, ok_plain = [], []
     for r in rows:
         s, md = r["samples_s"], r["median_samples_s"]
@@ -349,7 +357,7 @@ def part4(rec: dict, img: Path) -> tuple[list[str], dict]:
         lines.append(f"| {r['model']} | {r.get('threads', cfg['threads'])} | {r['batch']} | {cell('ours')} | {cell('plain')} | "
                      f"{cell('rechub')} | {cell('rechub_plain')} | {cell('rechub_retained')} | {r['vs_rechub']:.2f}× ({r['median_vs_rechub']:.2f}×) "
                      f"{'✓' if ok_trh[-1] else '✗'} | {r['vs_plain']:.2f}× ({r['median_vs_plain']:.2f}×) "
-                     f"{'✓' if ok_plain[-1] else '✗'} | {r['load'][0]} |")
+                     f"{'✓' if ok_plain[-1] else '✗'} | {_compiled_cell(r)} | {r['load'][0]} |")
     tag = lambda r: f"{r['model']}@{r['batch']}" + (f"/{r['threads']}t" if "threads" in r else "")  # noqa: E731
     at_target = [(r, a, b) for r, a, b in zip(rows, ok_trh, ok_plain) if r["batch"] == target_batch] or list(zip(rows, ok_trh, ok_plain))
     miss_trh = [tag(r) for r, o, _ in at_target if not o]
@@ -365,6 +373,15 @@ def part4(rec: dict, img: Path) -> tuple[list[str], dict]:
                   + ", ".join(f"{t} {m:.2f}× [{lo:.2f}–{hi:.2f}]" for t, (m, lo, hi), _ in paired)
                   + "; ours / plain " + ", ".join(f"{t} {m:.2f}× [{lo:.2f}–{hi:.2f}]" for t, _, (m, lo, hi) in paired)
                   + ".", ""]
+    compiled = [r for r, _, _ in at_target if "ours_compiled" in r["samples_s"]]
+    if compiled:  # the opt-in: Inductor compiles the training step in the first (warm-up) epoch
+        lines += [f"With `MTLTrainer(compile=True)` (off by default; Inductor compiles forward and backward in the first "
+                  f"epoch, which is warm-up here) at batch {target_batch}: compiled / TRH "
+                  + ", ".join(f"{tag(r)} {r['compiled_vs_rechub']:.2f}× (paired {_paired(r, 'rechub', 'ours_compiled')[0]:.2f}×)"
+                              for r in compiled)
+                  + "; compiled / eager MTLTrainer "
+                  + ", ".join(f"{tag(r)} {r['compiled_vs_ours']:.2f}× (paired {_paired(r, 'ours', 'ours_compiled')[0]:.2f}×)"
+                              for r in compiled) + ".", ""]
     loads = [r["load"][0] for r in rows]
     split = [r for r in rows if "rechub_plain" in r["samples_s"]]
     if split:  # the same plain loop over both libraries' modules: model compute vs trainer overhead

@@ -27,8 +27,10 @@ from bench import bench_training as bt
 from bench.environment import load_average
 
 RUNNERS = [("ours", bt.OursRunner), ("plain", bt.PlainRunner), ("rechub", bt.RecHubRunner),
-           ("rechub_plain", bt.PlainRecHubRunner), ("rechub_retained", bt.RecHubRunner)]
+           ("rechub_plain", bt.PlainRecHubRunner), ("rechub_retained", bt.RecHubRunner),
+           ("ours_compiled", bt.CompiledOursRunner)]
 RETAINED = {"rechub_retained"}  # runners whose child applies mtl_models' allocator setting first
+COMPILED = {"ours_compiled"}  # runners that only run at the config's compile_batches (each build compiles anew)
 
 
 class _RunnerProcess:
@@ -90,22 +92,23 @@ class _RunnerProcess:
         self._conn.close()
 
 
-def measure(name: str, batch: int, data, feats, vocab, epochs: int, warmup: int) -> dict:
+def measure(name: str, batch: int, data, feats, vocab, epochs: int, warmup: int, compiled: bool = False) -> dict:
     """Every runner in its own process, their epochs interleaved: one epoch of each in turn, the order reversed every
     round, so that the machine's drift over minutes (10-40 % here) reaches every runner alike. The first ``warmup``
-    epochs of each runner are dropped."""
+    epochs of each runner are dropped. ``compiled``: also MTLTrainer(compile=True), whose first epoch compiles."""
     if epochs <= warmup:
         raise ValueError(f"part 4 needs more epochs than warm-up epochs, got epochs={epochs}, warmup={warmup}")
     n = len(data["y"]["income"])
-    times = {k: [] for k, _ in RUNNERS}
+    runners = [(k, cls) for k, cls in RUNNERS if compiled or k not in COMPILED]
+    times = {k: [] for k, _ in runners}
     procs: dict[str, _RunnerProcess] = {}
     with tempfile.TemporaryDirectory(prefix="bench-tp-") as tmp:
         finished = False
         try:
-            for key, cls in RUNNERS:
+            for key, cls in runners:
                 procs[key] = _RunnerProcess(key, cls, name, batch, data, feats, vocab, Path(tmp) / key, epochs)
             for rnd in range(epochs):
-                for key, _ in (RUNNERS if rnd % 2 == 0 else RUNNERS[::-1]):
+                for key, _ in (runners if rnd % 2 == 0 else runners[::-1]):
                     seconds = procs[key].epoch()
                     if rnd >= warmup:
                         times[key].append(seconds)
@@ -115,10 +118,14 @@ def measure(name: str, batch: int, data, feats, vocab, epochs: int, warmup: int)
                 p.close(finished)
     best = {k: n / min(v) for k, v in times.items()}
     med = {k: n / float(np.median(v)) for k, v in times.items()}
-    return {"model": name, "batch": batch, "rows": n, "samples_s": best, "median_samples_s": med,
-            "epoch_seconds": times, "vs_rechub": best["ours"] / best["rechub"], "vs_plain": best["ours"] / best["plain"],
-            "median_vs_rechub": med["ours"] / med["rechub"], "median_vs_plain": med["ours"] / med["plain"],
-            "load": load_average()}
+    result = {"model": name, "batch": batch, "rows": n, "samples_s": best, "median_samples_s": med,
+              "epoch_seconds": times, "vs_rechub": best["ours"] / best["rechub"], "vs_plain": best["ours"] / best["plain"],
+              "median_vs_rechub": med["ours"] / med["rechub"], "median_vs_plain": med["ours"] / med["plain"],
+              "load": load_average()}
+    if "ours_compiled" in best:
+        result["compiled_vs_rechub"] = best["ours_compiled"] / best["rechub"]
+        result["compiled_vs_ours"] = best["ours_compiled"] / best["ours"]
+    return result
 
 
 def run(cfg: dict, log=print) -> dict:
@@ -131,11 +138,13 @@ def run(cfg: dict, log=print) -> dict:
         for threads in threads_list:
           torch.set_num_threads(threads)
           for batch in cfg["batches"]:
-            r = measure(name, batch, data, feats, vocab, cfg["epochs"], cfg["warmup"])
+            r = measure(name, batch, data, feats, vocab, cfg["epochs"], cfg["warmup"],
+                        compiled=batch in cfg.get("compile_batches", []))
             r["threads"] = threads
             rows.append(r)
             log(f"  {name} threads {threads} batch {batch}: " + ", ".join(f"{k} {v:,.0f}/s" for k, v in r["samples_s"].items())
-                + f"; ours/TRH {r['vs_rechub']:.2f}x, ours/plain {r['vs_plain']:.2f}x")
+                + f"; ours/TRH {r['vs_rechub']:.2f}x, ours/plain {r['vs_plain']:.2f}x"
+                + (f", compiled/TRH {r['compiled_vs_rechub']:.2f}x" if "compiled_vs_rechub" in r else ""))
     return {"config": cfg, "rows": rows}
 
 
@@ -147,5 +156,6 @@ def config(quick: bool) -> dict:
                 "data_dir": str(ADULT)}
     # 7 epochs per runner, the first 2 warm-up (Torch-RecHub speeds up over its first epochs), 5 timed; one build per
     # runner, where separate children per repeat paid a fork and a build every 2 timed epochs
+    # MTLTrainer(compile=True) only at the issue's batch: each of its builds compiles for 10-60 s here
     return {"models": bt.MODELS, "batches": [256, 1024, 4096], "epochs": 7, "warmup": 2, "rows": 16384, "threads": [1, 2],
-            "data_dir": str(ADULT)}
+            "compile_batches": [1024], "data_dir": str(ADULT)}

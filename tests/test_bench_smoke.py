@@ -186,7 +186,7 @@ class _ScriptedRunner:
         for i in range(epochs):
             with open(self.log, "a") as f:
                 f.write(f"{self.key} {i}\n")
-            times.append({"ours": 1.0, "plain": 2.0, "rechub": 4.0}[self.key] / (i + 1))
+            times.append({"ours": 1.0, "plain": 2.0, "rechub": 4.0, "ours_compiled": 0.8}[self.key] / (i + 1))
             between(times[-1])
         return times
 
@@ -205,6 +205,13 @@ def test_throughput_interleaves_the_runners_epochs_and_drops_warmup(tmp_path, mo
     assert r["vs_rechub"] == pytest.approx(4.0) and r["vs_plain"] == pytest.approx(2.0)
     with pytest.raises(ValueError, match="more epochs than warm-up epochs"):
         throughput.measure("MMOE", 1024, data, [], {}, epochs=2, warmup=2)
+    # the compiled runner joins only where asked (part 4's compile_batches)
+    monkeypatch.setattr(throughput, "RUNNERS", [(k, _ScriptedRunner) for k in ("ours", "plain", "rechub", "ours_compiled")])
+    (tmp_path / "log").unlink()
+    assert "ours_compiled" not in throughput.measure("MMOE", 256, data, [], {}, epochs=2, warmup=1)["samples_s"]
+    assert "ours_compiled" not in (tmp_path / "log").read_text()
+    r = throughput.measure("MMOE", 1024, data, [], {}, epochs=2, warmup=1, compiled=True)
+    assert r["compiled_vs_rechub"] == pytest.approx(5.0) and r["compiled_vs_ours"] == pytest.approx(1.25)
 
 
 def test_throughput_reports_a_failing_runner_and_stops_the_others(tmp_path, monkeypatch):
@@ -244,3 +251,10 @@ def test_throughput_report_pairs_each_rounds_epochs(tmp_path):
     text = "\n".join(report.part4(rec, tmp_path)[0])
     assert "4 epochs per runner, the first 1 of them warm-up, each runner in its own forked process, their epochs interleaved" in text
     assert "ours / TRH PLE@1024/2t 2.00× [2.00–3.00]; ours / plain PLE@1024/2t 1.10× [1.00–1.20]." in text
+    assert "compiled / TRH" not in text and "✓ | — | 1.0 |" in text  # no compiled runner: its cell, before the load, is empty
+    # with MTLTrainer(compile=True) measured too: its cell, and its ratios, fastest epoch and paired per round
+    compiled = dict(row, samples_s=dict(s, ours_compiled=8192 / 0.4), compiled_vs_rechub=2.5, compiled_vs_ours=1.25,
+                    epoch_seconds=dict(row["epoch_seconds"], ours_compiled=[0.4, 0.8, 0.5]))
+    text = "\n".join(report.part4(_rec(4, {"config": {"threads": 2, "epochs": 4, "warmup": 1}, "rows": [compiled]}), tmp_path)[0])
+    assert "| 20,480, 2.50× |" in text
+    assert "compiled / TRH PLE@1024/2t 2.50× (paired 2.50×); compiled / eager MTLTrainer PLE@1024/2t 1.25× (paired 1.25×)." in text
