@@ -149,11 +149,14 @@ class _FusedTable(nn.Module):
         """The table laid out ``[n_feature, max_vocab, D]``, so that one batched GEMM multiplies every feature's
         rows by that feature's slice of a weight."""
         weight = self.table.weight
-        if self._pad_rows is None or self._pad_rows.device != weight.device:
+        pad_rows = self._pad_rows
+        if pad_rows is None or pad_rows.device != weight.device or torch.compiler.is_compiling():
             local = torch.arange(self.max_vocab, device=weight.device)
             rows = [o + torch.where(local < v, local, 0) for o, v in zip(self._offset_list, self.vocab_sizes)]
-            self._pad_rows = torch.stack(rows).flatten()  # [n_feature * max_vocab] rows of the table
-        return weight[self._pad_rows].view(len(self.names), self.max_vocab, self.embed_dim)
+            pad_rows = torch.stack(rows).flatten()  # [n_feature * max_vocab] rows of the table
+            if not torch.compiler.is_compiling():  # cached in eager; a compiled graph builds it inside, so that
+                self._pad_rows = pad_rows          # Dynamo neither guards on the cache nor recompiles once it fills
+        return weight[pad_rows].view(len(self.names), self.max_vocab, self.embed_dim)
 
     def products(self, rows_of: PaddedRows, weight: Tensor, bias: Optional[Tensor], padded: Tensor) -> Tensor:
         """``self(ids) @ weight[g] (+ bias[g])`` for every group g as sums of rows of ``table x weight``.
