@@ -110,6 +110,17 @@ def test_compiled_training_matches_eager(data, tmp_path):
     assert set(saved) == set(build_model("SharedBottom").state_dict())
 
 
+
+def test_compile_takes_a_flag_or_torch_compile_arguments(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(torch, "compile", lambda model, **kwargs: calls.append(kwargs) or model)
+    for flag in (True, {"mode": "max-autotune", "dynamic": False}, False, None):
+        MTLTrainer(build_model("MMOE"), device="cpu", model_path=tmp_path, progress=False, compile=flag)
+    assert calls == [{}, {"mode": "max-autotune", "dynamic": False}]  # False and None leave the model eager
+    with pytest.raises(TypeError, match="compile must be a bool or a dict"):
+        MTLTrainer(build_model("MMOE"), device="cpu", model_path=tmp_path, progress=False, compile="max-autotune")
+
+
 def test_losses_esmm_targets_and_aitm_calibration(tmp_path):
     esmm = MTLTrainer(build_model("ESMM"), device="cpu", model_path=tmp_path, progress=False)
     y = torch.tensor([[1.0, 1.0], [0.0, 1.0], [1.0, 0.0]])  # conversion without click is not a CTCVR positive

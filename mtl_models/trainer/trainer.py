@@ -17,7 +17,7 @@ import logging
 import math
 import os
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
+from typing import Any, Callable, Iterable, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -76,6 +76,9 @@ class MTLTrainer:
     ``fit(..., resume=True)`` needs) and ``best.pt``, the best epoch's ``last.pt`` (a hard link, or a copy where the
     filesystem has none: the state is serialised once per epoch).
 
+    ``compile=True`` trains through ``torch.compile(model)``; a dict passes its keys to ``torch.compile`` (e.g.
+    ``{"mode": "max-autotune"}``). Evaluation, prediction and export use the eager model.
+
     On CPU the trainer raises glibc's mmap and trim thresholds for the process (``retain_cpu_memory=False``
     leaves them), so freed activations stay mapped between steps instead of page-faulting in again.
 
@@ -97,7 +100,8 @@ class MTLTrainer:
                  gpus: Optional[Sequence[int]] = None, model_path: str | os.PathLike = "./",
                  monitor: str = "mean", auxiliary_weight: Optional[float] = None,
                  callbacks: Optional[Iterable[Callback]] = None, task_names: Optional[Sequence[str]] = None,
-                 progress: bool = True, compile: bool = False, mixed_precision: Optional[bool] = None,
+                 progress: bool = True, compile: Union[bool, Mapping[str, Any]] = False,
+                 mixed_precision: Optional[bool] = None,
                  seed: Optional[int] = None, nan_check_every: Optional[int] = None,
                  backend: Optional[str] = None, find_unused_parameters: bool = False,
                  retain_cpu_memory: bool = True) -> None:
@@ -152,8 +156,10 @@ class MTLTrainer:
             self._train_model = DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
                 find_unused_parameters=find_unused_parameters)
-        if compile:
-            self._train_model = torch.compile(self._train_model)
+        if compile is not None and not isinstance(compile, (bool, Mapping)):
+            raise TypeError(f"compile must be a bool or a dict of torch.compile arguments, got {compile!r}")
+        if compile is True or isinstance(compile, Mapping):  # a dict: torch.compile's keyword arguments
+            self._train_model = torch.compile(self._train_model, **dict(compile if compile is not True else {}))
         self.nan_check_every = int(nan_check_every or (1 if self.device.type == "cpu" else 50))
 
         is_cls = [t == "classification" for t in self.task_types]
