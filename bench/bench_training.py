@@ -147,7 +147,6 @@ class OursRunner:
         return [s["income"]["auc"], s["never_married"]["auc"]]
 
 
-
 class CompiledOursRunner(OursRunner):
     """MTLTrainer(compile=True): Inductor compiles the training forward and backward during the first epoch, which
     part 4 counts as warm-up."""
@@ -155,6 +154,7 @@ class CompiledOursRunner(OursRunner):
 
     def __init__(self, name, data, feats, vocab, out):
         super().__init__(name, data, feats, vocab, out, compile=True)
+
 
 def _timed(step, epochs: int, between: Between = None) -> list[float]:
     times = []
@@ -208,7 +208,6 @@ class PlainRunner:
         return [roc_auc(yt[:, i], p[:, i]) for i in range(2)]
 
 
-
 class PlainRecHubRunner(PlainRunner):
     """The same minimal loop over Torch-RecHub's own model: what its module costs per step without its trainer,
     so that the gap between libraries splits into model compute and trainer overhead."""
@@ -246,6 +245,7 @@ def rechub_labels(name: str):
         return (lambda d: np.stack([d["never_married"], d["income"], d["income"] * d["never_married"]], 1),
                 ["classification"] * 3)
     return lambda d: np.stack([d["income"], d["never_married"]], 1), ["classification"] * 2
+
 
 class RecHubRunner:
     label = "Torch-RecHub 0.9.0"

@@ -373,10 +373,10 @@ def part4(rec: dict, img: Path) -> tuple[list[str], dict]:
                   + ", ".join(f"{t} {m:.2f}× [{lo:.2f}–{hi:.2f}]" for t, (m, lo, hi), _ in paired)
                   + "; ours / plain " + ", ".join(f"{t} {m:.2f}× [{lo:.2f}–{hi:.2f}]" for t, _, (m, lo, hi) in paired)
                   + ".", ""]
-    compiled = [r for r, _, _ in at_target if "ours_compiled" in r["samples_s"]]
+    compiled = [r for r in rows if "ours_compiled" in r["samples_s"]]  # the config's compile_batches
     if compiled:  # the opt-in: Inductor compiles the training step in the first (warm-up) epoch
-        lines += [f"With `MTLTrainer(compile=True)` (off by default; Inductor compiles forward and backward in the first "
-                  f"epoch, which is warm-up here) at batch {target_batch}: compiled / TRH "
+        lines += ["With `MTLTrainer(compile=True)` (off by default; Inductor compiles forward and backward in the first "
+                  "epoch, which is warm-up here): compiled / TRH "
                   + ", ".join(f"{tag(r)} {r['compiled_vs_rechub']:.2f}× (paired {_paired(r, 'rechub', 'ours_compiled')[0]:.2f}×)"
                               for r in compiled)
                   + "; compiled / eager MTLTrainer "

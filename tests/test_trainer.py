@@ -85,7 +85,6 @@ def test_documented_flow_all_models(name, data, tmp_path):
     assert len(trainer.history) == 3 and trainer.history[0] == metrics
 
 
-
 @pytest.mark.slow
 def test_compiled_training_matches_eager(data, tmp_path):
     """``compile=True`` (Inductor) trains the same model as eager: per-epoch losses and validation AUCs agree to
@@ -108,7 +107,6 @@ def test_compiled_training_matches_eager(data, tmp_path):
             assert compiled_epoch[key] == pytest.approx(eager_epoch[key], abs=2e-3), key
     saved = load_checkpoint(tmp_path / "True" / "best.pt")["model"]
     assert set(saved) == set(build_model("SharedBottom").state_dict())
-
 
 
 def test_compile_takes_a_flag_or_torch_compile_arguments(tmp_path, monkeypatch):

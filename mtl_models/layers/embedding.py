@@ -149,22 +149,26 @@ class _FusedTable(nn.Module):
         """The table laid out ``[n_feature, max_vocab, D]``, so that one batched GEMM multiplies every feature's
         rows by that feature's slice of a weight."""
         weight = self.table.weight
-        pad_rows = self._pad_rows
-        if pad_rows is None or pad_rows.device != weight.device or torch.compiler.is_compiling():
-            local = torch.arange(self.max_vocab, device=weight.device)
-            rows = [o + torch.where(local < v, local, 0) for o, v in zip(self._offset_list, self.vocab_sizes)]
-            pad_rows = torch.stack(rows).flatten()  # [n_feature * max_vocab] rows of the table
-            if not torch.compiler.is_compiling():  # cached in eager; a compiled graph builds it inside, so that
-                self._pad_rows = pad_rows          # Dynamo neither guards on the cache nor recompiles once it fills
+        if torch.compiler.is_compiling():  # built inside the graph: Dynamo never reads, guards on or fills the cache
+            pad_rows = self._padded_rows(weight.device)
+        else:  # cached in eager
+            if self._pad_rows is None or self._pad_rows.device != weight.device:
+                self._pad_rows = self._padded_rows(weight.device)
+            pad_rows = self._pad_rows
         return weight[pad_rows].view(len(self.names), self.max_vocab, self.embed_dim)
+
+    def _padded_rows(self, device: torch.device) -> Tensor:
+        local = torch.arange(self.max_vocab, device=device)
+        rows = [o + torch.where(local < v, local, 0) for o, v in zip(self._offset_list, self.vocab_sizes)]
+        return torch.stack(rows).flatten()  # [n_feature * max_vocab] rows of the table
 
     def products(self, rows_of: PaddedRows, weight: Tensor, bias: Optional[Tensor], padded: Tensor) -> Tensor:
         """``self(ids) @ weight[g] (+ bias[g])`` for every group g as sums of rows of ``table x weight``.
 
         rows_of: the batch's padded rows (``ids + to_padded``); weight: ``[G, n*D, H]``; bias: ``[G, 1, H]`` or
         None; padded: ``self.padded()``. Returns ``[G, B, H]``."""
-        if torch.is_grad_enabled():  # the backward's bags, built once per lookup
-            samples, offsets = rows_of.samples_by_row()
+        if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (padded, weight, bias)):
+            samples, offsets = rows_of.samples_by_row()  # the backward's bags, built once per lookup
         else:
             samples = offsets = rows_of.ids.new_empty(0)
         return _TableProduct.apply(rows_of.ids, samples, offsets, padded, weight, bias)

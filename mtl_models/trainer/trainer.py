@@ -77,7 +77,8 @@ class MTLTrainer:
     filesystem has none: the state is serialised once per epoch).
 
     ``compile=True`` trains through ``torch.compile(model)``; a dict passes its keys to ``torch.compile`` (e.g.
-    ``{"mode": "max-autotune"}``). Evaluation, prediction and export use the eager model.
+    ``{"mode": "max-autotune"}``; ``{}`` is the same as True); False or None train eagerly. Evaluation, prediction
+    and export use the eager model.
 
     On CPU the trainer raises glibc's mmap and trim thresholds for the process (``retain_cpu_memory=False``
     leaves them), so freed activations stay mapped between steps instead of page-faulting in again.
@@ -100,7 +101,7 @@ class MTLTrainer:
                  gpus: Optional[Sequence[int]] = None, model_path: str | os.PathLike = "./",
                  monitor: str = "mean", auxiliary_weight: Optional[float] = None,
                  callbacks: Optional[Iterable[Callback]] = None, task_names: Optional[Sequence[str]] = None,
-                 progress: bool = True, compile: Union[bool, Mapping[str, Any]] = False,
+                 progress: bool = True, compile: Optional[Union[bool, Mapping[str, Any]]] = False,
                  mixed_precision: Optional[bool] = None,
                  seed: Optional[int] = None, nan_check_every: Optional[int] = None,
                  backend: Optional[str] = None, find_unused_parameters: bool = False,
