@@ -6,8 +6,8 @@ every GEMM over the batch (``mm`` / ``addmm``, with shapes and strides) and ever
 then timed alone, warm, in a tight loop: the GEMMs, and per BatchNorm layer ATen's BatchNorm forward, the in-place
 ReLU, ReLU's backward and BatchNorm's backward, called directly (no autograd). Their sum is a floor for any step
 that keeps the model's arithmetic and uses these kernels: it leaves out the table-product gathers, the expert mixes,
-the loss, Adam, autograd and Python, and times every kernel with its operands in cache. (``torch.compile``'s CPU
-kernels are slower than ATen's here, docs/training.md, so they do not lower it.)
+the loss, Adam, autograd and Python, and times every kernel with its operands in cache. (Inductor's fused
+BatchNorm + ReLU is slower here than these ATen kernels, docs/training.md, so ``torch.compile`` does not lower it.)
 
 Both whole steps come from bench_training's runners, fastest epoch over the same rows after one warm-up, per
 batch: ours from the plain loop over our model (part 4's plain runner), and Torch-RecHub's from its trainer, a

@@ -159,8 +159,9 @@ class MTLTrainer:
                 find_unused_parameters=find_unused_parameters)
         if compile is not None and not isinstance(compile, (bool, Mapping)):
             raise TypeError(f"compile must be a bool or a dict of torch.compile arguments, got {compile!r}")
-        if compile is True or isinstance(compile, Mapping):  # a dict: torch.compile's keyword arguments
-            self._train_model = torch.compile(self._train_model, **dict(compile if compile is not True else {}))
+        compile_kwargs = {} if compile is True else compile  # a dict: torch.compile's keyword arguments
+        if isinstance(compile_kwargs, Mapping):
+            self._train_model = torch.compile(self._train_model, **compile_kwargs)
         self.nan_check_every = int(nan_check_every or (1 if self.device.type == "cpu" else 50))
 
         is_cls = [t == "classification" for t in self.task_types]
