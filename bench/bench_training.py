@@ -3,8 +3,8 @@ same mtl_models model vs Torch-RecHub 0.9.0 (``pip install torch-rechub==0.9.0 -
 
 Tasks: income > 50K and marital-status == Never-married (marital-status removed from the features).
 Every column is a sparse feature (numeric ones cut into 16 train-quantile bins): Torch-RecHub's ESMM only
-takes sparse features of one width, and one feature list keeps the five comparisons alike. Our MLPs use
-``norm="batch"`` because Torch-RecHub's MLP always has BatchNorm. Each runner trains ``--epochs`` epochs
+takes sparse features of one width, and one feature list keeps the five comparisons alike. Our MLPs keep
+their default BatchNorm, as Torch-RecHub's MLP always has one. Each runner trains ``--epochs`` epochs
 from the same seed; epoch times exclude the first (warm-up) epoch; runners alternate, the round is repeated ``--repeats``
 times, and the table gives samples/s of each runner's fastest epoch (and the ratio of medians), which is
 what survives a shared machine's noise.
@@ -69,12 +69,12 @@ def load_adult(folder: Path) -> tuple[dict, dict, dict, dict, list[str], dict[st
 def ours(name: str, feats: list[str], vocab: dict[str, int]):
     features = [SparseFeature(c, vocab[c], EMBED) for c in feats]
     tt = ["classification", "classification"]
-    mlp = {"dims": DIMS, "norm": "batch"}
-    towers = [{"dims": TOWER, "norm": "batch"}] * 2
+    mlp = {"dims": DIMS}  # BatchNorm by default, as Torch-RecHub's
+    towers = [{"dims": TOWER}] * 2
     if name == "SharedBottom":
         return SharedBottom(features, tt, mlp, towers)
     if name == "ESMM":  # towers straight on the embeddings, as Torch-RecHub's ESMM
-        return ESMM(features, tt, None, [{"dims": DIMS + TOWER, "norm": "batch"}] * 2)
+        return ESMM(features, tt, None, [{"dims": DIMS + TOWER}] * 2)
     if name == "MMOE":
         return MMOE(features, tt, 8, mlp, towers)
     if name == "PLE":

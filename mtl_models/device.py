@@ -1,8 +1,13 @@
 """Turns a device spec ("cpu", "cuda", "cuda:N", "mps", "auto") into a ``torch.device``, or says clearly
-what is available instead of failing later inside the first ``.to()``."""
+what is available instead of failing later inside the first ``.to()``.
+
+An accelerator asked for on a machine that has none of that kind (Torch-RecHub's examples say ``"cuda:0"``)
+runs on the CPU with a one-line warning, so the same script runs on a laptop; a CUDA index beyond the
+devices present is still an error, as it is a mistake on any machine."""
 
 from __future__ import annotations
 
+import warnings
 from typing import Union
 
 import torch
@@ -27,8 +32,15 @@ def available_devices() -> list[str]:
     return out
 
 
+def _cpu_instead(spec: DeviceSpec, kind: str) -> torch.device:
+    warnings.warn(f"device {str(spec)!r} requested but {kind} is not available; using the CPU "
+                  f"(available: {available_devices()})", RuntimeWarning, stacklevel=3)
+    return torch.device("cpu")
+
+
 def resolve_device(spec: DeviceSpec = "auto") -> torch.device:
-    """``"auto"`` picks CUDA, then MPS, then CPU; an explicit device that is absent raises ``ValueError``."""
+    """``"auto"`` picks CUDA, then MPS, then CPU. An accelerator kind the machine lacks gives the CPU and a
+    ``RuntimeWarning``; a CUDA index beyond the devices present, or an unknown name, raises ``ValueError``."""
     if spec is None or (isinstance(spec, str) and spec.strip().lower() == "auto"):
         if torch.cuda.is_available():
             return torch.device("cuda", torch.cuda.current_device())
@@ -42,7 +54,7 @@ def resolve_device(spec: DeviceSpec = "auto") -> torch.device:
         return torch.device("cpu")
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError(f"device {spec!r} requested but CUDA is not available; available: {available_devices()}")
+            return _cpu_instead(spec, "CUDA")
         index = 0 if device.index is None else device.index
         if index >= torch.cuda.device_count():
             raise ValueError(f"device {spec!r} requested but there are only {torch.cuda.device_count()} CUDA "
@@ -50,6 +62,6 @@ def resolve_device(spec: DeviceSpec = "auto") -> torch.device:
         return torch.device("cuda", index)
     if device.type == "mps":
         if not _mps_available():
-            raise ValueError(f"device {spec!r} requested but MPS is not available; available: {available_devices()}")
+            return _cpu_instead(spec, "MPS")
         return device
     raise ValueError(f"device type {device.type!r} is not supported; available: {available_devices()}")

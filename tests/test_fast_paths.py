@@ -77,23 +77,37 @@ def test_eval_mode_never_takes_the_product_path() -> None:
     assert not any(lookup._use_products(t) for t in emb.tables)
 
 
+# the default parameter dicts (no "norm" key: BatchNorm in every bottom, expert and tower MLP, as Torch-RecHub's)
 BUILDERS = {
-    "shared_bottom": lambda f: SharedBottom(f, BOTH_CLS, {"dims": [32, 16], "norm": "batch"}, [{"dims": [8], "norm": "batch"}] * 2),
-    "esmm": lambda f: ESMM(f, BOTH_CLS, None, [{"dims": [16, 8], "norm": "batch"}] * 2),
-    "mmoe": lambda f: MMOE(f, BOTH_CLS, 4, {"dims": [16, 8], "norm": "batch"}, [{"dims": [8], "norm": "batch"}] * 2),
-    "ple": lambda f: PLE(f, BOTH_CLS, 2, 2, 1, {"dims": [16, 8], "norm": "batch"}, [{"dims": [8], "norm": "batch"}] * 2),
-    "aitm": lambda f: AITM(f, BOTH_CLS, {"dims": [16, 8], "norm": "batch"}, [{"dims": [8], "norm": "batch"}] * 2),
+    "shared_bottom": lambda f: SharedBottom(f, BOTH_CLS, {"dims": [32, 16]}, [{"dims": [8]}] * 2),
+    "esmm": lambda f: ESMM(f, BOTH_CLS, None, [{"dims": [16, 8]}] * 2),
+    "mmoe": lambda f: MMOE(f, BOTH_CLS, 4, {"dims": [16, 8]}, [{"dims": [8]}] * 2),
+    "ple": lambda f: PLE(f, BOTH_CLS, 2, 2, 1, {"dims": [16, 8]}, [{"dims": [8]}] * 2),
+    "aitm": lambda f: AITM(f, BOTH_CLS, {"dims": [16, 8]}, [{"dims": [8]}] * 2),
+}
+# without normalisation the in-place ReLU follows the Linear directly: it must not write into a shared product
+UNNORMALISED = {
+    "mmoe_no_norm": lambda f: MMOE(f, BOTH_CLS, 4, {"dims": [16, 8], "norm": None}, [{"dims": [8], "norm": None}] * 2),
+    "aitm_no_norm": lambda f: AITM(f, BOTH_CLS, {"dims": [16, 8], "norm": "none"}, [{"dims": [8], "norm": "none"}] * 2),
 }
 
 
-@pytest.mark.parametrize("name", BUILDERS)
+def test_the_fast_path_models_have_batch_norm_by_default() -> None:
+    for name, builder in BUILDERS.items():
+        assert any(isinstance(m, nn.BatchNorm1d) for m in builder(features()).modules()), name
+    for name, builder in UNNORMALISED.items():
+        assert not any(isinstance(m, nn.BatchNorm1d) for m in builder(features()).modules()), name
+
+
+@pytest.mark.parametrize("name", [*BUILDERS, *UNNORMALISED])
 def test_training_step_is_the_same_with_and_without_the_product_path(name: str, plain_graph) -> None:
     """Train-mode outputs, every parameter's gradient and the BatchNorm running statistics agree."""
     x = batch(512, seed=2)
+    builder = {**BUILDERS, **UNNORMALISED}[name]
 
     def one_step() -> tuple[torch.Tensor, list[torch.Tensor], dict[str, torch.Tensor]]:
         torch.manual_seed(0)
-        model = BUILDERS[name](features()).train()
+        model = builder(features()).train()
         out = model(x)
         grads = torch.autograd.grad(out.sum(), list(model.parameters()), allow_unused=True)
         buffers = {k: v.clone() for k, v in model.state_dict().items() if "running" in k}
@@ -111,7 +125,7 @@ def test_training_step_is_the_same_with_and_without_the_product_path(name: str, 
             assert a is None and b is None
         else:
             torch.testing.assert_close(a, b, atol=1e-5 * scale, rtol=1e-3)
-    assert fast[2].keys() == slow[2].keys() and fast[2]
+    assert fast[2].keys() == slow[2].keys() and bool(fast[2]) == (name in BUILDERS)
     for k in fast[2]:
         torch.testing.assert_close(fast[2][k], slow[2][k], atol=1e-5, rtol=1e-4)
 
@@ -175,7 +189,7 @@ def _separate_mlps(group: ExpertGroup, input_dim: int, params: dict) -> list[MLP
 
 def test_batchnorm_experts_match_separate_mlps_in_training_and_eval() -> None:
     torch.manual_seed(0)
-    params = {"dims": [12, 5], "norm": "batch"}
+    params = {"dims": [12, 5]}  # BatchNorm by default
     group = ExpertGroup(3, 6, params)
     with torch.no_grad():  # non-trivial affine parameters
         for layer in group.layers:
@@ -201,7 +215,7 @@ def test_batchnorm_experts_match_separate_mlps_in_training_and_eval() -> None:
 def test_relu_in_place_keeps_the_gradient_of_an_un_normalised_expert() -> None:
     """No norm between the first Linear and the ReLU: the activation must not write into the shared product."""
     torch.manual_seed(0)
-    group = ExpertGroup(2, 5, {"dims": [4, 3]})
+    group = ExpertGroup(2, 5, {"dims": [4, 3], "norm": None})
     x = torch.randn(8, 5, requires_grad=True)
     out = torch.stack(group(x)).sum()
     (grad,) = torch.autograd.grad(out, [x])
@@ -220,7 +234,7 @@ def test_models_export_the_plain_graph_in_eval_mode() -> None:
     assert not any(model.embedding.lookup(x)._use_products(t) for t in model.embedding.tables)
 
 
-@pytest.mark.parametrize("norm", [None, "batch"])
+@pytest.mark.parametrize("norm", [None, "batch", "layer"])
 def test_parallel_mlps_on_the_lookup_match_separate_mlps(norm) -> None:
     """ESMM's towers and AITM's bottoms run their first layers as one grouped product: outputs and gradients equal
     separate MLPs (and, with no norm, the in-place ReLU after the first Linear must not write into the product)."""

@@ -22,17 +22,19 @@ def towers(n: int = 2) -> list[dict]:
     return [{"dims": [8], "dropout": 0.1, "activation": "relu"} for _ in range(n)]
 
 
+# m: applied to every MLP parameter dict (see ``build``)
 BUILDERS = {
-    "shared_bottom": lambda f, t: SharedBottom(features=f, task_types=t, bottom_params={"dims": [32, 16], "dropout": 0.2, "activation": "relu"}, tower_params_list=towers()),
-    "esmm": lambda f, t: ESMM(features=f, task_types=BOTH_CLS, bottom_params={"dims": [16]}, tower_params_list=towers()),
-    "mmoe": lambda f, t: MMOE(features=f, task_types=t, n_expert=4, expert_params={"dims": [16, 8], "activation": "prelu"}, tower_params_list=towers()),
-    "ple": lambda f, t: PLE(features=f, task_types=t, n_level=2, n_expert_specific=2, n_expert_shared=2, expert_params={"dims": [16], "norm": "layer"}, tower_params_list=towers()),
-    "aitm": lambda f, t: AITM(features=f, task_types=BOTH_CLS, bottom_params={"dims": [16, 8]}, tower_params_list=towers(), attention_params={"attention_dim": 8, "dropout": 0.2}),
+    "shared_bottom": lambda f, t, m: SharedBottom(features=f, task_types=t, bottom_params=m({"dims": [32, 16], "dropout": 0.2, "activation": "relu"}), tower_params_list=[m(p) for p in towers()]),
+    "esmm": lambda f, t, m: ESMM(features=f, task_types=BOTH_CLS, bottom_params=m({"dims": [16]}), tower_params_list=[m(p) for p in towers()]),
+    "mmoe": lambda f, t, m: MMOE(features=f, task_types=t, n_expert=4, expert_params=m({"dims": [16, 8], "activation": "prelu"}), tower_params_list=[m(p) for p in towers()]),
+    "ple": lambda f, t, m: PLE(features=f, task_types=t, n_level=2, n_expert_specific=2, n_expert_shared=2, expert_params=m({"dims": [16], "norm": "layer"}), tower_params_list=[m(p) for p in towers()]),
+    "aitm": lambda f, t, m: AITM(features=f, task_types=BOTH_CLS, bottom_params=m({"dims": [16, 8]}), tower_params_list=[m(p) for p in towers()], attention_params={"attention_dim": 8, "dropout": 0.2}),
 }
 
 
-def build(name: str, task_types=MIXED) -> nn.Module:
-    return BUILDERS[name](make_features(), task_types)
+def build(name: str, task_types=MIXED, **overrides) -> nn.Module:
+    """One of ``BUILDERS``; keyword overrides (``norm=None``) go into every MLP dict: bottoms, experts, towers."""
+    return BUILDERS[name](make_features(), task_types, lambda params: {**params, **overrides})
 
 
 @pytest.mark.parametrize("name", BUILDERS)
@@ -130,19 +132,55 @@ def test_every_parameter_gets_a_finite_gradient(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", BUILDERS)
-def test_batch_of_one_in_train_mode(name: str) -> None:
+def test_batch_of_one_in_eval_mode_uses_the_running_statistics(name: str) -> None:
+    torch.manual_seed(0)
     model = build(name).train()
+    model(example_inputs(model, batch_size=64, seed=1))  # moves the running statistics away from (0, 1)
+    model.eval()
+    x = example_inputs(model, batch_size=5, seed=2)
+    one = model({k: v[:1] for k, v in x.items()})
+    assert one.shape == (1, 2)
+    torch.testing.assert_close(one, model(x)[:1])  # a row's score does not depend on the rows beside it
+
+
+@pytest.mark.parametrize("name", BUILDERS)
+def test_batch_of_one_in_train_mode_is_a_one_line_error_naming_the_mlp(name: str) -> None:
+    model = build(name).train()
+    with pytest.raises(ValueError, match=r"^\w+_params(_list\[\d\])?: a training batch of 1 row cannot be batch-normalised"
+                                         r".*set \w+_params(_list\[\d\])?\['norm'\] to None$") as err:
+        model(example_inputs(model, batch_size=1))
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("name", BUILDERS)
+def test_batch_of_one_trains_without_batch_norm(name: str) -> None:
+    model = build(name, norm=None).train()
+    assert not any(isinstance(m, nn.BatchNorm1d) for m in model.modules())
     out = model(example_inputs(model, batch_size=1))
     assert out.shape == (1, 2)
     out.sum().backward()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
 
 
-def test_batch_norm_is_opt_in() -> None:
-    for name in BUILDERS:
-        assert not any(isinstance(m, nn.BatchNorm1d) for m in build(name).modules()), name
-    model = MMOE(features=make_features(), task_types=MIXED, n_expert=2, expert_params={"dims": [8], "norm": "batch"},
-                 tower_params_list=[{"dims": [4], "norm": "batch"}] * 2)
-    assert sum(isinstance(m, nn.BatchNorm1d) for m in model.modules()) == 3
+def _batch_norm_widths(model: nn.Module) -> list[int]:
+    return sorted(m.num_features for m in model.modules() if isinstance(m, nn.BatchNorm1d))
+
+
+def test_batch_norm_is_the_default_in_bottoms_experts_and_towers_not_in_gates() -> None:
+    """Torch-RecHub's MLP has BatchNorm after every hidden Linear; with the same dicts ours has it at the same places."""
+    mmoe = MMOE(features=make_features(), task_types=MIXED, n_expert=3, expert_params={"dims": [8, 6]},
+                tower_params_list=[{"dims": [4]}] * 2)
+    assert _batch_norm_widths(mmoe) == [4, 4, 3 * 6, 3 * 8]  # two towers; each expert layer (3 experts, one module)
+    assert _batch_norm_widths(build("shared_bottom")) == [8, 8, 16, 32]
+    assert _batch_norm_widths(build("aitm")) == [8, 8, 8, 8, 16, 16]  # two bottoms [16, 8], two towers [8]
+    ple = build("ple")  # its expert_params say "layer": no BatchNorm in the experts; towers keep the default
+    assert _batch_norm_widths(ple) == [8, 8]
+    gates = [ple.levels[0].task_gate_weight, ple.levels[0].shared_gate, mmoe.gates]
+    assert all(not isinstance(g, nn.Module) or isinstance(g, nn.Linear) for g in gates)  # plain linear gates
+    for off in (None, "none"):
+        model = MMOE(features=make_features(), task_types=MIXED, n_expert=2, expert_params={"dims": [8], "norm": off},
+                     tower_params_list=[{"dims": [4], "norm": off}] * 2)
+        assert _batch_norm_widths(model) == []
 
 
 @pytest.mark.parametrize("name", BUILDERS)
@@ -179,28 +217,29 @@ def test_parameter_counts_match_the_formulas() -> None:
     emb, d_in = 16 * 4, 4 + 4 + 1
     tower = [{"dims": [5]}] * 2
     count = lambda m: sum(p.numel() for p in m.parameters())
+    hidden = lambda n_in, n_out: linear(n_in, n_out) + 2 * n_out  # Linear + the default BatchNorm's weight and bias
 
     sb = SharedBottom(features=features, task_types=BOTH_CLS, bottom_params={"dims": [8, 6]}, tower_params_list=tower)
-    assert count(sb) == emb + linear(d_in, 8) + linear(8, 6) + 2 * (linear(6, 5) + linear(5, 1))
+    assert count(sb) == emb + hidden(d_in, 8) + hidden(8, 6) + 2 * (hidden(6, 5) + linear(5, 1))
 
     e, t = 3, 2
     mmoe = MMOE(features=features, task_types=BOTH_CLS, n_expert=e, expert_params={"dims": [8, 6]}, tower_params_list=tower)
-    experts = e * (linear(d_in, 8) + linear(8, 6))
+    experts = e * (hidden(d_in, 8) + hidden(8, 6))
     gates = linear(d_in, t * e)
-    assert count(mmoe) == emb + experts + gates + t * (linear(6, 5) + linear(5, 1))
+    assert count(mmoe) == emb + experts + gates + t * (hidden(6, 5) + linear(5, 1))
 
     s, h = 2, 1
     ple = PLE(features=features, task_types=BOTH_CLS, n_level=2, n_expert_specific=s, n_expert_shared=h,
               expert_params={"dims": [8]}, tower_params_list=tower)
     n_total = t * s + h
-    level1 = n_total * linear(d_in, 8) + t * linear(d_in, s + h) + linear(d_in, n_total)  # with shared gate
-    level2 = n_total * linear(8, 8) + t * linear(8, s + h)  # last level: no shared gate
-    assert count(ple) == emb + level1 + level2 + t * (linear(8, 5) + linear(5, 1))
+    level1 = n_total * hidden(d_in, 8) + t * linear(d_in, s + h) + linear(d_in, n_total)  # with shared gate
+    level2 = n_total * hidden(8, 8) + t * linear(8, s + h)  # last level: no shared gate
+    assert count(ple) == emb + level1 + level2 + t * (hidden(8, 5) + linear(5, 1))
 
     aitm = AITM(features=features, task_types=BOTH_CLS, bottom_params={"dims": [8]}, tower_params_list=tower,
                 attention_params={"attention_dim": 3})
     attention = 2 * linear(8, 3) + linear(8, 8)
-    assert count(aitm) == emb + t * linear(d_in, 8) + linear(8, 8) + attention + t * (linear(8, 5) + linear(5, 1))
+    assert count(aitm) == emb + t * hidden(d_in, 8) + linear(8, 8) + attention + t * (hidden(8, 5) + linear(5, 1))
 
 
 def test_aitm_calibration_loss() -> None:

@@ -64,6 +64,10 @@ def test_documented_flow_all_models(name, data, tmp_path):
         assert set(scores["cvr"]) == {"auc", "logloss"} and 0.5 < scores["cvr"]["auc"] <= 1.0
     else:
         assert set(scores) == {"click", "conversion"}
+    # Torch-RecHub's scores[i]: task i's AUC, in task order (ESMM's extra "cvr" has no position)
+    assert [scores[0], scores[1]] == [scores["click"]["auc"], scores["conversion"]["auc"]] == scores.primary()
+    with pytest.raises(IndexError, match="out of range: the model has 2 tasks"):
+        scores[2]
 
     onnx_path = trainer.export_onnx(tmp_path / f"{name}.onnx")
     preds = trainer.predict(trainer.model, test_dl)  # the loader also yields labels
@@ -234,12 +238,83 @@ def test_without_validation_monitors_train_loss_and_default_task_names(tmp_path)
 def test_devices():
     assert resolve_device("auto") == torch.device("cpu") or torch.cuda.is_available()
     assert resolve_device("cpu") == torch.device("cpu")
-    if not torch.cuda.is_available():
-        with pytest.raises(ValueError, match=r"CUDA is not available; available: \['cpu'"):
-            resolve_device("cuda:0")
-    with pytest.raises(ValueError, match="only|not available"):
-        resolve_device("cuda:99")
+    if not torch.cuda.is_available():  # the spec's device="cuda:0" runs on a laptop: the CPU, and a warning
+        with pytest.warns(RuntimeWarning, match=r"'cuda:0' requested but CUDA is not available; using the CPU"):
+            assert resolve_device("cuda:0") == torch.device("cpu")
+    else:
+        with pytest.raises(ValueError, match="only"):
+            resolve_device("cuda:99")
     with pytest.raises(ValueError, match="available"):
         resolve_device("tpu")
     with pytest.raises(ValueError, match="task_types"):
         MTLTrainer(build_model("MMOE"), task_types=["classification", "regression"], device="cpu")
+
+
+def test_scores_by_position_are_each_tasks_primary_metric_and_stay_a_plain_dict(tmp_path):
+    """classification: AUC; regression: RMSE. JSON, pickle and dataclasses see the dict of every metric."""
+    import dataclasses
+    import json
+    import pickle
+
+    x, y = make_data(600, regression=True)
+    loader = make_loader(x, y, batch_size=256)
+    t = MTLTrainer(build_model("MMOE", ("classification", "regression")), n_epoch=1, device="cpu",
+                   model_path=tmp_path, progress=False)
+    t.fit(loader)
+    scores = t.evaluate(t.model, loader)
+    assert (scores[0], scores[1], scores[-1]) == (scores["click"]["auc"], scores["value"]["rmse"], scores["value"]["rmse"])
+    plain = {"click": dict(scores["click"]), "value": dict(scores["value"])}
+    assert json.loads(json.dumps(scores)) == plain and dict(scores) == plain
+    assert pickle.loads(pickle.dumps(scores))[1] == scores[1]
+
+    @dataclasses.dataclass
+    class Result:
+        metrics: dict
+
+    assert dataclasses.asdict(Result(scores))["metrics"] == plain  # how components' TrainResult serialises it
+
+
+def test_a_trailing_training_batch_of_one_row_is_skipped_with_a_warning(tmp_path, caplog):
+    """BatchNorm (the default) cannot normalise one row: 257 rows at batch 128 train on 256 and say so once."""
+    x, y = make_data(257)
+    loader = make_loader(x, y, batch_size=128, shuffle=True)
+    steps = []
+
+    class Steps(Callback):
+        def on_epoch_end(self, trainer, epoch, metrics):
+            steps.append(trainer._global_step)
+
+    t = MTLTrainer(build_model("MMOE"), n_epoch=2, device="cpu", model_path=tmp_path, progress=False,
+                   callbacks=[Steps()])
+    with caplog.at_level("WARNING", logger="mtl_models.trainer"):
+        t.fit(loader)
+    assert steps == [2, 4]  # 3 batches per epoch, the 1-row one skipped
+    warned = [r.getMessage() for r in caplog.records if "batch of 1 row" in r.getMessage()]
+    assert len(warned) == 1 and "BatchNorm" in warned[0]
+
+
+def test_training_batches_of_one_row_are_a_one_line_error_and_train_without_batch_norm(tmp_path):
+    x, y = make_data(8)
+    loader = make_loader(x, y, batch_size=1)
+    t = MTLTrainer(build_model("SharedBottom"), n_epoch=1, device="cpu", model_path=tmp_path / "bn", progress=False)
+    with pytest.raises(ValueError, match=r"^bottom_params: a training batch of 1 row cannot be batch-normalised.*"
+                                         r"set bottom_params\['norm'\] to None$"):
+        t.fit(loader)
+    from mtl_models import SharedBottom
+    from _trainer_helpers import features
+    torch.manual_seed(0)
+    plain = SharedBottom(features(), ["classification"] * 2, {"dims": [16], "norm": None},
+                         [{"dims": [8], "norm": None}] * 2)
+    t = MTLTrainer(plain, n_epoch=1, device="cpu", model_path=tmp_path / "plain", progress=False)
+    t.fit(loader)
+    assert t._global_step == 8  # every 1-row batch trained
+
+
+def test_a_batch_of_one_row_predicts_as_it_does_inside_a_larger_batch(data, tmp_path):
+    x, y = data
+    t = MTLTrainer(build_model("PLE"), n_epoch=1, device="cpu", model_path=tmp_path, progress=False)
+    t.fit(make_loader(x, y, batch_size=256, shuffle=True))
+    first = {k: v[:5] for k, v in x.items()}
+    together = t.predict(t.model, make_loader(first, batch_size=5))
+    alone = t.predict(t.model, make_loader(first, batch_size=1))  # five batches of one row
+    np.testing.assert_allclose(alone, together, rtol=1e-5, atol=1e-6)

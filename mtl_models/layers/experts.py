@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .embedding import EmbeddedBatch, grouped_linear, unstack
-from .mlp import check_mlp_params, make_activation
+from .mlp import check_batch_rows, check_mlp_params, make_activation
 
 __all__ = ["ExpertGroup", "mix_experts"]
 
@@ -154,8 +154,13 @@ class ExpertGroup(nn.Module):
         self.layers = nn.ModuleList(_ExpertLayer(n_expert, a, b, cfg) for a, b in zip(widths[:-1], widths[1:]))
         self.n_expert = n_expert
         self.output_dim = widths[-1]
+        self.argument = argument
+        self.batch_norm = cfg["norm"] == "batch"
 
     def forward(self, x: Union[Tensor, EmbeddedBatch, Sequence[Tensor]]) -> list[Tensor]:
+        if self.batch_norm and self.training:
+            rows = x.batch_size if isinstance(x, EmbeddedBatch) else len(x if isinstance(x, Tensor) else x[0])
+            check_batch_rows(rows, self.argument)
         first = self.layers[0]
         views = [layer.per_expert() for layer in self.layers]
         shared = isinstance(x, (Tensor, EmbeddedBatch))

@@ -1,6 +1,9 @@
-"""MLPs configured the Torch-RecHub way: ``{"dims": [...], "dropout": p, "activation": name}``.
+"""MLPs configured the Torch-RecHub way: ``{"dims": [...], "dropout": p, "activation": name, "norm": ...}``.
 
-Unlike Torch-RecHub, normalisation is opt-in (``"norm": "batch" | "layer"``) so a batch of one trains.
+As in Torch-RecHub, every hidden layer has BatchNorm unless ``"norm"`` says otherwise (``"layer"``, or ``None`` /
+``"none"`` for no normalisation): the same parameter dicts then train the same network. BatchNorm cannot
+normalise a training batch of one row, so such a batch is a one-line error naming the MLP (``MTLTrainer``
+drops a trailing one-row batch instead); in eval mode a batch of one uses the running statistics.
 """
 
 from __future__ import annotations
@@ -12,7 +15,8 @@ from torch import Tensor, nn
 
 from .embedding import EmbeddedBatch, linear, unstack
 
-__all__ = ["MLP", "make_activation", "build_tower", "ACTIVATIONS", "check_mlp_params", "parallel_mlps"]
+__all__ = ["MLP", "make_activation", "build_tower", "ACTIVATIONS", "check_mlp_params", "parallel_mlps",
+           "check_batch_rows", "DEFAULT_NORM"]
 
 ACTIVATIONS = {
     "relu": nn.ReLU,
@@ -25,6 +29,7 @@ ACTIVATIONS = {
     "none": nn.Identity,
 }
 NORMS = (None, "none", "batch", "layer")
+DEFAULT_NORM = "batch"  # Torch-RecHub's MLP always normalises
 _KNOWN_KEYS = {"dims", "dropout", "activation", "norm"}
 
 
@@ -35,6 +40,14 @@ def make_activation(name: Optional[str], inplace: bool = False) -> nn.Module:
     if key not in ACTIVATIONS:
         raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {name!r}")
     return nn.ReLU(inplace=True) if key == "relu" and inplace else ACTIVATIONS[key]()
+
+
+def check_batch_rows(rows: int, argument: str) -> None:
+    """Torch's own error for a one-row BatchNorm batch ("Expected more than 1 value per channel") names neither
+    the layer nor the fix; this one does."""
+    if rows == 1:
+        raise ValueError(f"{argument}: a training batch of 1 row cannot be batch-normalised (BatchNorm is the "
+                         f"default norm); use batches of 2+ rows or set {argument}['norm'] to None")
 
 
 def check_mlp_params(params: Optional[Mapping[str, Any]], argument: str, allow_empty: bool = False) -> dict:
@@ -56,7 +69,7 @@ def check_mlp_params(params: Optional[Mapping[str, Any]], argument: str, allow_e
         raise ValueError(f"{argument}['dropout'] must be in [0, 1), got {dropout}")
     activation = params.get("activation", "relu")
     make_activation(activation)  # raises for unknown names
-    norm = params.get("norm")
+    norm = params.get("norm", DEFAULT_NORM)
     if norm not in NORMS:
         raise ValueError(f"{argument}['norm'] must be one of {NORMS}, got {norm!r}")
     return {"dims": dims, "dropout": dropout, "activation": activation, "norm": None if norm == "none" else norm}
@@ -85,8 +98,12 @@ class MLP(nn.Sequential):
             width = output_dim
         super().__init__(*layers)
         self.output_dim = width
+        self.argument = argument
+        self.batch_norm = cfg["norm"] == "batch" and bool(cfg["dims"])
 
     def forward(self, x: Union[Tensor, EmbeddedBatch]) -> Tensor:  # [B, input_dim] -> [B, output_dim]
+        if self.batch_norm and self.training:
+            check_batch_rows(x.batch_size if isinstance(x, EmbeddedBatch) else len(x), self.argument)
         if not isinstance(x, EmbeddedBatch):
             return super().forward(x)
         first = self[0]  # an MLP on the embedding: its first Linear reads the lookup directly
@@ -119,6 +136,9 @@ def parallel_mlps(x: Union[Tensor, EmbeddedBatch], mlps: Sequence[MLP]) -> list[
     one grouped product: one gather-sum over G*H-wide rows, where G separate ones would each pay the per-row
     cost of the gather and of its backward."""
     firsts = [m[0] for m in mlps]
+    for m in mlps:
+        if m.batch_norm and m.training and isinstance(x, EmbeddedBatch):
+            check_batch_rows(x.batch_size, m.argument)
     if (len(mlps) < 2 or not isinstance(x, EmbeddedBatch) or not x.uses_products()
             or len({f.out_features for f in firsts}) > 1 or any(f.bias is None for f in firsts)):
         return [m(x) for m in mlps]

@@ -35,6 +35,7 @@ from ..weighting import Weighting, build_weighting
 from .callbacks import Callback, CallbackList, StopTraining
 from .checkpoint import link_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .distributed import DistContext, env_world_size, setup_distributed
+from .scores import Scores
 
 __all__ = ["MTLTrainer"]
 
@@ -170,6 +171,11 @@ class MTLTrainer:
         order = torch.tensor(self._cls_idx + self._reg_idx)
         self._inverse = torch.argsort(order).to(self.device)  # [T]: cat(cls, reg) -> task order
 
+        # a trailing 1-row training batch is skipped, as BatchNorm cannot normalise it (a first one is the
+        # model's one-line error: every batch has one row)
+        self._batch_norm = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in self.model.modules())
+        self._dropped_row_warned = False
+
         self.best_score: float = -math.inf
         self.best_epoch: int = -1
         self.history: list[dict[str, float]] = []
@@ -237,6 +243,12 @@ class MTLTrainer:
         raise FloatingPointError(f"non-finite training loss ({', '.join(bad)}) at epoch {epoch}, step {step}; "
                                  "lower the learning rate or check the inputs")
 
+    def _warn_dropped_row(self, epoch: int) -> None:
+        if not self._dropped_row_warned:
+            log.warning("epoch %d: skipped the training loader's last batch of 1 row, which BatchNorm cannot "
+                        "normalise (once per fit; other batch sizes avoid it)", epoch)
+            self._dropped_row_warned = True
+
     def _check_deferred(self, first_bad: Tensor, names: list[str], epoch: int) -> None:
         """first_bad: ``[T (+1)]`` first step of this epoch with a non-finite loss, -1 if none (one sync)."""
         steps = first_bad.tolist()
@@ -266,6 +278,9 @@ class MTLTrainer:
             x, y = _split_batch(_to_device(batch, self.device))
             if y is None:
                 raise ValueError("the training loader must yield (x, y) batches")
+            if n_steps and len(y) == 1 and self._batch_norm:
+                self._warn_dropped_row(epoch)  # a loader's remainder of one row: BatchNorm cannot train on it
+                continue
             target = self.model.training_targets(y)  # [B, T]
             with self._autocast():
                 pred = self._train_model(x)
@@ -477,10 +492,12 @@ class MTLTrainer:
             extra = {n: (self.dist.gather_rows(a), self.dist.gather_rows(b)) for n, (a, b) in sorted(extra.items())}
         return pred, lab, extra
 
-    def evaluate(self, model: nn.Module, data_loader: Any) -> dict[str, dict[str, float]]:
-        """One dict per task: ``{"auc", "logloss"}`` (classification) or ``{"rmse", "mae"}`` (regression),
-        against the model's training targets (ESMM: click and click*conversion). Extra outputs a model
-        declares (ESMM's ``"cvr"``: pCVR vs conversion on clicked rows) are added under their own name."""
+    def evaluate(self, model: nn.Module, data_loader: Any) -> Scores:
+        """Metrics on the loader's rows, as a ``Scores`` dict: ``scores["click"]`` is one task's
+        ``{"auc", "logloss"}`` (classification) or ``{"rmse", "mae"}`` (regression), against the model's training
+        targets (ESMM: click and click*conversion), and ``scores[i]``, as in Torch-RecHub, is task i's primary
+        metric: AUC for a classification task, RMSE for a regression task. Extra outputs a model declares
+        (ESMM's ``"cvr"``: pCVR vs conversion on clicked rows) are added under their own name only."""
         names = self._resolve_task_names(data_loader)
         pred, lab, extra = self._collect(model, data_loader, with_labels=True)
         if lab is None:
@@ -489,7 +506,7 @@ class MTLTrainer:
         out = {n: task_metrics(tt, t[:, i], p[:, i]) for i, (n, tt) in enumerate(zip(names, self.task_types))}
         for name, (ep, el) in extra.items():
             out[name if name not in out else f"{name}_extra"] = task_metrics("classification", el.numpy(), ep.numpy())
-        return out
+        return Scores(out, names, self.task_types)
 
     def predict(self, model: nn.Module, data_loader: Any) -> np.ndarray:
         """``[N, n_task]`` predictions in loader order; labels the loader yields are ignored."""
