@@ -155,10 +155,10 @@ class ExpertGroup(nn.Module):
         self.n_expert = n_expert
         self.output_dim = widths[-1]
         self.argument = argument
-        self.batch_norm = cfg["norm"] == "batch"
+        self.has_batch_norm = cfg["norm"] == "batch"
 
     def forward(self, x: Union[Tensor, EmbeddedBatch, Sequence[Tensor]]) -> list[Tensor]:
-        if self.batch_norm and self.training:
+        if self.has_batch_norm and self.training:
             rows = x.batch_size if isinstance(x, EmbeddedBatch) else len(x if isinstance(x, Tensor) else x[0])
             check_batch_rows(rows, self.argument)
         first = self.layers[0]

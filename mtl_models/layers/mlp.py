@@ -99,10 +99,10 @@ class MLP(nn.Sequential):
         super().__init__(*layers)
         self.output_dim = width
         self.argument = argument
-        self.batch_norm = cfg["norm"] == "batch" and bool(cfg["dims"])
+        self.has_batch_norm = cfg["norm"] == "batch" and bool(cfg["dims"])
 
     def forward(self, x: Union[Tensor, EmbeddedBatch]) -> Tensor:  # [B, input_dim] -> [B, output_dim]
-        if self.batch_norm and self.training:
+        if self.has_batch_norm and self.training:
             check_batch_rows(x.batch_size if isinstance(x, EmbeddedBatch) else len(x), self.argument)
         if not isinstance(x, EmbeddedBatch):
             return super().forward(x)
@@ -137,7 +137,7 @@ def parallel_mlps(x: Union[Tensor, EmbeddedBatch], mlps: Sequence[MLP]) -> list[
     cost of the gather and of its backward."""
     firsts = [m[0] for m in mlps]
     for m in mlps:
-        if m.batch_norm and m.training and isinstance(x, EmbeddedBatch):
+        if m.has_batch_norm and m.training and isinstance(x, EmbeddedBatch):
             check_batch_rows(x.batch_size, m.argument)
     if (len(mlps) < 2 or not isinstance(x, EmbeddedBatch) or not x.uses_products()
             or len({f.out_features for f in firsts}) > 1 or any(f.bias is None for f in firsts)):
