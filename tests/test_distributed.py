@@ -82,8 +82,9 @@ def _torchrun(args: list[str], report: Path, nproc: int = 2) -> subprocess.Compl
 @pytest.mark.slow
 @pytest.mark.parametrize("weighting", ["gradnorm", "uwl"])
 def test_two_ranks_match_one_process_and_write_once(adult_prepared, tmp_path, weighting):
-    """Dropout is off so that the runs differ only by the order of floating-point sums: each rank's dropout
-    masks come from its own stream, which one process cannot reproduce."""
+    """Dropout is off (each rank's dropout masks come from its own stream, which one process cannot reproduce).
+    BatchNorm, the MLPs' default, normalises each rank over its half of the global batch, as DDP does by default,
+    so the two runs differ by that as well as by the order of floating-point sums."""
     from mlflow import MlflowClient
 
     from components.distributed import worker_args
@@ -121,6 +122,7 @@ def test_two_ranks_match_one_process_and_write_once(adult_prepared, tmp_path, we
     ddp = json.loads((out / "metrics.json").read_text())
     for task in ("income", "never_married"):
         assert abs(ddp["test_metrics"][task]["auc"] - single.test_metrics[task]["auc"]) <= 0.003, task
-    # the whole test split was scored (gathered, each row once): logloss agrees as closely as AUC
-    assert abs(ddp["test_metrics"]["income"]["logloss"] - single.test_metrics["income"]["logloss"]) < 1e-3
+    # the whole test split was scored (gathered, each row once); per-rank BatchNorm statistics moved logloss by
+    # 0.0021 in one run (GradNorm; under 1e-3 with UWL)
+    assert abs(ddp["test_metrics"]["income"]["logloss"] - single.test_metrics["income"]["logloss"]) < 5e-3
     assert ddp["best_epoch"] == single.best_epoch
