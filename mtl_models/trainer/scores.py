@@ -33,17 +33,20 @@ class Scores(dict):
             return self.primary()[self._position(int(key))]
         return super().__getitem__(key)
 
-    def _position(self, i: int) -> int:
+    def _order(self) -> tuple[list[str], list[str]]:
         if self.task_names is None or self.task_types is None:
-            raise KeyError(f"{i}: these scores were rebuilt from a plain dict without the task order; index by task name")
-        n = len(self.task_names)
+            raise KeyError("these scores were rebuilt from a plain dict without the task order; index them by task name")
+        return self.task_names, self.task_types
+
+    def _position(self, i: int) -> int:
+        n = len(self._order()[0])
         if not -n <= i < n:
             raise IndexError(f"task index {i} out of range: the model has {n} tasks {self.task_names}")
         return i % n
 
     def primary(self) -> list[float]:
         """Each task's primary metric in task order: what Torch-RecHub's ``evaluate`` returns as a list."""
-        return [super(Scores, self).__getitem__(n)[PRIMARY_METRIC[t]] for n, t in zip(self.task_names, self.task_types)]
+        return [super(Scores, self).__getitem__(n)[PRIMARY_METRIC[t]] for n, t in zip(*self._order())]
 
     def __reduce__(self) -> Any:  # pickles (multiprocessing, checkpoints of results) as itself, names included
         return (Scores, (dict(self), self.task_names, self.task_types))
