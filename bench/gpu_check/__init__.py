@@ -128,7 +128,3 @@ def relative(a: float, b: float) -> float:
     return abs(a - b) / max(abs(b), 1e-12)
 
 
-def max_or_zero(values) -> float:
-    values = list(values)
-    return max(values) if values else 0.0
-

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import sys
 import time
@@ -51,17 +52,25 @@ def parse(argv: Optional[Sequence[str]]) -> tuple[Config, Path]:
     return cfg, Path(a.out)
 
 
+def _nccl() -> Optional[str]:
+    try:
+        v = torch.cuda.nccl.version()  # a tuple in recent torch, an int in older ones
+    except Exception:  # noqa: BLE001 - a build without NCCL
+        return None
+    return ".".join(map(str, v)) if isinstance(v, tuple) else str(v)
+
+
 def environment(device: torch.device) -> dict:
     from bench.environment import environment as machine
 
     env = machine()
     if device.type == "cuda":
         env["device_name"] = torch.cuda.get_device_name(device)
-        env["cuda"] = {"torch_cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version(),
-                       "nccl": ".".join(map(str, torch.cuda.nccl.version())) if torch.distributed.is_nccl_available() else None,
+        env["cuda"] = {"torch_cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version(), "nccl": _nccl(),
                        "capability": ".".join(map(str, torch.cuda.get_device_capability(device))),
                        "bf16": torch.cuda.is_bf16_supported(), "device_count": torch.cuda.device_count(),
-                       "tf32_matmul": torch.backends.cuda.matmul.allow_tf32}
+                       "tf32_matmul": torch.backends.cuda.matmul.allow_tf32,
+                       "TORCH_ALLOW_TF32_CUBLAS_OVERRIDE": os.environ.get("TORCH_ALLOW_TF32_CUBLAS_OVERRIDE")}
     else:
         env["device_name"] = f"{env['cpu']} ({env['cpus']} cores, {env['torch_threads']} torch threads)"
     env["float32_matmul_precision"] = torch.get_float32_matmul_precision()

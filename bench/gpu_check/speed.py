@@ -48,7 +48,8 @@ def _runners(device: torch.device) -> list[tuple[str, Callable]]:
 
 def training(cfg: Config, data: dict, device: torch.device, log=print) -> dict:
     """samples/s = training rows / fastest epoch after the first (warm-up), per model, batch and runner."""
-    rows_n = cfg.speed_rows or len(data["y"]["income"])
+    n = len(data["y"]["income"])
+    rows_n = min(cfg.speed_rows or n, n)
     d = {"x": {k: v[:rows_n] for k, v in data["x"].items()}, "y": {k: v[:rows_n] for k, v in data["y"].items()},
          "xt": data["xt"], "yt": data["yt"]}
     runners = _runners(device)
