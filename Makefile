@@ -58,3 +58,13 @@ bench-quick: setup
 
 bench-report: setup
 	$(PY) -m bench.run --report-only --out docs/benchmarks
+
+# ---- GPU check (bench/gpu_check/, docs/gpu.md) ------------------------------------------------------
+# Trains the five models on the best device against CPU, times them beside Torch-RecHub, runs ONNX Runtime's
+# provider and 2-process DDP where present; writes bench/results/gpu_check/gpu_check.{json,md}, exits 1 on a
+# mismatch. GPU_CHECK_ARGS="--device cpu --steps 64" etc. (python -m bench.gpu_check --help).
+.PHONY: gpu-check
+GPU_CHECK_ARGS ?=
+
+gpu-check: setup
+	$(PY) -m bench.gpu_check $(GPU_CHECK_ARGS)

@@ -125,15 +125,16 @@ class _EpochClock(Callback):
 class OursRunner:
     label = "mtl_models MTLTrainer"
 
-    def __init__(self, name, data, feats, vocab, out, compile=False, auxiliary_weight=None):
+    def __init__(self, name, data, feats, vocab, out, compile=False, auxiliary_weight=None, device="cpu",
+                 mixed_precision=None):
         torch.manual_seed(0)
         self.model = ours(name, feats, vocab)
         self.loader = make_loader(data["x"], data["y"], BATCH, shuffle=True, seed=0)
         self.test = make_loader(data["xt"], data["yt"], 8192)
         self.clock = _EpochClock()
-        self.trainer = MTLTrainer(self.model, optimizer_params={"lr": LR}, n_epoch=1, device="cpu",
+        self.trainer = MTLTrainer(self.model, optimizer_params={"lr": LR}, n_epoch=1, device=device,
                                   model_path=out, progress=False, compile=compile, callbacks=[self.clock],
-                                  auxiliary_weight=auxiliary_weight)
+                                  auxiliary_weight=auxiliary_weight, mixed_precision=mixed_precision)
 
     def run(self, epochs: int, between: Between = None) -> list[float]:
         """One ordinary ``fit`` (checkpoints included); epoch times from a callback's clock."""
@@ -250,7 +251,7 @@ def rechub_labels(name: str):
 class RecHubRunner:
     label = "Torch-RecHub 0.9.0"
 
-    def __init__(self, name, data, feats, vocab, out):
+    def __init__(self, name, data, feats, vocab, out, device="cpu"):
         from torch_rechub.trainers import MTLTrainer as RTrainer
         from torch_rechub.utils.data import DataGenerator as RGen
         torch.manual_seed(0)
@@ -264,7 +265,7 @@ class RecHubRunner:
             x_val=data["xt"], y_val=cols(yt), x_test=data["xt"], y_test=cols(yt), batch_size=8192)
         out.mkdir(parents=True, exist_ok=True)
         self.trainer = RTrainer(self.model, types, optimizer_params={"lr": LR, "weight_decay": 0.0}, n_epoch=1,
-                                device="cpu", model_path=str(out))
+                                device=device, model_path=str(out))
 
     def run(self, epochs: int, between: Between = None) -> list[float]:
         return _timed(lambda: self.trainer.train_one_epoch(self.train_dl), epochs, between)  # its fit() adds validation

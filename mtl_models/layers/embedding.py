@@ -97,6 +97,9 @@ class _TableProduct(torch.autograd.Function):
         samples, offsets, padded, weight = ctx.saved_tensors
         n, n_vocab, d = padded.shape
         groups, _, width = weight.shape
+        # under bf16 autocast the forward's products, hence this gradient, are bf16 while the saved inputs stay
+        # float32: the backward runs in the inputs' dtype (bmm does not mix dtypes; autocast is off in backward)
+        grad = grad.to(weight.dtype)  # [G, B, H]; keeps unstack's batch-major strides
         # a view when the gradient came through unstack (batch-major), else a copy
         by_sample = grad.transpose(0, 1).reshape(grad.shape[1], groups * width).contiguous()  # [B, G*H]
         rows = F.embedding_bag(samples, by_sample, offsets, mode="sum")  # [R, G*H]: row r sums its samples' rows

@@ -470,8 +470,9 @@ class MTLTrainer:
         try:
             for batch in loader:
                 x, y = _split_batch(_to_device(batch, device))
-                with self._autocast():
-                    p = model(x)
+                # float32 even when training under bf16 autocast: bf16 probabilities keep 8 significant bits, so
+                # nearby scores tie and AUC drops (0.5 for a freshly initialised model whose scores all round alike)
+                p = model(x)
                 preds.append(p.float())  # [B, T]
                 if not with_labels or y is None:
                     continue
