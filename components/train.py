@@ -99,7 +99,16 @@ def _trainer(model, params: Mapping[str, Any], out_dir: Path, n_epoch: int, pati
     adaptive: dict[str, Any] = {"method": params["weighting"]}
     if params["weighting"] == "gradnorm":
         adaptive["alpha"] = float(params["gradnorm_alpha"])
-    return MTLTrainer(model=model, optimizer_params={"lr": float(params["lr"]), "weight_decay": float(params["weight_decay"])},
+    optimizers = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}  # AdamW: weight decay apart from Adam's step
+    if params["optimizer"] not in optimizers:
+        raise ValueError(f"optimizer {params['optimizer']!r} is not one of {sorted(optimizers)}")
+    if params["lr_schedule"] not in ("constant", "cosine"):
+        raise ValueError(f"lr_schedule {params['lr_schedule']!r} is not one of ['constant', 'cosine']")
+    cosine = params["lr_schedule"] == "cosine"  # annealed to 0 over n_epoch, stepped once per epoch
+    return MTLTrainer(model=model, optimizer_fn=optimizers[params["optimizer"]],
+                      optimizer_params={"lr": float(params["lr"]), "weight_decay": float(params["weight_decay"])},
+                      scheduler_fn=torch.optim.lr_scheduler.CosineAnnealingLR if cosine else None,
+                      scheduler_params={"T_max": max(int(n_epoch), 1)} if cosine else None,
                       adaptive_params=adaptive, n_epoch=n_epoch, earlystop_patience=patience, device=device,
                       model_path=out_dir / "checkpoints", callbacks=list(callbacks), progress=progress, seed=seed,
                       task_names=task_names)
