@@ -110,7 +110,7 @@ class FeatureSpec:
             raise DataError(f"numeric_encoding {numeric_encoding!r} is not one of {list(NUMERIC_ENCODINGS)}")
 
         def dense(f: DenseEncoder) -> DenseFeature:
-            if numeric_encoding == "standard":
+            if numeric_encoding == "standard" or f.min == f.max:  # a constant column carries nothing to embed
                 return DenseFeature(f.name)
             if numeric_encoding == "periodic":
                 return DenseFeature(f.name, numeric_embed_dim, Periodic(int(n_frequencies), float(periodic_sigma)))
