@@ -180,7 +180,8 @@ def _tuned_model(prepared: Path, work: Path, m: str, cfg: dict, encoding: str | 
     return info, rows
 
 
-def run_tuned(cfg: dict, log, pool) -> dict:
+def run_tuned(cfg: dict, log, pool, then=lambda: None) -> dict:
+    """Submit the searches to ``pool``, call ``then`` (which may queue more work behind them), collect."""
     from components.feature_spec import FeatureSpec
     from components.prepare import prepare
 
@@ -192,6 +193,7 @@ def run_tuned(cfg: dict, log, pool) -> dict:
         jobs = [(m, None) for m in cfg["tuned_models"]] + [(cfg["encoding_model"], e) for e in cfg.get("encodings", [])]
         # the pipeline's five searches first (the longer ones), then one per encoding
         futures = {(m, e): pool.submit(_tuned_model, prepared, Path(tmp), m, cfg, e) for m, e in jobs}
+        then()
         x, y = _prepared_frame(prepared, "train", spec)
         xt, yt = _prepared_frame(prepared, "test", spec)
         for seed in cfg.get("tuned_seeds", cfg["seeds"]):
@@ -240,12 +242,16 @@ def run(cfg: dict, log=print) -> dict:
     rows = []
     # independent trainings in worker processes (1 torch thread each): the figures here are AUCs, not speed
     with ProcessPoolExecutor(max_workers=cfg.get("workers", 1), mp_context=mp.get_context("fork")) as pool:
-        futures = [pool.submit(_job, *j) for j in jobs]
+        futures: list = []
+
+        def table_a() -> None:  # queued behind the tuned searches, the longest jobs
+            futures.extend(pool.submit(_job, *j) for j in jobs)
+
+        tuned = run_tuned(cfg, log, pool, then=table_a) if cfg.get("tuned_models") else table_a()
         x, y, xt, yt = _raw_adult(Path(cfg["data_dir"]))
         for seed in cfg["seeds"]:
             rows.append({"model": "HistGradientBoosting", "impl": "sklearn", "seed": seed,
                          "auc": hgb_auc(x, y, xt, yt, seed), "load": load_average()})
-        tuned = run_tuned(cfg, log, pool) if cfg.get("tuned_models") else None
         for i, f in enumerate(futures):
             rows.append(f.result())
             log(f"  {i + 1}/{len(futures)} {rows[-1]}")

@@ -208,3 +208,44 @@ def test_trained_champion_exports_and_serves_raw_rows(small_prepared, tmp_path, 
     with torch.no_grad():
         expected = model(x).numpy()
     assert got.shape == (50, 2) and np.abs(got - expected).max() <= 1e-5
+
+
+@pytest.mark.parametrize("model_name, family", [("mmoe", "mmoe"), ("aitm", "shared_bottom")])
+def test_single_task_baselines_train_one_model_of_the_family_per_task(small_prepared, tmp_path, model_name: str,
+                                                                       family: str) -> None:
+    from components.train import load_trained, single_task_baselines, train
+
+    prepared, _ = small_prepared
+    params = {"numeric_encoding": "bins", "bin_source": "tree", "n_bins": 8, "embed_dim": 4, "tower_dims": [8],
+              "batch_size": 128, **({"expert_dims": [16], "n_expert": 2} if model_name == "mmoe" else
+                                    {"bottom_dims": [16], "attention_dim": 8})}
+    results = single_task_baselines(prepared, model_name, tmp_path, params, n_epoch=1, patience=1, device="cpu")
+    assert list(results) == ["click", "buy"]
+    for task, r in results.items():
+        assert r.model_name == family and list(r.test_metrics) == [task] and 0.0 <= r.test_metrics[task]["auc"] <= 1.0
+        model, spec, _ = load_trained(tmp_path / task)
+        assert spec.label_names == [task] and model.task_types == ["classification"]
+        assert model.features[1].encoding is not None  # the same numeric encoding as the multi-task model
+    with pytest.raises(ValueError, match=r"tasks \['nope'\] must be a non-empty subset"):
+        train(prepared, "shared_bottom", tmp_path / "x", tasks=["nope"], n_epoch=1, device="cpu", progress=False)
+
+
+def test_train_step_logs_single_task_baselines_on_the_model_run(small_prepared, tmp_path, monkeypatch) -> None:
+    pytest.importorskip("mlflow")
+    from mlflow import MlflowClient
+
+    from components import steps
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    prepared, _ = small_prepared
+    work = tmp_path / "run"
+    steps.start_pipeline_run({"tracking": {"experiment": "e"}, "dataset": {"name": "small"}}, work, "r1")
+    run_id = steps.start_model_run("r1", "e", "shared_bottom", work)
+    result = steps.train_step(prepared, "shared_bottom", tmp_path / "trained", run_id, work,
+                              best_params={"bottom_dims": [16], "tower_dims": [8], "batch_size": 128},
+                              n_epoch=1, patience=1, device="cpu", single_task=True)
+    metrics = MlflowClient(tracking_uri=f"sqlite:///{work / 'mlflow.db'}").get_run(run_id).data.metrics
+    for task in ("click", "buy"):
+        assert 0.0 <= metrics[f"single_task/{task}/auc"] <= 1.0 and f"test/{task}/auc" in metrics
+        assert (work / "single-task" / "shared_bottom" / task / "model.pt").is_file()
+    assert result.task_names == ["click", "buy"]
