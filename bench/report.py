@@ -147,7 +147,8 @@ def _part1_tuned(tuned: dict, cfgs: dict, head: dict) -> list[str]:
     for r in trows:
         key = r["model"] if r.get("table", "pipeline") == "pipeline" else f"{r['model']} [{r['encoding']}]"
         tg.setdefault(key, []).append(r)
-    pipeline = {m: rs for m, rs in tg.items() if m != "HistGradientBoosting" and rs[0].get("table", "pipeline") == "pipeline"}
+    pipeline = {m: rs for m, rs in tg.items()
+                if m != "HistGradientBoosting" and rs[0].get("table", "pipeline") == "pipeline"}
     per_encoding = {m: rs for m, rs in tg.items() if rs[0].get("table") == "encoding"}
     budget = (f"{cfgs.get('tuned_trials')} trials × ≤ {cfgs.get('tuned_search_epochs')} epochs, median pruner, TPE "
               f"sampler; then `components.train` with the best params, ≤ {cfgs.get('tuned_train_epochs')} epochs, "
@@ -175,7 +176,8 @@ def _part1_tuned(tuned: dict, cfgs: dict, head: dict) -> list[str]:
     hi = hn = None
     if h:
         hi, hn = _ms([r["auc"]["income"] for r in h]), _ms([r["auc"]["never_married"] for r in h])
-        lines.append(f"| HistGradientBoosting (same prepared train split) | raw values | | {_fmt(*hi)} | {_fmt(*hn)} | |")
+        lines.append(f"| HistGradientBoosting (same prepared train split) | raw values | | {_fmt(*hi)} | "
+                     f"{_fmt(*hn)} | |")
     if per_encoding:
         lines += ["", f"One row per numeric encoding: {per_encoding[next(iter(per_encoding))][0]['model']} searched "
                       "with the same space and budget, the encoding fixed (`standard`: the standardised / log1p "

@@ -24,8 +24,8 @@ if TYPE_CHECKING:
 
 __all__ = ["FeatureSpec", "FORMAT_VERSION", "SPEC_FILE", "atomic_write_text", "NUMERIC_ENCODINGS"]
 
-# how a model sees the dense features: as standardised values (the default), or embedded by kind: train-quantile
-# bins as ids, piecewise-linear over train-quantile bins, periodic (see mtl_models.features)
+# how a model sees the dense features: as standardised values (the default), or embedded by kind: train bins as
+# ids, piecewise-linear over train bins, periodic (see mtl_models.features and docs/search.md)
 NUMERIC_ENCODINGS = ("standard", "bins", "piecewise_linear", "periodic")
 
 FORMAT_VERSION = 1

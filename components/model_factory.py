@@ -5,9 +5,9 @@ Flat keys, so that a run's params read the same in the MLflow UI, the config fil
 ``dropout``, ``activation``, ``norm`` (every MLP's normalisation, explicit so that a library default never
 changes what a config meant), ``n_expert`` (MMOE), ``n_level``/``n_expert_specific``/``n_expert_shared``
 (PLE), ``attention_dim`` (AITM); the numeric encoding of the dense features: ``numeric_encoding`` (one of
-``feature_spec.NUMERIC_ENCODINGS``), ``bin_source`` (quantile / tree), ``n_bins``, ``numeric_embed_dim``, ``periodic_sigma``; training keys
-(``lr``, ``lr_schedule``, ``optimizer``, ``weight_decay``, ``weighting``, ``gradnorm_alpha``, ``batch_size``)
-ride along and are ignored here.
+``feature_spec.NUMERIC_ENCODINGS``), ``bin_source`` (quantile / tree), ``n_bins``, ``numeric_embed_dim``,
+``periodic_sigma``; training keys (``lr``, ``lr_schedule``, ``optimizer``, ``weight_decay``, ``weighting``,
+``gradnorm_alpha``, ``batch_size``) ride along and are ignored here.
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ __all__ = ["MODEL_NAMES", "ARCH_KEYS", "TRAIN_KEYS", "default_params", "build_mo
 MODEL_NAMES = ("shared_bottom", "esmm", "mmoe", "ple", "aitm")
 
 _COMMON = {"embed_dim": 16, "tower_dims": [32], "dropout": 0.1, "activation": "relu", "norm": "none",
-           "numeric_encoding": "standard", "bin_source": "quantile", "n_bins": 32, "numeric_embed_dim": 8, "periodic_sigma": 0.01}
+           "numeric_encoding": "standard", "bin_source": "quantile", "n_bins": 32, "numeric_embed_dim": 8,
+           "periodic_sigma": 0.01}
 _ARCH_DEFAULTS: dict[str, dict[str, Any]] = {
     "shared_bottom": {"bottom_dims": [128, 64]},
     "esmm": {"bottom_dims": [128, 64]},
