@@ -230,6 +230,7 @@ def test_single_task_baselines_train_one_model_of_the_family_per_task(small_prep
         train(prepared, "shared_bottom", tmp_path / "x", tasks=["nope"], n_epoch=1, device="cpu", progress=False)
 
 
+@pytest.mark.slow
 def test_train_step_logs_single_task_baselines_on_the_model_run(small_prepared, tmp_path, monkeypatch) -> None:
     pytest.importorskip("mlflow")
     from mlflow import MlflowClient
