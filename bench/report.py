@@ -136,67 +136,73 @@ def part1(rec: dict, img: Path) -> tuple[list[str], dict]:
 
     tuned = res.get("tuned")
     if tuned:
-        trows = tuned["rows"]
-        tg: dict[str, list[dict]] = {}
-        for r in trows:
-            tg.setdefault(r["model"], []).append(r)
-        cfgs = res["config"]
-        lines += ["#### Tuned by the pipeline", "",
-                  f"`components.prepare` (adult: train/val split of adult.data, test = adult.test, numerics "
-                  f"standardised, heavy-tailed ones log1p), then `components.search` per model: {cfgs.get('tuned_trials')} "
-                  f"trials × ≤ {cfgs.get('tuned_search_epochs')} epochs, median pruner, TPE sampler, the search space "
-                  "in `bench.quality.tuned_space` (bench_search's narrow widths); then `components.train` with the best "
-                  f"params, ≤ {cfgs.get('tuned_train_epochs')} epochs with early stopping on validation, seeds "
-                  f"{cfgs.get('tuned_seeds', cfgs.get('seeds'))}. The champion is the model with the best mean "
-                  "**validation** score (mean val AUC); test AUC is reported.", "",
-                  "| model | mean val score | test AUC income | test AUC never-married | search: complete / pruned, seconds |",
-                  "|---|---|---|---|---|"]
-        best_m, best_v = None, -math.inf
-        for m, rs in tg.items():
-            if m == "HistGradientBoosting":
-                continue
-            v = _ms([r.get("val_score") for r in rs])[0]
-            if v > best_v:
-                best_m, best_v = m, v
-        for m, rs in tg.items():
-            if m == "HistGradientBoosting":
-                continue
-            s = tuned["searches"].get(m, {})
-            lines.append(f"| {m}{' (champion)' if m == best_m else ''} | {_fmt(_ms([r.get('val_score') for r in rs])[0])} | "
-                         f"{_fmt(*_ms([r['auc']['income'] for r in rs]))} | {_fmt(*_ms([r['auc']['never_married'] for r in rs]))} | "
-                         f"{s.get('n_complete')} / {s.get('n_pruned')}, {s.get('seconds')} |")
-        h = tg.get("HistGradientBoosting")
-        if h:
-            hi, hn = _ms([r["auc"]["income"] for r in h]), _ms([r["auc"]["never_married"] for r in h])
-            lines.append(f"| HistGradientBoosting (same prepared train split) | | {_fmt(*hi)} | {_fmt(*hn)} | |")
-            if best_m:
-                ci = _ms([r["auc"]["income"] for r in tg[best_m]])[0]
-                cn = _ms([r["auc"]["never_married"] for r in tg[best_m]])[0]
-                ok_i, ok_n = ci >= hi[0] - 0.007, cn >= hn[0]
-                head.update(p1_champion=best_m, p1_champ_income=ci, p1_champ_nm=cn, p1_hgb_income=hi[0], p1_hgb_nm=hn[0],
-                            p1_champ_ok=ok_i and ok_n)
-                lines += ["", f"Targets: champion ({best_m}) income AUC {ci:.4f} vs HistGradientBoosting {hi[0]:.4f} "
-                              f"(gap {ci - hi[0]:+.4f}, target ≥ −0.007): {_ok(ok_i)}; never-married {cn:.4f} vs {hn[0]:.4f} "
-                              f"(target ≥ 0): {_ok(ok_n)}."]
-                if not ok_i:
-                    st = stats.get(("single-task MLP (income)", "mtl_models"), {}).get("income")
-                    best_mtl = max((r["auc"]["income"] for m, rs in tg.items() if m != "HistGradientBoosting"
-                                    for r in rs), default=float("nan"))
-                    evidence = (f"a single-task MLP trained on income alone reaches {st[0]:.4f} in table A, and the "
-                                f"best single tuned multi-task run {best_mtl:.4f}, " if st else "")
-                    lines.append("Cause: the gap is between MLPs and gradient-boosted trees on this tabular data, not "
-                                 f"something the multi-task models lose: {evidence}all short of the trees by about "
-                                 "0.02. Trees split the raw numerics (capital-gain, age, hours-per-week) at exact "
-                                 "thresholds, which is where income is decided; the MLPs see them standardised, "
-                                 "log1p-scaled or binned. The search gains only thousandths over table A's fixed "
-                                 "config, so more of the same search is unlikely to close 0.02; a different numeric "
-                                 "input (e.g. many-bin or piecewise-linear embeddings) is the lever to try.")
-        lines += ["", "Best params per model: " + "; ".join(
-            f"{m}: `{json.dumps(s.get('best_params'), sort_keys=True)}`" for m, s in tuned["searches"].items())]
+        lines += _part1_tuned(tuned, res["config"], head)
     return lines, head
 
 
-# ---------------------------------------------------------------------------------------------- part 2
+def _part1_tuned(tuned: dict, cfgs: dict, head: dict) -> list[str]:
+    """Table B (the pipeline's search, encoding searched, champion on validation) and C (one row per encoding)."""
+    trows = tuned["rows"]
+    tg: dict[str, list[dict]] = {}
+    for r in trows:
+        key = r["model"] if r.get("table", "pipeline") == "pipeline" else f"{r['model']} [{r['encoding']}]"
+        tg.setdefault(key, []).append(r)
+    pipeline = {m: rs for m, rs in tg.items()
+                if m != "HistGradientBoosting" and rs[0].get("table", "pipeline") == "pipeline"}
+    per_encoding = {m: rs for m, rs in tg.items() if rs[0].get("table") == "encoding"}
+    budget = (f"{cfgs.get('tuned_trials')} trials × ≤ {cfgs.get('tuned_search_epochs')} epochs, median pruner, TPE "
+              f"sampler; then `components.train` with the best params, ≤ {cfgs.get('tuned_train_epochs')} epochs, "
+              f"early stopping on validation (patience {cfgs.get('tuned_patience', 2)}), seeds "
+              f"{cfgs.get('tuned_seeds', cfgs.get('seeds'))}")
+    lines = ["#### Tuned by the pipeline", "",
+             "`components.prepare` (adult: train/val split of adult.data, test = adult.test; numerics standardised, "
+             "heavy-tailed ones log1p, with train quantiles and target-aware tree bins in the feature spec), then "
+             "`components.search` per model with `configs/adult.yaml`'s search space (numeric encoding, bins, "
+             f"embedding widths, AdamW weight decay, lr schedule, widths searched): {budget}. The champion is the "
+             "model with the best mean **validation** score (mean val AUC) among the models scored on both labels "
+             "(not ESMM, whose second output is scored against income ∧ never-married); test AUC is reported.", "",
+             "| model | numeric encoding (best trial) | mean val score | test AUC income | test AUC never-married "
+             "| search: complete / pruned, seconds |", "|---|---|---|---|---|---|"]
+
+    def row(m: str, rs: list[dict], champion: bool = False) -> str:
+        s = tuned["searches"].get(m, {})
+        return (f"| {m}{' (champion)' if champion else ''} | {rs[0].get('encoding', 'standard')} | "
+                f"{_fmt(_ms([r.get('val_score') for r in rs])[0])} | {_fmt(*_ms([r['auc']['income'] for r in rs]))} | "
+                f"{_fmt(*_ms([r['auc']['never_married'] for r in rs]))} | {s.get('n_complete')} / {s.get('n_pruned')}, "
+                f"{s.get('seconds')} |")
+
+    # ESMM's second output is pCTCVR, scored against income ∧ never-married on validation as on test: its mean
+    # val score is over another label, so it does not compete for the champion here
+    comparable = [m for m in pipeline if m != "esmm"]
+    best_m = max(comparable, key=lambda m: _ms([r.get("val_score") for r in pipeline[m]])[0], default=None)
+    lines += [row(m, rs, m == best_m) for m, rs in pipeline.items()]
+    h = tg.get("HistGradientBoosting")
+    hi = hn = None
+    if h:
+        hi, hn = _ms([r["auc"]["income"] for r in h]), _ms([r["auc"]["never_married"] for r in h])
+        lines.append(f"| HistGradientBoosting (same prepared train split) | raw values | | {_fmt(*hi)} | "
+                     f"{_fmt(*hn)} | |")
+    if per_encoding:
+        lines += ["", f"One row per numeric encoding: {per_encoding[next(iter(per_encoding))][0]['model']} searched "
+                      "with the same space and budget, the encoding fixed (`standard`: the standardised / log1p "
+                      "values fed as they are, as before this change).", "",
+                  "| model [encoding] | numeric encoding | mean val score | test AUC income | test AUC never-married "
+                  "| search: complete / pruned, seconds |", "|---|---|---|---|---|---|"]
+        lines += [row(m, rs) for m, rs in per_encoding.items()]
+    if best_m and h:
+        ci = _ms([r["auc"]["income"] for r in pipeline[best_m]])[0]
+        cn = _ms([r["auc"]["never_married"] for r in pipeline[best_m]])[0]
+        must, aim, ok_n = ci >= 0.915, ci >= hi[0] - 0.005, cn >= hn[0]
+        head.update(p1_champion=best_m, p1_champ_income=ci, p1_champ_nm=cn, p1_hgb_income=hi[0], p1_hgb_nm=hn[0],
+                    p1_champ_ok=must and ok_n)
+        lines += ["", f"Targets: champion ({best_m}) income AUC {ci:.4f} (must ≥ 0.915: {_ok(must)}; aim ≥ "
+                      f"HistGradientBoosting − 0.005 = {hi[0] - 0.005:.4f}: {_ok(aim)}, gap {ci - hi[0]:+.4f}); "
+                      f"never-married {cn:.4f} vs {hn[0]:.4f} (target ≥ 0): {_ok(ok_n)}."]
+    lines += ["", "Best params per search: " + "; ".join(
+        f"{m}: `{json.dumps(s.get('best_params'), sort_keys=True)}`" for m, s in tuned["searches"].items())]
+    return lines
+
+
 def part2(rec: dict, img: Path) -> tuple[list[str], dict]:
     res = rec["result"]
     cfg = res["config"]

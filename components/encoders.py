@@ -1,7 +1,8 @@
 """Encoders fitted on the train split only, and applied identically at preparation and serving time.
 
 Sparse: raw category -> id in ``[1, vocab_size)``, id 0 for unseen or missing values.
-Dense: raw number -> float32, missing -> the train median, then optional (signed) log1p and standardisation.
+Dense: raw number -> float32, missing -> the train median, then optional (signed) log1p and standardisation;
+the train split's quantiles of that encoded value are kept too, for the models' numeric embeddings (bin edges).
 Labels: raw value -> float32, with strict checks, because a wrong label silently ruins every later step.
 
 pandas is imported inside the functions that take raw tables, not at module level: generated data
@@ -23,10 +24,15 @@ if TYPE_CHECKING:
 
 __all__ = [
     "SparseEncoder", "DenseEncoder", "LabelSpec", "TASK_TYPES",
-    "fit_sparse", "fit_dense", "encode_label", "as_category_strings", "as_numbers",
+    "fit_sparse", "fit_dense", "encode_label", "as_category_strings", "as_numbers", "QUANTILE_LEVELS",
+    "TREE_BIN_COUNTS", "BIN_SOURCES", "fit_tree_edges",
 ]
 
 TASK_TYPES = ("classification", "regression")
+QUANTILE_LEVELS = 257  # quantiles kept per dense feature: bin edges for up to 256 bins at 1/256 resolution
+TREE_BIN_COUNTS = (8, 16, 32, 64)  # leaves of the target-aware trees kept per dense feature
+BIN_SOURCES = ("quantile", "tree")
+_TREE_MAX_ROWS = 200_000  # trees are fitted on at most this many train rows (a fixed-seed sample beyond)
 
 
 def _examples(values: Iterable[Any], limit: int = 5) -> str:
@@ -159,7 +165,12 @@ def fit_sparse(name: str, source: str, values: pd.Series, missing_values: Sequen
 
 @dataclass
 class DenseEncoder:
-    """Missing -> train median; then signed log1p if asked (heavy tails); then (x - mean) / std from train."""
+    """Missing -> train median; then signed log1p if asked (heavy tails); then (x - mean) / std from train.
+
+    ``quantiles``: the encoded train values at ``QUANTILE_LEVELS`` evenly spaced levels, from which
+    ``bin_edges(n)`` reads quantile bins for any bin count without the data (None in specs written before).
+    ``tree_edges``: per leaf count in ``TREE_BIN_COUNTS``, the thresholds of decision trees fitted on this column
+    alone against each classification label (the paper's target-aware bins), for ``bin_edges(n, "tree")``."""
 
     name: str
     source: str
@@ -170,10 +181,34 @@ class DenseEncoder:
     missing_rate: float = 0.0
     min: float = 0.0
     max: float = 0.0
+    quantiles: Optional[list[float]] = None
+    tree_edges: Optional[dict[str, list[float]]] = None
 
     @property
     def kind(self) -> str:
         return "dense"
+
+    def bin_edges(self, n_bins: int, source: str = "quantile") -> tuple[float, ...]:
+        """Edges of ``n_bins`` train bins on the encoded scale, float32-exact and strictly increasing. ``quantile``:
+        fewer where quantiles coincide (a column that is mostly 0), a single edge for a constant column; ``tree``:
+        the trees' thresholds between the train min and max (up to ``n_bins`` per classification label)."""
+        if isinstance(n_bins, bool) or not isinstance(n_bins, int) or n_bins < 1:
+            raise DataError(f"n_bins must be a positive int, got {n_bins!r}")
+        if source == "tree":
+            if self.tree_edges is None:
+                raise DataError(f"dense feature {self.name!r} has no tree bins in the feature spec (they need a "
+                                "classification label): prepare the data again, or use bin_source quantile")
+            if str(n_bins) not in self.tree_edges:
+                raise DataError(f"tree bins come in {list(TREE_BIN_COUNTS)} leaves, got n_bins={n_bins}")
+            return tuple(float(v) for v in self.tree_edges[str(n_bins)])
+        if source != "quantile":
+            raise DataError(f"bin_source {source!r} is not one of {list(BIN_SOURCES)}")
+        if self.quantiles is None:
+            raise DataError(f"dense feature {self.name!r} has no train quantiles in the feature spec: "
+                            "prepare the data again to use a binned numeric encoding")
+        q = np.asarray(self.quantiles, dtype=np.float64)
+        picks = q[np.round(np.linspace(0, len(q) - 1, n_bins + 1)).astype(np.int64)]
+        return tuple(float(v) for v in np.unique(picks.astype(np.float32)))
 
     def transform_numbers(self, numbers: np.ndarray, inplace: bool = False) -> np.ndarray:
         """float array with NaN for missing -> encoded float32; ``inplace`` reuses a float32 input's memory."""
@@ -193,14 +228,46 @@ class DenseEncoder:
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "kind": "dense", "source": self.source, "log1p": self.log1p,
                 "median": self.median, "mean": self.mean, "std": self.std, "missing_rate": self.missing_rate,
-                "min": self.min, "max": self.max}
+                "min": self.min, "max": self.max,
+                **({"quantiles": list(self.quantiles)} if self.quantiles is not None else {}),
+                **({"tree_edges": dict(self.tree_edges)} if self.tree_edges is not None else {})}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "DenseEncoder":
         return cls(name=d["name"], source=d.get("source", d["name"]), median=float(d["median"]),
                    mean=float(d["mean"]), std=float(d["std"]), log1p=bool(d.get("log1p", False)),
                    missing_rate=float(d.get("missing_rate", 0.0)), min=float(d.get("min", 0.0)),
-                   max=float(d.get("max", 0.0)))
+                   max=float(d.get("max", 0.0)),
+                   quantiles=[float(v) for v in d["quantiles"]] if d.get("quantiles") is not None else None,
+                   tree_edges={str(k): [float(v) for v in e] for k, e in d["tree_edges"].items()}
+                   if d.get("tree_edges") is not None else None)
+
+
+def fit_tree_edges(encoder: DenseEncoder, encoded: np.ndarray, labels: Sequence[np.ndarray], seed: int = 0) -> None:
+    """Set ``encoder.tree_edges``: per leaf count, the thresholds of a decision tree on this one encoded train
+    column against each 0/1 label, merged, with the column's train min and max as the outer edges. Bins where the
+    label's rate changes, so a tree's split (capital-gain above 7,000) is a bin edge rather than mid-bin."""
+    from sklearn.tree import DecisionTreeClassifier
+
+    x = np.asarray(encoded, dtype=np.float32)
+    if x.size == 0 or not labels:
+        return
+    rows = np.arange(x.size)
+    if x.size > _TREE_MAX_ROWS:
+        rows = np.random.default_rng(seed).choice(x.size, _TREE_MAX_ROWS, replace=False)
+    outer = np.array([x.min(), x.max()], dtype=np.float32)
+    edges: dict[str, list[float]] = {}
+    for n in TREE_BIN_COUNTS:
+        cuts = [outer]
+        for y in labels:
+            tree = DecisionTreeClassifier(max_leaf_nodes=n, min_samples_leaf=max(16, len(rows) // 1000),
+                                          random_state=seed)
+            tree.fit(x[rows].reshape(-1, 1), np.asarray(y)[rows])
+            inner = tree.tree_.threshold[tree.tree_.feature >= 0]  # split nodes only (leaves hold -2)
+            cuts.append(inner.astype(np.float32))
+        merged = np.unique(np.concatenate(cuts))
+        edges[str(n)] = [float(v) for v in merged[(merged >= outer[0]) & (merged <= outer[1])]]
+    encoder.tree_edges = edges
 
 
 def _signed_log1p_inplace(x: np.ndarray) -> None:
@@ -229,8 +296,13 @@ def fit_dense(name: str, source: str, numbers: np.ndarray, log1p: bool = False) 
     std = float(filled.std(dtype=np.float64)) if filled.size else 1.0
     if not np.isfinite(std) or std < 1e-12:
         std = 1.0
-    return DenseEncoder(name=name, source=source, median=median, mean=mean, std=std, log1p=bool(log1p),
-                        missing_rate=n_missing / max(numbers.size, 1), min=lo, max=hi)
+    encoder = DenseEncoder(name=name, source=source, median=median, mean=mean, std=std, log1p=bool(log1p),
+                           missing_rate=n_missing / max(numbers.size, 1), min=lo, max=hi)
+    if filled.size:  # quantiles of exactly what the model will see: the encoded train values
+        encoded = encoder.transform_numbers(numbers.astype(np.float32))
+        levels = np.linspace(0.0, 1.0, QUANTILE_LEVELS)
+        encoder.quantiles = [float(v) for v in np.quantile(encoded.astype(np.float64), levels)]
+    return encoder
 
 
 @dataclass

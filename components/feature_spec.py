@@ -22,7 +22,11 @@ from .errors import DataError
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["FeatureSpec", "FORMAT_VERSION", "SPEC_FILE", "atomic_write_text"]
+__all__ = ["FeatureSpec", "FORMAT_VERSION", "SPEC_FILE", "atomic_write_text", "NUMERIC_ENCODINGS"]
+
+# how a model sees the dense features: as standardised values (the default), or embedded by kind: train bins as
+# ids, piecewise-linear over train bins, periodic (see mtl_models.features and docs/search.md)
+NUMERIC_ENCODINGS = ("standard", "bins", "piecewise_linear", "periodic")
 
 FORMAT_VERSION = 1
 SPEC_FILE = "feature_spec.json"  # its name in every prepared, trained and exported folder
@@ -93,11 +97,30 @@ class FeatureSpec:
         return [f for f in self.features if isinstance(f, DenseEncoder)]
 
     # ---- models ----
-    def to_features(self, embed_dim: int = 16) -> list:
-        """Fresh ``mtl_models`` feature objects: SparseFeature(vocab_size incl. id 0, embed_dim), DenseFeature."""
-        from mtl_models.features import DenseFeature, SparseFeature
+    def to_features(self, embed_dim: int = 16, numeric_encoding: str = "standard", n_bins: int = 32,
+                    numeric_embed_dim: int = 8, periodic_sigma: float = 0.01, n_frequencies: int = 48,
+                    bin_source: str = "quantile") -> list:
+        """Fresh ``mtl_models`` feature objects: SparseFeature(vocab_size incl. id 0, embed_dim), and a
+        DenseFeature per dense column encoded as ``numeric_encoding`` (``NUMERIC_ENCODINGS``), its bins read from
+        this spec's train quantiles or target-aware tree bins (``bin_source``). A column whose train values are
+        constant stays a plain value."""
+        from mtl_models.features import DenseFeature, Periodic, PiecewiseLinear, QuantileBins, SparseFeature
 
-        return [SparseFeature(f.name, f.vocab_size, embed_dim) if isinstance(f, SparseEncoder) else DenseFeature(f.name)
+        if numeric_encoding not in NUMERIC_ENCODINGS:
+            raise DataError(f"numeric_encoding {numeric_encoding!r} is not one of {list(NUMERIC_ENCODINGS)}")
+
+        def dense(f: DenseEncoder) -> DenseFeature:
+            if numeric_encoding == "standard" or f.min == f.max:  # a constant column carries nothing to embed
+                return DenseFeature(f.name)
+            if numeric_encoding == "periodic":
+                return DenseFeature(f.name, numeric_embed_dim, Periodic(int(n_frequencies), float(periodic_sigma)))
+            edges = f.bin_edges(int(n_bins), bin_source)
+            if len(edges) < 2:
+                return DenseFeature(f.name)
+            kind = PiecewiseLinear if numeric_encoding == "piecewise_linear" else QuantileBins
+            return DenseFeature(f.name, numeric_embed_dim, kind(edges))
+
+        return [SparseFeature(f.name, f.vocab_size, embed_dim) if isinstance(f, SparseEncoder) else dense(f)
                 for f in self.features]
 
     # ---- encoding ----

@@ -11,6 +11,7 @@ import base64
 import contextlib
 import html
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Optional, Sequence
@@ -124,8 +125,12 @@ def train_step(prepared_dir: PathLike, model_name: str, out_dir: PathLike, model
                best_params: Optional[Mapping[str, Any]] = None, fixed_params: Optional[Mapping[str, Any]] = None,
                n_epoch: int = 10, patience: int = 3, device: str = "auto", seed: int = 42,
                tracking_uri: Optional[str] = None, nproc_per_node: int = 1, n_nodes: int = 1,
-               job: Optional[Mapping[str, Any]] = None):
+               job: Optional[Mapping[str, Any]] = None, single_task: bool = False):
     """Final training with the search's best params (the config's fixed ones on top), logged per epoch.
+
+    ``single_task``: then one model of the same family per task, trained on that task alone with the same params
+    (``components.train.single_task_baselines``, into ``work_dir/single-task/<model>``), their test metrics logged
+    on the model's run as ``single_task/<task>/<metric>`` beside the multi-task model's ``test/<task>/<metric>``.
 
     ``nproc_per_node > 1`` on one node: ``torchrun`` on this machine; ``n_nodes > 1``: a PyTorchJob
     (``components.pytorchjob``; ``job`` holds its settings: image, namespace, shared volume...). Either way
@@ -153,7 +158,26 @@ def train_step(prepared_dir: PathLike, model_name: str, out_dir: PathLike, model
         result = train(prepared_dir, model_name, out_dir, params=params, n_epoch=n_epoch, patience=patience,
                        device=device, seed=seed, callbacks=[callback])
         tracking.log_train_result(client, model_run_id, result, prepared_dir=prepared_dir, log_history=False)
+        if single_task:
+            _single_task_baselines(client, model_run_id, prepared_dir, model_name, work_dir, params, n_epoch,
+                                   patience, device, seed)
     return result
+
+
+def _single_task_baselines(client: Any, run_id: str, prepared_dir: PathLike, model_name: str, work_dir: PathLike,
+                           params: Mapping[str, Any], n_epoch: int, patience: int, device: str, seed: int) -> None:
+    import time
+
+    from mlflow.entities import Metric
+
+    from .train import single_task_baselines
+
+    results = single_task_baselines(prepared_dir, model_name, Path(work_dir) / "single-task" / model_name, params,
+                                    n_epoch=n_epoch, patience=patience, device=device, seed=seed)
+    now = int(time.time() * 1000)
+    metrics = [Metric(f"single_task/{task}/{name}", float(v), now, 0) for task, r in results.items()
+               for name, v in r.test_metrics[task].items() if math.isfinite(float(v))]
+    tracking.retry_call(client.log_batch, run_id, metrics=metrics)
 
 
 def _img_tag(path: Path) -> str:

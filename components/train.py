@@ -12,9 +12,9 @@ import os
 import shutil
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Optional, Union
+from typing import Any, Iterable, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -58,6 +58,38 @@ class ExportResult:
     n_rows_checked: int
 
 
+def only_tasks(spec: FeatureSpec, tasks: Sequence[str]) -> FeatureSpec:
+    """A copy of ``spec`` whose labels are ``tasks`` (in that order); an unknown task is a one-line error."""
+    unknown = [t for t in tasks if t not in spec.label_names]
+    if unknown or not tasks:
+        raise ValueError(f"tasks {list(tasks)} must be a non-empty subset of the labels {spec.label_names}")
+    by_name = {lb.name: lb for lb in spec.labels}
+    return replace(spec, labels=[by_name[t] for t in tasks])
+
+
+# the single-task model of each family: models that need several tasks (the ESMM funnel, AITM's transfer)
+# are a shared bottom with towers, so their one-task form is SharedBottom with the same bottom
+SINGLE_TASK_FAMILY = {"shared_bottom": "shared_bottom", "esmm": "shared_bottom", "mmoe": "mmoe", "ple": "ple",
+                      "aitm": "shared_bottom"}
+
+
+def single_task_baselines(prepared_dir: PathLike, model_name: str, out_dir: PathLike, params: Mapping[str, Any],
+                          n_epoch: int = 10, patience: int = 3, device: str = "auto", seed: int = 42,
+                          ) -> dict[str, TrainResult]:
+    """One model of ``model_name``'s family per task, trained on that task alone with the same params and split,
+    into ``out_dir/<task>``: what multi-task learning adds is the multi-task model's test metric minus these."""
+    from .model_factory import default_params
+
+    family = SINGLE_TASK_FAMILY[model_name]
+    allowed = default_params(family)
+    p = {k: v for k, v in resolve_params(model_name, params).items() if k in allowed}
+    if family == "shared_bottom" and not p.get("bottom_dims"):
+        p.pop("bottom_dims", None)  # ESMM without a bottom: the family default
+    spec = _spec(prepared_dir)
+    return {task: train(prepared_dir, family, Path(out_dir) / task, params=p, n_epoch=n_epoch, patience=patience,
+                        device=device, seed=seed, progress=False, tasks=[task]) for task in spec.label_names}
+
+
 def _spec(prepared_dir: PathLike) -> FeatureSpec:
     path = Path(prepared_dir) / SPEC_FILE
     if not path.is_file():
@@ -99,7 +131,16 @@ def _trainer(model, params: Mapping[str, Any], out_dir: Path, n_epoch: int, pati
     adaptive: dict[str, Any] = {"method": params["weighting"]}
     if params["weighting"] == "gradnorm":
         adaptive["alpha"] = float(params["gradnorm_alpha"])
-    return MTLTrainer(model=model, optimizer_params={"lr": float(params["lr"]), "weight_decay": float(params["weight_decay"])},
+    optimizers = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}  # AdamW: weight decay apart from Adam's step
+    if params["optimizer"] not in optimizers:
+        raise ValueError(f"optimizer {params['optimizer']!r} is not one of {sorted(optimizers)}")
+    if params["lr_schedule"] not in ("constant", "cosine"):
+        raise ValueError(f"lr_schedule {params['lr_schedule']!r} is not one of ['constant', 'cosine']")
+    cosine = params["lr_schedule"] == "cosine"  # annealed to 0 over n_epoch, stepped once per epoch
+    return MTLTrainer(model=model, optimizer_fn=optimizers[params["optimizer"]],
+                      optimizer_params={"lr": float(params["lr"]), "weight_decay": float(params["weight_decay"])},
+                      scheduler_fn=torch.optim.lr_scheduler.CosineAnnealingLR if cosine else None,
+                      scheduler_params={"T_max": max(int(n_epoch), 1)} if cosine else None,
                       adaptive_params=adaptive, n_epoch=n_epoch, earlystop_patience=patience, device=device,
                       model_path=out_dir / "checkpoints", callbacks=list(callbacks), progress=progress, seed=seed,
                       task_names=task_names)
@@ -107,7 +148,8 @@ def _trainer(model, params: Mapping[str, Any], out_dir: Path, n_epoch: int, pati
 
 def train(prepared_dir: PathLike, model_name: str, out_dir: PathLike, params: Optional[Mapping[str, Any]] = None,
           n_epoch: int = 10, patience: int = 3, device: str = "auto", seed: int = 42,
-          callbacks: Iterable[Any] = (), progress: bool = True, resume: bool = False) -> TrainResult:
+          callbacks: Iterable[Any] = (), progress: bool = True, resume: bool = False,
+          tasks: Optional[Sequence[str]] = None) -> TrainResult:
     """Train ``model_name`` on the prepared train split, early-stop on val, score on test.
 
     ``out_dir`` is filled in a temporary sibling folder and renamed into place when complete; checkpoints
@@ -115,8 +157,12 @@ def train(prepared_dir: PathLike, model_name: str, out_dir: PathLike, params: Op
 
     Under ``torchrun`` every rank calls this (see ``components.distributed``): ``batch_size`` stays the global
     batch, the test metrics cover the whole test split, and only rank 0 writes ``out_dir``.
+
+    ``tasks``: train on these labels only (a single-task baseline), the saved spec listing just them.
     """
     spec = _spec(prepared_dir)
+    if tasks is not None:
+        spec = only_tasks(spec, tasks)
     p = resolve_params(model_name, params)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

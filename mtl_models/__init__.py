@@ -3,7 +3,7 @@
 Imports neither MLflow nor KFP; the pipeline talks to the trainer through callbacks.
 """
 
-from .features import DenseFeature, SparseFeature
+from .features import DenseFeature, Periodic, PiecewiseLinear, QuantileBins, SparseFeature
 from .models import AITM, ESMM, MMOE, PLE, MultiTaskModel, SharedBottom
 from .data import DataGenerator, TensorLoader, make_loader
 from .device import resolve_device
@@ -12,7 +12,7 @@ from .trainer import Callback, MTLTrainer, StopTraining
 from .weighting import WEIGHTINGS, Weighting
 
 __all__ = [
-    "SparseFeature", "DenseFeature",
+    "SparseFeature", "DenseFeature", "PiecewiseLinear", "Periodic", "QuantileBins",
     "MultiTaskModel", "SharedBottom", "ESMM", "MMOE", "PLE", "AITM",
     "export_onnx",
     "MTLTrainer", "Callback", "StopTraining", "DataGenerator", "TensorLoader", "make_loader",

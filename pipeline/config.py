@@ -57,6 +57,7 @@ class TrainConfig:
     device: str = "auto"
     seed: int = 42
     params: dict = field(default_factory=dict)  # per-model fixed hyperparameters, applied under the search's best
+    single_task_baselines: bool = False  # also one model of each family per task, on that task alone
     nproc_per_node: int = 1  # > 1: data-parallel training under torchrun (one process per GPU, or CPU processes)
     n_nodes: int = 1  # > 1: a Kubeflow PyTorchJob of n_nodes pods (docs/distributed.md)
     job_namespace: str = "kubeflow"  # where the PyTorchJob runs (the pipeline's namespace)

@@ -133,7 +133,8 @@ def build_pipeline(config: PipelineConfig, local: bool = False) -> Callable:
                                            n_epoch=n_epoch, patience=config.train.patience, batch_size=batch_size,
                                            device=config.train.device, seed=config.train.seed, work_dir=work_dir,
                                            tracking_uri=tracking_uri, nproc_per_node=nproc_per_node, n_nodes=n_nodes,
-                                           job_json=_job_json(config), job_image=image), config, gpus, image,
+                                           job_json=_job_json(config), job_image=image,
+                                           single_task=config.train.single_task_baselines), config, gpus, image,
                           with_db=False, cache=local)
             if config.train.shared_pvc:  # the PyTorchJob's pods read and write the training data through it
                 kubernetes.mount_pvc(train, pvc_name=config.train.shared_pvc, mount_path=SHARED_MOUNT)

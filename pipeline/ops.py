@@ -49,7 +49,7 @@ def search_model(prepared: Input[Dataset], model_name: str, model_run_id: str, s
 def train_model(prepared: Input[Dataset], model_name: str, model_run_id: str, best_params: str,
                 fixed_params_json: str, n_epoch: int, patience: int, batch_size: int, device: str, seed: int,
                 work_dir: str, tracking_uri: str, trained: Output[Model], nproc_per_node: int = 1, n_nodes: int = 1,
-                job_json: str = "{}", job_image: str = "") -> float:
+                job_json: str = "{}", job_image: str = "", single_task: bool = False) -> float:
     import json
 
     from components.steps import train_step
@@ -57,7 +57,7 @@ def train_model(prepared: Input[Dataset], model_name: str, model_run_id: str, be
     result = train_step(prepared.path, model_name, trained.path, model_run_id, work_dir,
                         best_params=json.loads(best_params), fixed_params=fixed, n_epoch=n_epoch, patience=patience,
                         device=device, seed=seed, tracking_uri=tracking_uri or None, nproc_per_node=nproc_per_node,
-                        n_nodes=n_nodes, job={**json.loads(job_json), "image": job_image})
+                        n_nodes=n_nodes, job={**json.loads(job_json), "image": job_image}, single_task=single_task)
     trained.metadata.update({"model_name": model_name, "best_epoch": result.best_epoch})
     return result.test_score
 

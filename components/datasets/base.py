@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional, Sequence
 
 import numpy as np
 
-from ..encoders import LabelSpec, encode_label, fit_dense, fit_sparse, as_numbers
+from ..encoders import LabelSpec, encode_label, fit_dense, fit_sparse, fit_tree_edges, as_numbers
 from ..errors import DataError
 from ..feature_spec import FeatureSpec
 
@@ -206,8 +206,16 @@ def build_from_raw(dataset: str, raw: RawTables, seed: int, val_fraction: float,
         for extra in schema.extra_columns:
             columns[extra] = as_numbers(frame[extra], extra).astype(np.float32)
         splits[split] = columns
+    fill_tree_edges(spec, splits["train"])
     fill_statistics(spec, splits)
     return PreparedData(spec=spec, splits=splits)
+
+
+def fill_tree_edges(spec: FeatureSpec, train: Mapping[str, np.ndarray]) -> None:
+    """Target-aware bin edges for every dense feature, from the encoded train split and its 0/1 labels."""
+    labels = [train[lb.name] for lb in spec.labels if lb.task_type == "classification"]
+    for f in spec.dense_features:
+        fit_tree_edges(f, train[f.name], labels, seed=spec.seed)
 
 
 def fill_statistics(spec: FeatureSpec, splits: Mapping[str, Mapping[str, np.ndarray]]) -> None:

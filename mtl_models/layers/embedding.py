@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..features import DenseFeature, Feature, SparseFeature, validate_features
+from .numeric import NumericEmbeddings
 
 __all__ = ["FeatureEmbedding", "EmbeddedBatch", "linear", "grouped_linear", "unstack"]
 
@@ -293,7 +294,9 @@ class FeatureEmbedding(nn.Module):
 
     Sparse features are grouped by ``embed_dim``: with one common width (the usual case) all of them go
     through a single table and a single lookup. Dense features with ``embed_dim == 1`` pass through;
-    wider ones become ``value * w + b`` with a learned ``w, b`` of that width.
+    wider ones become ``value * w + b`` with a learned ``w, b`` of that width; those with an ``encoding`` go
+    through ``NumericEmbeddings``. All dense parts sit after the tables, so the table-product path reads them
+    as plain columns.
     """
 
     def __init__(self, features: Sequence[Feature], init_std: float = 0.01) -> None:
@@ -307,14 +310,17 @@ class FeatureEmbedding(nn.Module):
                 by_width.setdefault(f.embed_dim, []).append(f)
         self.tables = nn.ModuleList(_FusedTable(fs, dim, init_std) for dim, fs in by_width.items())
 
-        self.raw_dense = [f.name for f in self.features if isinstance(f, DenseFeature) and f.embed_dim == 1]
+        plain = [f for f in self.features if isinstance(f, DenseFeature) and f.encoding is None]
+        self.raw_dense = [f.name for f in plain if f.embed_dim == 1]
         projected: "OrderedDict[int, list[str]]" = OrderedDict()
-        for f in self.features:
-            if isinstance(f, DenseFeature) and f.embed_dim > 1:
+        for f in plain:
+            if f.embed_dim > 1:
                 projected.setdefault(f.embed_dim, []).append(f.name)
         self.projected_names = list(projected.values())
         self.proj_weight = nn.ParameterList(nn.Parameter(torch.randn(len(n), d) * init_std) for d, n in projected.items())
         self.proj_bias = nn.ParameterList(nn.Parameter(torch.zeros(len(n), d)) for d, n in projected.items())
+        encoded = [f for f in self.features if isinstance(f, DenseFeature) and f.encoding is not None]
+        self.numeric = NumericEmbeddings(encoded, init_std) if encoded else None
 
         self.output_dim = sum(f.embed_dim for f in self.features)
 
@@ -337,6 +343,8 @@ class FeatureEmbedding(nn.Module):
         for names, w, b in zip(self.projected_names, self.proj_weight, self.proj_bias):
             values = self._dense(x, names).unsqueeze(-1)  # [B, n, 1]
             dense.append((values * w + b).flatten(1))  # [B, n * D]
+        if self.numeric is not None:
+            dense.append(self.numeric([self._dense(x, names) for names in self.numeric.names]))  # [B, sum n * D]
         dense_part = (torch.cat(dense, dim=1) if len(dense) > 1 else dense[0]) if dense else None
         return EmbeddedBatch(self, ids, dense_part)
 
