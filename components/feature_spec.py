@@ -66,6 +66,12 @@ class FeatureSpec:
     split: dict[str, Any] = field(default_factory=dict)
     options: dict[str, Any] = field(default_factory=dict)
     extra_columns: list[str] = field(default_factory=list)
+    # raw column -> its type as the raw data spelled it (MLflow's names: long, double, string, boolean); serving
+    # declares these in the model signature, so rows read with pd.read_csv are accepted as they are
+    raw_types: dict[str, str] = field(default_factory=dict)
+    # generated data only: the metrics that the generator's true probabilities reach on the test rows
+    # ({"split": "test", "source": ..., "metrics": {task: {"auc": ...}}}), the best any model can hope for
+    ceiling: dict[str, Any] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
 
     # ---- names ----
@@ -168,6 +174,8 @@ class FeatureSpec:
             "positive_rates": self.positive_rates,
             "label_stats": self.label_stats,
             "extra_columns": self.extra_columns,
+            "raw_types": self.raw_types,
+            **({"ceiling": self.ceiling} if self.ceiling else {}),
         }
 
     @classmethod
@@ -188,7 +196,8 @@ class FeatureSpec:
                    positive_rates=dict(d.get("positive_rates", {})), label_stats=dict(d.get("label_stats", {})),
                    raw_sha256=dict(d.get("raw_sha256", {})), missing_values=list(d.get("missing_values", [])),
                    split=dict(d.get("split", {})), options=dict(d.get("options", {})),
-                   extra_columns=list(d.get("extra_columns", [])), format_version=version)
+                   extra_columns=list(d.get("extra_columns", [])), raw_types=dict(d.get("raw_types", {})),
+                   ceiling=dict(d.get("ceiling", {})), format_version=version)
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=1, ensure_ascii=False) + "\n"

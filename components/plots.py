@@ -102,27 +102,60 @@ def roc_curves_for_result(result: Any, prepared_dir: str | os.PathLike, out_dir:
     return roc_curves(y, pred, spec.label_names, spec.task_types, out_dir, title=result.model_name)
 
 
+def _key_metric_names(table: Mapping[str, Mapping[str, float]]) -> list[str]:
+    """``test_score`` first, then each task's AUC / RMSE; secondary metrics (logloss...) stay in comparison.json."""
+    names = {m for row in table.values() for m in row}
+    keys = sorted(m for m in names if m.rsplit("/", 1)[-1] in ("auc", "rmse"))
+    return (["test_score"] if "test_score" in names else []) + (keys or sorted(names - {"test_score"}))
+
+
 def model_comparison(table: Mapping[str, Mapping[str, float]], path: str | os.PathLike,
-                     title: str = "test metrics by model") -> Path:
-    """Grouped bars: one group per metric (``test_score``, ``<task>/auc``...), one bar per model."""
+                     title: str = "test metrics by model", reference: Optional[Mapping[str, float]] = None) -> Path:
+    """One panel per key metric (``test_score``, ``<task>/auc``...), a horizontal bar per model, best on top, the
+    value written on each bar, the axis zoomed to the values (AUCs of 0.71 and 0.72 must look different) and,
+    when ``reference`` names a metric, its value as a dashed line (e.g. the generator's ceiling AUC).
+    Sized to stay legible in MLflow's artifact preview (about 800 px wide)."""
     plt = pyplot()
     models = list(table)
-    metrics = sorted({m for row in table.values() for m in row}, key=lambda m: (m != "test_score", m))
-    fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(metrics) * max(1, len(models)) / 2), 4.5))
-    width = 0.8 / max(1, len(models))
-    x = np.arange(len(metrics))
-    for i, model in enumerate(models):
-        values = [table[model].get(m, np.nan) for m in metrics]
-        bars = ax.bar(x + i * width, values, width, label=model)
-        for bar, v in zip(bars, values):
+    metrics = _key_metric_names(table)
+    reference = dict(reference or {})
+    n = max(1, len(metrics))
+    from matplotlib.ticker import MaxNLocator
+
+    # panels stacked, 7 inches wide: MLflow's preview shows it near its own size, so the text stays readable
+    fig, axes = plt.subplots(n, 1, figsize=(7.2, 0.6 + n * (0.75 + 0.34 * max(1, len(models)))), squeeze=False)
+    for ax, metric in zip(axes[:, 0], metrics):
+        rows = [(m, float(table[m].get(metric, np.nan))) for m in models]
+        lower_better = metric.endswith("rmse")
+        rows.sort(key=lambda r: (not np.isfinite(r[1]), r[1] if lower_better else -r[1]))
+        rows.reverse()  # barh draws the first row at the bottom: the best ends on top
+        values = np.array([v for _, v in rows], dtype=float)
+        finite = values[np.isfinite(values)]
+        ref = reference.get(metric)
+        span = np.concatenate([finite, [ref]]) if ref is not None and np.isfinite(ref) else finite
+        y = np.arange(len(rows))
+        best = len(rows) - 1
+        colors = ["#2b7bba" if i == best else "#9ecae1" for i in range(len(rows))]
+        ax.barh(y, np.where(np.isfinite(values), values, 0.0), color=colors, height=0.7)
+        if span.size:
+            lo, hi = float(span.min()), float(span.max())
+            pad = max((hi - lo) * 0.25, 0.005)
+            ax.set_xlim(lo - pad if not metric.endswith("auc") else max(lo - pad, 0.0), hi + pad)
+        for yi, v in zip(y, values):
             if np.isfinite(v):
-                ax.annotate(f"{v:.3f}", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
-                            ha="center", va="bottom", fontsize=6)
-    ax.set_xticks(x + width * (len(models) - 1) / 2)
-    ax.set_xticklabels(metrics, rotation=30, ha="right", fontsize=8)
-    ax.set_title(title)
-    ax.legend(fontsize=8)
-    return save_figure(fig, path)
+                ax.text(v, yi, f" {v:.4f}", va="center", ha="left", fontsize=10)
+        if ref is not None and np.isfinite(ref):
+            ax.axvline(ref, color="#d62728", linestyle="--", linewidth=1.5, label=f"ceiling {ref:.4f}")
+            ax.legend(loc="lower right", bbox_to_anchor=(1.0, 1.0), fontsize=9, frameon=False, borderaxespad=0.1)
+        ax.set_yticks(y)
+        ax.set_yticklabels([m for m, _ in rows], fontsize=10)
+        ax.set_title(metric.replace("/", " ") + (" (lower is better)" if lower_better else ""), fontsize=11,
+                     loc="left")
+        ax.xaxis.set_major_locator(MaxNLocator(5))
+        ax.tick_params(axis="x", labelsize=9)
+        ax.spines[["top", "right"]].set_visible(False)
+    fig.suptitle(title, fontsize=13)
+    return save_figure(fig, path, dpi=110)
 
 
 def search_history(values: Sequence[Optional[float]], path: str | os.PathLike, maximize: bool = True,

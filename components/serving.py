@@ -5,10 +5,11 @@ feature spec JSON and the ONNX file, and one code folder: ``mtlp_featurespec``, 
 copies of ``components/feature_spec.py``, ``encoders.py`` and ``errors.py``. Loading therefore needs neither
 this repository on ``sys.path`` nor a second implementation of the encoders.
 
-Signature: one input column per raw source column, typed as the raw data spells it (the input example's dtypes:
-Adult's numbers are ``long``, its categories ``string``; without an example, numbers whose train min, max and
-median are whole are ``long``, others ``double``). Pass raw rows as ``input_example`` where you have them. One
-``float`` output column per task.
+Signature: one input column per raw source column, typed as the raw data spells it: the feature spec's
+``raw_types``, recorded by the prepare step as ``pd.read_csv`` would type each column (Adult's numbers are ``long``,
+its categories ``string``; numeric category ids such as AliExpress's are ``long``, so rows read with pandas score
+as they are and the encoders spell them as categories). Specs without ``raw_types`` fall back on the input
+example's dtypes, then on the train statistics. One ``float`` output column per task.
 """
 
 from __future__ import annotations
@@ -47,8 +48,13 @@ def build_spec_package(dest_dir: str | os.PathLike) -> Path:
 
 
 def _raw_type(spec: Any, source: str, example: Optional[pd.DataFrame]) -> str:
+    """The spec's record of the raw column's type; specs written before it was recorded fall back on the example
+    rows' dtypes, then on the encoder's statistics."""
     from .encoders import DenseEncoder, SparseEncoder
 
+    recorded = getattr(spec, "raw_types", {}).get(source)
+    if recorded:
+        return recorded
     encoder = next(f for f in spec.features if f.source == source)
     if example is not None and source in example.columns:
         dtype = example[source].dtype
@@ -65,13 +71,6 @@ def _raw_type(spec: Any, source: str, example: Optional[pd.DataFrame]) -> str:
     return "long" if encoder.id_range is not None else "string"
 
 
-def _integral(encoder: Any) -> bool:
-    """No raw example: a numeric column whose train min, max and median are whole numbers is taken as integer
-    (MLflow refuses to widen int64 to double, so a JSON client sending 39 needs a ``long`` column)."""
-    values = (encoder.min, encoder.max, encoder.median)
-    return all(math.isfinite(v) and float(v).is_integer() for v in values) and encoder.max > encoder.min
-
-
 def raw_signature(spec: Any, example: Optional[pd.DataFrame] = None):
     """Inputs: the spec's source columns with their raw types; outputs: one float column per task."""
     from mlflow.models import ModelSignature
@@ -83,19 +82,32 @@ def raw_signature(spec: Any, example: Optional[pd.DataFrame] = None):
 
 
 def example_rows(spec: Any, n: int = 2) -> pd.DataFrame:
-    """Plausible raw rows from the spec alone (most frequent categories, median numbers) when none are given."""
+    """Plausible raw rows from the spec alone (most frequent categories, median numbers) when none are given,
+    each column in its raw type (a category spelled ``"101"`` is the number 101 when the raw data had numbers)."""
     from .encoders import DenseEncoder
 
     data: dict[str, list] = {}
     for f in spec.features:
         if isinstance(f, DenseEncoder):
-            data[f.source] = [int(f.median) if _integral(f) else float(f.median)] * n
+            values: list = [f.median] * n
         elif f.vocabulary is not None:
             vocab = f.vocabulary or [""]
-            data[f.source] = [vocab[i % len(vocab)] for i in range(n)]
+            values = [vocab[i % len(vocab)] for i in range(n)]
         else:
-            data[f.source] = [i % max(int(f.id_range), 1) for i in range(n)]
+            values = [i % max(int(f.id_range), 1) for i in range(n)]
+        data[f.source] = [_as_raw(v, _raw_type(spec, f.source, None)) for v in values]
     return pd.DataFrame(data)
+
+
+def _as_raw(value: Any, kind: str) -> Any:
+    """``value`` spelled as a raw ``kind`` (long, double, boolean, string) column holds it."""
+    if kind == "long":
+        return int(float(value))
+    if kind == "double":
+        return float(value)
+    if kind == "boolean":
+        return str(value).strip().lower() in ("1", "true")
+    return str(value)
 
 
 def pip_requirements() -> list[str]:

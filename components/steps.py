@@ -64,6 +64,7 @@ def prepare_step(dataset: str, out_dir: PathLike, data_dir: Optional[str], seed:
     for key, value in tags.items():
         tracking.retry_call(client.set_tag, parent_run_id, key, str(value)[:5000])
     tracking.log_artifact_files(client, parent_run_id, [Path(out_dir) / SPEC_FILE], "data")
+    tracking.log_ceiling(client, parent_run_id, spec.ceiling)  # generated data: what a perfect model would score
     return spec
 
 

@@ -32,7 +32,8 @@ __all__ = [
     "resolve_tracking_uri", "check_tracking_reachable", "setup_tracking", "get_or_create_experiment",
     "git_commit", "flatten_params", "log_params", "start_parent_run", "find_parent_run", "create_child_run",
     "child_run", "end_run", "MlflowCallback", "retry_call", "log_train_result", "log_artifact_files",
-    "log_comparison", "log_search_plots",
+    "log_comparison", "log_search_plots", "EXPERIMENT_KIND_TAG", "MODEL_TRAINING_KIND", "key_metrics",
+    "log_ceiling", "ui_url",
 ]
 
 log = logging.getLogger(__name__)
@@ -53,6 +54,12 @@ TAGS = {
     "model_name": "mtlp.model_name",
     "parent": "mlflow.parentRunId",      # MLflow's own nesting tag
 }
+
+
+# MLflow's UI shows an experiment tagged with this kind in its model-training layout (runs table, charts), not
+# the GenAI one (traces, overview); mlflow 3.17's JS names the value CUSTOM_MODEL_DEVELOPMENT
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+MODEL_TRAINING_KIND = "custom_model_development"
 
 
 class TrackingUnavailable(RuntimeError):
@@ -223,20 +230,39 @@ def _client(uri: str):
 
 
 def get_or_create_experiment(client: Any, name: str, artifact_location: Optional[str] = None) -> str:
-    """The experiment's id; created if missing, restored if deleted, safe when two processes race to create it."""
+    """The experiment's id; created if missing, restored if deleted, safe when two processes race to create it.
+
+    An experiment without ``mlflow.experimentKind`` gets the model-training kind, so the UI opens on runs and
+    their metrics; a kind someone chose in the UI is left alone."""
     from mlflow.exceptions import MlflowException
 
     exp = client.get_experiment_by_name(name)
     if exp is None:
         try:
-            return client.create_experiment(name, artifact_location=artifact_location)
+            return client.create_experiment(name, artifact_location=artifact_location,
+                                            tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING_KIND})
         except MlflowException as e:
             exp = client.get_experiment_by_name(name)
             if exp is None:
                 raise TrackingUnavailable(f"cannot create MLflow experiment {name!r}: {e.message}") from None
     if exp.lifecycle_stage == "deleted":
         client.restore_experiment(exp.experiment_id)
+    if EXPERIMENT_KIND_TAG not in (exp.tags or {}):
+        client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING_KIND)
     return exp.experiment_id
+
+
+def ui_url(base: str, experiment_id: str, run_ids: Sequence[str] = ()) -> str:
+    """The experiment's runs page in MLflow's UI (``base``: e.g. ``http://127.0.0.1:5000``) in the model-training
+    layout: mlflow 3.17's sidebar switch (GenAI / Machine learning, default GenAI, remembered per browser) decides
+    the layout over the experiment's kind tag, and ``workflowType`` in the URL sets it. With ``run_ids``: the
+    compare page of those runs."""
+    base = base.rstrip("/")
+    if run_ids:
+        runs = urllib.parse.quote(json.dumps(list(run_ids), separators=(",", ":")))
+        exps = urllib.parse.quote(json.dumps([experiment_id], separators=(",", ":")))
+        return f"{base}/#/compare-runs?runs={runs}&experiments={exps}&workflowType=machine_learning"
+    return f"{base}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
 
 
 def setup_tracking(experiment_name: str, work_dir: str | os.PathLike | None = None, uri: Optional[str] = None,
@@ -525,6 +551,44 @@ def _finite(x: Any) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(float(x))
 
 
+def key_metrics(test_metrics: Mapping[str, Mapping[str, float]], test_score: Optional[float] = None) -> dict[str, float]:
+    """Short names for the numbers a reader compares first: each task's AUC (classification) or RMSE (regression)
+    as ``<task>_auc`` / ``<task>_rmse``, and ``score`` (the promotion metric, higher is better)."""
+    out: dict[str, float] = {}
+    for task, values in test_metrics.items():
+        for name in ("auc", "rmse"):
+            if _finite(values.get(name)):
+                out[f"{task}_{name}"] = float(values[name])
+    if test_score is not None and _finite(test_score):
+        out["score"] = float(test_score)
+    return out
+
+
+def log_ceiling(client: Any, run_id: str, ceiling: Mapping[str, Any]) -> dict[str, float]:
+    """The feature spec's ``ceiling`` (what the generator's true probabilities reach on the test rows) as
+    ``ceiling/<task>_auc`` metrics on the pipeline's parent run, beside the models' ``<task>_auc/<model>``."""
+    from mlflow.entities import Metric
+
+    values = {f"ceiling/{task}_{name}": float(v) for task, ms in (ceiling or {}).get("metrics", {}).items()
+              for name, v in ms.items() if _finite(v)}
+    if values:
+        now = int(time.time() * 1000)
+        retry_call(client.log_batch, run_id, metrics=[Metric(k, v, now, 0) for k, v in values.items()])
+    return values
+
+
+def _log_on_parent(client: Any, run_id: str, model_name: str, metrics: Mapping[str, float]) -> None:
+    """A model run's key metrics on its parent as ``<metric>/<model>``: the parent's row in the runs table then
+    compares the models side by side (same metric, adjacent columns) without expanding it."""
+    from mlflow.entities import Metric
+
+    parent = retry_call(client.get_run, run_id).data.tags.get(TAGS["parent"])
+    if not parent or not metrics:
+        return
+    now = int(time.time() * 1000)
+    retry_call(client.log_batch, parent, metrics=[Metric(f"{k}/{model_name}", v, now, 0) for k, v in metrics.items()])
+
+
 def log_train_result(client: Any, run_id: str, result: Any, *, spec_path: str | os.PathLike | None = None,
                      onnx_path: str | os.PathLike | None = None, config: Optional[Mapping[str, Any]] = None,
                      prepared_dir: str | os.PathLike | None = None, plots: bool = True,
@@ -533,7 +597,8 @@ def log_train_result(client: Any, run_id: str, result: Any, *, spec_path: str | 
 
     ``log_history`` None: the per-epoch history is logged only when the run has none yet (no callback ran).
     With ``prepared_dir`` the ROC curves of the classification tasks are drawn from the test split.
-    Returns the final metrics as logged.
+    The key metrics also go under short names (:func:`key_metrics`: ``click_auc``, ``score``) on this run and as
+    ``<name>/<model>`` on its parent run. Returns the final metrics as logged on this run.
     """
     from mlflow.entities import Metric
 
@@ -547,12 +612,15 @@ def log_train_result(client: Any, run_id: str, result: Any, *, spec_path: str | 
             if _finite(value):
                 final[f"test/{task}/{name}"] = float(value)
     final["test/score"] = float(result.test_score)
+    short = key_metrics(result.test_metrics, result.test_score)
+    final.update(short)
     final["best_epoch"] = float(result.best_epoch)
     final["best/val_monitor"] = float(result.best_score)
     final["n_parameters"] = float(result.n_parameters)
     final["train_seconds"] = float(result.train_seconds)
     now = int(time.time() * 1000)
     retry_call(client.log_batch, run_id, metrics=[Metric(k, v, now, 0) for k, v in final.items()])
+    _log_on_parent(client, run_id, result.model_name, short)
 
     if log_history is None:
         log_history = not retry_call(client.get_metric_history, run_id, "train/loss")
@@ -588,8 +656,10 @@ def log_train_result(client: Any, run_id: str, result: Any, *, spec_path: str | 
 
 
 def log_comparison(client: Any, parent_run_id: str, results: Sequence[Any],
-                   out_dir: str | os.PathLike, labels: Optional[Sequence[str]] = None) -> Path:
-    """Bar chart comparing the models of one pipeline run, plus a ``comparison.json``, on the parent run."""
+                   out_dir: str | os.PathLike, labels: Optional[Sequence[str]] = None,
+                   reference: Optional[Mapping[str, float]] = None) -> Path:
+    """Bar chart comparing the models of one pipeline run, plus a ``comparison.json``, on the parent run;
+    ``reference`` ({``<task>/auc``: value}) draws e.g. the generator's ceiling."""
     from . import plots as plotting
 
     out_dir = Path(out_dir)
@@ -599,7 +669,7 @@ def log_comparison(client: Any, parent_run_id: str, results: Sequence[Any],
                                                    for m, v in ms.items()}}
              for name, r in zip(names, results)}
     (out_dir / "comparison.json").write_text(json.dumps(table, indent=2, sort_keys=True))
-    png = plotting.model_comparison(table, out_dir / "model_comparison.png")
+    png = plotting.model_comparison(table, out_dir / "model_comparison.png", reference=reference)
     log_artifact_files(client, parent_run_id, [png, out_dir / "comparison.json"], "comparison")
     return png
 

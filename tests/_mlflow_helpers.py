@@ -177,6 +177,9 @@ def check_layout(run: PipelineRun) -> None:
             assert metrics[f"test/{task}/auc"] == pytest_approx(cand.result.test_metrics[task]["auc"])
             assert f"test/{task}/logloss" in metrics
         assert metrics["test/score"] == pytest_approx(cand.result.test_score)
+        # the key metrics under short names on the model run, and per model on the parent (the runs table's row)
+        assert metrics["income_auc"] == metrics["test/income/auc"] and metrics["score"] == metrics["test/score"]
+        assert parent.data.metrics[f"income_auc/{cand.model_name}"] == metrics["income_auc"]
         assert any(k.startswith("system/") for k in metrics)  # psutil is installed here
         files = _artifact_paths(client, cand.run_id)
         assert {"feature_spec.json", "params.json", "metrics.json", "onnx/model.onnx", "config.json",

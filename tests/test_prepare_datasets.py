@@ -159,3 +159,23 @@ def test_tabular_file_with_yaml_schema_split_by_column(tmp_path, kind):
     latest = frame[frame["day"] >= 8]
     assert test["bought"].tolist() == (latest["outcome"] == "yes").astype(float).tolist()
     assert test["device"].tolist()[-1] == 0  # 'rare' -> reserved id
+
+
+def test_yaml_schema_takes_numeric_column_names_as_written(tmp_path):
+    """``- 101`` names column '101'; 109_14 and 012, which YAML reads as the numbers 10914 and 10, keep their
+    spelling; numbers that are not names (fractions, counts) stay numbers; a list is still refused in one line."""
+    from components.datasets.tabular import read_schema
+    from components.errors import DataError
+
+    path = tmp_path / "schema.yaml"
+    path.write_text("sparse: [101, 109_14, 012, {column: 205, min_frequency: 2}]\ndense: [1.50]\n"
+                    "labels: [{column: 7, task_type: classification}]\n"
+                    "split: {method: column, column: 20, val_fraction: 0.1, test_fraction: 0.2}\n")
+    schema, split = read_schema(path)
+    assert schema.sparse == ["101", "109_14", "012", "205"] and schema.dense == ["1.50"]
+    assert schema.min_frequency == {"101": 1, "109_14": 1, "012": 1, "205": 2}
+    assert [(lb.name, lb.source) for lb in schema.labels] == [("7", "7")]
+    assert split == {"method": "column", "column": "20", "val_fraction": 0.1, "test_fraction": 0.2}
+    path.write_text("sparse: [[a, b]]\nlabels: [{column: c, task_type: classification}]\n")
+    with pytest.raises(DataError, match=r"^schema sparse: each entry must be a column name"):
+        read_schema(path)

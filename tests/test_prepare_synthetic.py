@@ -98,3 +98,24 @@ def test_zipf_ids_follow_the_zipf_law():
     exactly_one = zipf_ids(rng, 100_000, 10, 1.0)
     expected1 = 1 / np.arange(1, 11)
     np.testing.assert_allclose(np.bincount(exactly_one, minlength=10) / 1e5, expected1 / expected1.sum(), atol=0.006)
+
+
+def test_funnel_spec_carries_the_generators_ceiling_on_the_test_rows(tmp_path):
+    """feature_spec.json's ``ceiling``: the AUC of the true probabilities on the test split, in the shape the
+    summary reads ({"split", "source", "metrics": {task: {"auc"}}}), equal to sklearn's on the written rows."""
+    import json
+
+    from sklearn.metrics import roc_auc_score
+
+    prepare("synthetic-funnel", tmp_path / "f", seed=5, options={"n_rows": 30_000, "ctr": 0.2, "cvr": 0.3})
+    saved = json.loads((tmp_path / "f" / "feature_spec.json").read_text())
+    ceiling = saved["ceiling"]
+    assert ceiling["split"] == "test" and ceiling["source"] == "true probabilities of the generator"
+    assert set(ceiling["metrics"]) == {"click", "conversion"}
+    test = pd.read_parquet(tmp_path / "f" / "test.parquet")
+    assert ceiling["metrics"]["click"]["auc"] == pytest.approx(roc_auc_score(test["click"], test["true_pctr"]), abs=1e-12)
+    assert ceiling["metrics"]["conversion"]["auc"] == pytest.approx(
+        roc_auc_score(test["conversion"], test["true_pctcvr"]), abs=1e-12)
+    assert 0.6 < ceiling["metrics"]["click"]["auc"] < 1.0
+    assert saved["raw_types"] == {"user_id": "long", "item_id": "long", "item_category": "long",
+                                  **{f"dense_{j}": "double" for j in range(1, 5)}}

@@ -122,3 +122,55 @@ def test_plain_mlflow_models_serve_answers_raw_rows(adult_dir, tmp_path_factory,
     run = embedded_pipeline(adult_dir, tmp_path_factory.getbasetemp())
     with serve_champion(run, tmp_path / "serve.log", plain_mlflow=True) as (url, proc):
         _served_champion_answers_raw_rows(url, proc, adult_dir, tmp_path_factory)
+
+
+NUMERIC_NAMES_SCHEMA = """
+sparse: [101, 109_14, 205]          # unquoted: YAML alone would read 109_14 as 10914
+dense: [numerical_1, numerical_2]
+labels:
+  - {column: click, task_type: classification}
+  - {column: conversion, task_type: classification}
+"""
+
+
+def test_numeric_category_ids_score_as_pandas_reads_them(shared_data, tmp_path):
+    """Columns named 101 / 109_14 / 205 holding integer ids (the AliExpress sample's values), named unquoted in the
+    schema: the prepare step records them as ``long``, and the logged pyfunc scores the rows ``pd.read_csv`` gives
+    (int64), with the same predictions as the ids spelled as strings."""
+    import mlflow
+    import pandas as pd
+
+    from components import tracking
+    from components.train import export, train
+
+    sample = pd.read_csv(shared_data / "aliexpress" / "aliexpress_train_sample.csv")
+    names = {"categorical_1": "101", "categorical_7": "109_14", "categorical_9": "205"}
+    frame = sample.rename(columns=names)[[*names.values(), "numerical_1", "numerical_2", "click", "conversion"]]
+    frame.to_csv(tmp_path / "data.csv", index=False)
+    (tmp_path / "schema.yaml").write_text(NUMERIC_NAMES_SCHEMA)
+    from components.prepare import prepare
+
+    spec = prepare("csv", tmp_path / "prepared", seed=3,
+                   options={"path": str(tmp_path / "data.csv"), "schema": str(tmp_path / "schema.yaml")})
+    assert spec.source_columns == ["101", "109_14", "205", "numerical_1", "numerical_2"]
+    assert spec.raw_types == {"101": "long", "109_14": "long", "205": "long", "numerical_1": "double",
+                              "numerical_2": "double"}
+    types = {c.name: c.type.name for c in serving.raw_signature(spec).inputs.inputs}
+    assert types == spec.raw_types
+
+    train(tmp_path / "prepared", "shared_bottom", tmp_path / "trained", n_epoch=1, device="cpu", progress=False)
+    exported = export(tmp_path / "trained", tmp_path / "prepared")
+    trk = tracking.setup_tracking("numeric-ids", tmp_path / "work")
+    run_id = trk.client.create_run(trk.experiment_id).info.run_id
+    info = serving.log_candidate_model(trk.client, run_id, exported.onnx_path, tmp_path / "trained" / "feature_spec.json")
+    model = mlflow.pyfunc.load_model(info.model_uri)
+
+    rows = pd.read_csv(tmp_path / "data.csv").drop(columns=["click", "conversion"])
+    assert rows["101"].dtype == np.int64
+    scored = model.predict(rows)
+    assert scored.shape == (len(rows), 2) and np.isfinite(scored.to_numpy()).all()
+    as_text = model.unwrap_python_model().predict(None, rows.astype({c: str for c in names.values()}))
+    np.testing.assert_allclose(scored.to_numpy(), as_text.to_numpy(), rtol=0, atol=0)
+    # the ids matter: an unseen id (reserved embedding 0) changes the scores
+    unseen = model.predict(rows.assign(**{"101": 10**9}))
+    assert not np.allclose(unseen.to_numpy(), scored.to_numpy())

@@ -237,3 +237,62 @@ def test_pipeline_run_against_the_embedded_store(tmp_path_factory, adult_dir, mo
     check_layout(run)
     check_champion_parity(run, adult_dir)
     check_promotion_rules(run)
+
+
+# ---- what the MLflow UI shows first ----------------------------------------------------------------------------
+
+def test_experiment_opens_in_the_model_training_view(trk):
+    """New experiments get mlflow.experimentKind=custom_model_development; an untagged old one gets it on the next
+    run; a kind chosen in the UI is kept."""
+    client = trk.client
+    assert client.get_experiment(trk.experiment_id).tags[tracking.EXPERIMENT_KIND_TAG] == "custom_model_development"
+    old = client.create_experiment("made-before")
+    assert tracking.get_or_create_experiment(client, "made-before") == old
+    assert client.get_experiment(old).tags[tracking.EXPERIMENT_KIND_TAG] == "custom_model_development"
+    client.set_experiment_tag(old, tracking.EXPERIMENT_KIND_TAG, "genai_development")
+    tracking.get_or_create_experiment(client, "made-before")
+    assert client.get_experiment(old).tags[tracking.EXPERIMENT_KIND_TAG] == "genai_development"
+    url = tracking.ui_url("http://127.0.0.1:5000/", trk.experiment_id)
+    assert url == f"http://127.0.0.1:5000/#/experiments/{trk.experiment_id}/runs?workflowType=machine_learning"
+    assert "compare-runs?runs=%5B%22a%22%2C%22b%22%5D" in tracking.ui_url("http://h", "1", ["a", "b"])
+
+
+def test_model_metrics_under_short_names_on_the_model_run_and_its_parent(trk, tmp_path):
+    """The runs table compares models from the collapsed parent row (click_auc/<model>...), and each model run
+    carries click_auc / conversion_auc / score for the chart view; the ceiling sits beside them on the parent."""
+    from types import SimpleNamespace
+
+    client = trk.client
+    parent = tracking.start_parent_run(trk, "p1", git_commit_id="")
+    for name, (click, conv) in {"mmoe": (0.71, 0.69), "ple": (0.72, 0.68)}.items():
+        run_id = tracking.create_child_run(client, parent, name, role="model")
+        result = SimpleNamespace(model_name=name, params={"lr": 0.001},
+                                 test_metrics={"click": {"auc": click, "logloss": 0.3}, "conversion": {"auc": conv}},
+                                 test_score=(click + conv) / 2, best_epoch=2, best_score=0.7, n_parameters=10,
+                                 train_seconds=1.0, history=[], out_dir=tmp_path / name)
+        final = tracking.log_train_result(client, run_id, result, plots=False, log_history=False)
+        child = client.get_run(run_id).data.metrics
+        assert child["click_auc"] == final["click_auc"] == click and child["score"] == pytest.approx((click + conv) / 2)
+        assert "click_logloss" not in child and child["test/click/logloss"] == 0.3
+    spec_ceiling = {"split": "test", "source": "true probabilities of the generator",
+                    "metrics": {"click": {"auc": 0.74}, "conversion": {"auc": 0.76}}}
+    assert tracking.log_ceiling(client, parent, spec_ceiling) == {"ceiling/click_auc": 0.74,
+                                                                  "ceiling/conversion_auc": 0.76}
+    assert tracking.log_ceiling(client, parent, {}) == {}
+    on_parent = client.get_run(parent).data.metrics
+    assert on_parent == pytest.approx({"click_auc/mmoe": 0.71, "conversion_auc/mmoe": 0.69, "score/mmoe": 0.70,
+                                       "click_auc/ple": 0.72, "conversion_auc/ple": 0.68, "score/ple": 0.70,
+                                       "ceiling/click_auc": 0.74, "ceiling/conversion_auc": 0.76})
+
+
+def test_comparison_figure_shows_key_metrics_at_ui_width(tmp_path):
+    """One panel per key metric (score, then each task's AUC/RMSE; logloss left to comparison.json), at most
+    800 px wide so MLflow's preview shows it at about its own size."""
+    import struct
+
+    table = {m: {"test_score": s, "click/auc": s + 0.01, "click/logloss": 0.3, "watch/rmse": 1.0 - s}
+             for m, s in {"mmoe": 0.70, "ple": 0.71, "esmm": 0.69}.items()}
+    assert plots._key_metric_names(table) == ["test_score", "click/auc", "watch/rmse"]
+    png = plots.model_comparison(table, tmp_path / "cmp.png", reference={"click/auc": 0.75})
+    width, height = struct.unpack(">II", png.read_bytes()[16:24])  # the PNG IHDR chunk
+    assert 600 <= width <= 800 and height > width / 2

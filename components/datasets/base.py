@@ -19,7 +19,7 @@ if TYPE_CHECKING:  # pandas only in annotations here: generated datasets (synthe
     import pandas as pd
 
 __all__ = ["TableSchema", "RawTables", "PreparedData", "build_from_raw", "random_split_indices",
-           "column_split_masks", "feature_name", "check_options", "split_fractions"]
+           "column_split_masks", "feature_name", "check_options", "split_fractions", "raw_type", "raw_types"]
 
 SPLITS = ("train", "val", "test")
 
@@ -142,6 +142,45 @@ def column_split_masks(values: pd.Series, val_fraction: float, test_fraction: fl
     return [is_train, is_val, ~(is_train | is_val)]
 
 
+def raw_type(values: pd.Series, missing_values: Sequence[str] = ()) -> str:
+    """A raw column's type in MLflow's words (long, double, string, boolean): what a client that reads the same
+    file with ``pd.read_csv`` sends. A reader that kept text (``dtype=str``) gets the type pandas would infer."""
+    import pandas as pd
+
+    dtype = values.dtype
+    if pd.api.types.is_bool_dtype(dtype):
+        return "boolean"
+    if pd.api.types.is_integer_dtype(dtype):
+        return "long"
+    if pd.api.types.is_float_dtype(dtype):
+        return "double"
+    text = values.astype("string").str.strip()
+    text = text.mask(text.isin([*missing_values, ""]))
+    present = text.dropna()
+    if len(present) == 0 or pd.to_numeric(present.head(1000), errors="coerce").isna().any():
+        return "string"  # the sample decides cheaply for the usual text column
+    numbers = pd.to_numeric(present, errors="coerce")
+    if numbers.isna().any():
+        return "string"
+    whole = bool(np.all(np.mod(numbers.to_numpy(dtype=np.float64), 1.0) == 0.0))
+    return "long" if whole and len(present) == len(text) and not present.str.contains(r"[.eE]").any() else "double"
+
+
+def raw_types(frames: Sequence[Optional[pd.DataFrame]], columns: Sequence[str],
+              missing_values: Sequence[str] = ()) -> dict[str, str]:
+    """Each column's raw type over all ``frames``; ints in one file and floats (missing values) in another are double."""
+    out: dict[str, str] = {}
+    for column in columns:
+        kinds = {raw_type(f[column], missing_values) for f in frames if f is not None and column in f.columns}
+        if kinds == {"long", "double"}:
+            out[column] = "double"
+        elif len(kinds) == 1:
+            out[column] = kinds.pop()
+        else:
+            out[column] = "string"
+    return out
+
+
 def _check_columns(frame: pd.DataFrame, schema: TableSchema, where: str) -> None:
     columns = [str(c) for c in frame.columns]
     duplicated = sorted({c for c in columns if columns.count(c) > 1})
@@ -192,7 +231,9 @@ def build_from_raw(dataset: str, raw: RawTables, seed: int, val_fraction: float,
                        missing_values=list(schema.missing_values), raw_sha256=dict(raw.raw_sha256),
                        split=dict(raw.split, val_fraction=val_fraction, **({"test_fraction": test_fraction}
                                                                           if raw.test is None else {})),
-                       options=dict(options or {}), extra_columns=list(schema.extra_columns))
+                       options=dict(options or {}), extra_columns=list(schema.extra_columns),
+                       raw_types=raw_types([raw.train, raw.test], schema.sparse + schema.dense,
+                                                  schema.missing_values))
     splits: dict[str, dict[str, np.ndarray]] = {}
     for split, frame in frames.items():
         columns: dict[str, np.ndarray] = {}

@@ -3,7 +3,7 @@
 Users and items are Zipf-distributed; pCTR and pCVR of each impression come from a logistic model of user,
 item and dense features whose intercepts are calibrated (on the first 100k rows) to the requested rates; the true probabilities are
 kept in ``true_pctr`` / ``true_pcvr`` / ``true_pctcvr`` (never features), so CVR can be evaluated over the
-whole impression space. Generated with numpy only, already as ids, so encoding is an addition: rows are
+whole impression space; the AUC they reach on the test rows is the spec's ``ceiling``. Generated with numpy only, already as ids, so encoding is an addition: rows are
 i.i.d. draws from the seed, so contiguous train/val/test slices are a seeded random split without copies.
 """
 
@@ -71,6 +71,30 @@ def _calibrate(logit: np.ndarray, target: float, weights: Optional[np.ndarray] =
         rate = np.average(p, weights=weights)
         lo, hi = (mid, hi) if rate < target else (lo, mid)
     return (lo + hi) / 2
+
+
+def auc(labels: np.ndarray, scores: np.ndarray) -> float:
+    """ROC AUC from ranks (ties share their mean rank), numpy only: the Mann-Whitney U over positives x negatives."""
+    labels = np.asarray(labels) > 0.5
+    n_pos = int(labels.sum())
+    n_neg = labels.size - n_pos
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    _, inverse, counts = np.unique(np.asarray(scores), return_inverse=True, return_counts=True)
+    mean_rank = np.cumsum(counts) - (counts - 1) / 2.0  # 1-based rank of each distinct score
+    rank_sum = float(mean_rank[inverse.reshape(-1)][labels].sum())
+    return (rank_sum - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg)
+
+
+# which generator probability each label is drawn from: conversion is click-and-convert over all impressions
+TRUTH_OF_LABEL = {"click": "true_pctr", "conversion": "true_pctcvr"}
+
+
+def ceiling(test: Mapping[str, np.ndarray]) -> dict[str, Any]:
+    """The AUC that the generator's true probabilities reach on the test rows: the best any model can score there
+    (the labels are coin flips with those probabilities), so the gap to it is what is left to learn."""
+    metrics = {label: {"auc": auc(test[label], test[truth])} for label, truth in TRUTH_OF_LABEL.items()}
+    return {"split": "test", "source": "true probabilities of the generator", "metrics": metrics}
 
 
 def _check(opts: Mapping[str, Any]) -> None:
@@ -164,9 +188,11 @@ def build(data_dir: Optional[str | Path], seed: int, val_fraction: float,
     spec = FeatureSpec(dataset="synthetic-funnel", seed=seed, features=[*sparse, *dense], labels=labels,
                        options=dict(opts), extra_columns=list(GROUND_TRUTH),
                        split={"method": "random", "note": "rows are i.i.d. draws from the seed; contiguous slices",
-                              "val_fraction": val_fraction, "test_fraction": opts["test_fraction"]})
+                              "val_fraction": val_fraction, "test_fraction": opts["test_fraction"]},
+                       raw_types={**{enc.source: "long" for enc in sparse}, **{enc.source: "double" for enc in dense}})
     splits = {split: {name: column[bound] for name, column in encoded.items()} for split, bound in bounds.items()}
     fill_statistics(spec, splits)
+    spec.ceiling = ceiling(splits["test"])
     clicks = {s: float(c["click"].sum()) for s, c in splits.items()}
     spec.label_stats["conversion_given_click"] = {
         s: {"rate": float(c["conversion"].sum()) / clicks[s] if clicks[s] else float("nan")} for s, c in splits.items()}

@@ -2,7 +2,7 @@
 
 Example schema::
 
-    sparse: [user_id, {column: item_id, min_frequency: 5}]
+    sparse: [user_id, {column: item_id, min_frequency: 5}, 101, "109_14"]
     dense: [price, {column: views, log1p: true}]
     labels:
       - {column: click, task_type: classification}                       # 0/1
@@ -13,6 +13,10 @@ Example schema::
     ground_truth: [true_ctr]                   # optional, copied to the outputs, never features
     split: {method: random, val_fraction: 0.1, test_fraction: 0.1}     # or
     # split: {method: column, column: date, val_fraction: 0.1, test_fraction: 0.1}  (latest rows -> test)
+
+Column names are taken as the file writes them, numbers included (``- 101`` names column '101'). Plain YAML
+would read ``109_14`` as the number 10914 and ``012`` as 10; this reader keeps the written spelling, but
+quoting such names (``"109_14"``) keeps the schema correct for any other YAML reader too.
 
 The data file is ``options['path']`` (or ``data_dir`` when it is a file), the schema ``options['schema']``.
 """
@@ -33,11 +37,50 @@ OPTIONS: dict[str, Any] = {"path": None, "schema": None}
 SCHEMA_KEYS = {"sparse", "dense", "labels", "missing_values", "min_frequency", "ground_truth", "split"}
 
 
+class _Int(int):
+    """A YAML integer that remembers how it was written: ``- 012`` names column '012', not 10."""
+
+    text: str
+
+
+class _Float(float):
+    text: str
+
+
+def _schema_loader() -> type:
+    """PyYAML's safe loader whose numbers keep their source text, so a numeric column name is spelled as written
+    (YAML 1.1 reads ``109_14`` as 10914 and ``012`` as 10) while counts and fractions stay numbers."""
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    def number(kind: type, construct: Any) -> Any:
+        def build(loader: Any, node: Any) -> Any:
+            value = kind(construct(loader, node))
+            value.text = node.value
+            return value
+        return build
+
+    Loader.add_constructor("tag:yaml.org,2002:int", number(_Int, yaml.SafeLoader.construct_yaml_int))
+    Loader.add_constructor("tag:yaml.org,2002:float", number(_Float, yaml.SafeLoader.construct_yaml_float))
+    return Loader
+
+
+def _name(value: Any) -> Optional[str]:
+    """A column name: a string, or a number as the YAML file wrote it (``- 101``); None for anything else."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return getattr(value, "text", None) or str(value)
+    return None
+
+
 def _column_entry(entry: Any, where: str) -> dict[str, Any]:
-    if isinstance(entry, str):
-        return {"column": entry}
-    if isinstance(entry, Mapping) and isinstance(entry.get("column"), str):
-        return dict(entry)
+    if _name(entry) is not None:
+        return {"column": _name(entry)}
+    if isinstance(entry, Mapping) and _name(entry.get("column")) is not None:
+        return {**entry, "column": _name(entry["column"])}
     raise DataError(f"schema {where}: each entry must be a column name or a mapping with 'column', got {entry!r}")
 
 
@@ -49,7 +92,7 @@ def _string_list(value: Any, where: str) -> Optional[list[str]]:
     if any(isinstance(v, bool) for v in value):
         raise DataError(f"schema {where}: YAML reads unquoted yes/no/true/false as booleans; quote label values, "
                         f"e.g. [\"yes\"]")
-    return [str(v) for v in value]
+    return [_name(v) or str(v) for v in value]
 
 
 def read_schema(path: Path) -> tuple[TableSchema, dict[str, Any]]:
@@ -58,7 +101,7 @@ def read_schema(path: Path) -> tuple[TableSchema, dict[str, Any]]:
 
     check_nonempty(path)
     try:
-        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+        doc = yaml.load(path.read_text(encoding="utf-8"), Loader=_schema_loader())
     except yaml.YAMLError as e:
         raise DataError(f"schema {path} is not valid YAML: {e}") from None
     if not isinstance(doc, Mapping):
@@ -82,19 +125,21 @@ def read_schema(path: Path) -> tuple[TableSchema, dict[str, Any]]:
         negative = _string_list(entry.get("negative"), f"label {entry['column']!r} negative")
         if negative is not None and positive is None:
             raise DataError(f"schema label {entry['column']!r} lists negative values without positive ones")
-        labels.append(LabelSpec(str(entry.get("name") or entry["column"]), task_type, entry["column"],
+        labels.append(LabelSpec(_name(entry.get("name")) or entry["column"], task_type, entry["column"],
                                 positive, negative))
     schema = TableSchema(
         sparse=[e["column"] for e in sparse_entries], dense=[e["column"] for e in dense_entries], labels=labels,
-        missing_values=[str(v) for v in doc.get("missing_values") or []],
+        missing_values=[_name(v) or str(v) for v in doc.get("missing_values") or []],
         min_frequency={e["column"]: int(e.get("min_frequency", default_min)) for e in sparse_entries},
         log1p=[e["column"] for e in dense_entries if e.get("log1p")],
-        extra_columns=[str(c) for c in doc.get("ground_truth") or []])
+        extra_columns=[_name(c) or str(c) for c in doc.get("ground_truth") or []])
     split = dict(doc.get("split") or {"method": "random"})
     if split.get("method", "random") not in ("random", "column"):
         raise DataError(f"schema split method must be 'random' or 'column', got {split.get('method')!r}")
-    if split.get("method") == "column" and not isinstance(split.get("column"), str):
-        raise DataError("schema split method 'column' needs split.column naming the column to order by")
+    if split.get("method") == "column":
+        if _name(split.get("column")) is None:
+            raise DataError("schema split method 'column' needs split.column naming the column to order by")
+        split["column"] = _name(split["column"])
     return schema, split
 
 
