@@ -68,7 +68,9 @@ def launcher_or_reason(full_command: Sequence[str]) -> tuple[Optional[tuple[str,
     """``((component source, executor arguments), "")`` for KFP's lightweight-component command, else
     ``(None, why not)``: the reason is what a fallback to KFP's own launcher reports."""
     if len(full_command) < 4 or list(full_command[:2]) != ["sh", "-ec"]:
-        return None, f"not a KFP launcher script (command starts {' '.join(map(str, full_command[:2]))!r})"
+        installs = len(full_command) > 2 and re.search(r"-m pip install|\bpip install", str(full_command[2]))
+        return None, ("the task installs packages first (pip install)" if installs else
+                      f"not a KFP launcher script (command starts {' '.join(map(str, full_command[:2]))!r})")
     lines = [line.strip() for line in full_command[2].splitlines() if line.strip()]
     unknown = [line for line in lines if not any(p.fullmatch(line) for p in _SCRIPT_LINES)]
     if unknown:
@@ -251,6 +253,13 @@ _PROGRESS_LINE = re.compile(r"^(\[search |epoch \d+: train/loss=)")
 _TRACEBACK_TAIL = re.compile(r"^(?P<type>[A-Za-z_][\w.]*(?:Error|Exception|Interrupt|Exit|Warning)): (?P<message>.+)$")
 
 
+def _relative(path: Path) -> str:
+    """``path`` relative to the current folder when it lies under it (what the user can type), else absolute."""
+    with contextlib.suppress(ValueError, OSError):
+        return str(Path(path).resolve().relative_to(Path.cwd().resolve()))
+    return str(path)
+
+
 def _describe(args: Sequence[str]) -> tuple[str, Optional[str]]:
     """(component function, model name or None) of a launcher command's executor arguments."""
     function = args[args.index("--function_to_execute") + 1] if "--function_to_execute" in args else "task"
@@ -307,7 +316,7 @@ class TaskConsole:
         elif code == 0:
             self._line(f"  done   {task.label} in {seconds:.1f} s")
         else:
-            self._line(f"  FAILED {task.label} after {seconds:.1f} s (log: {task.log})")
+            self._line(f"  FAILED {task.label} after {seconds:.1f} s (log: {_relative(task.log)})")
 
     def output(self, task: _Task, text: str) -> None:
         if self.verbose:
