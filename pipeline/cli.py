@@ -73,8 +73,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
-    """The MLflow UI on one run's store (default: the newest run), in the foreground until Ctrl-C."""
-    import subprocess
+    """The MLflow UI on one run's store (default: the newest run), in the foreground until Ctrl-C. This process
+    becomes the MLflow server (exec), so a signal to it stops the server and the workers it started."""
+    import os
 
     from components.promote import find_local_store
 
@@ -88,10 +89,8 @@ def cmd_ui(args: argparse.Namespace) -> int:
     print(f"MLflow UI for {_shown(folder)} at http://{args.host}:{args.port} (Ctrl-C stops it)", flush=True)
     command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", args.host,
                "--port", str(args.port)]
-    try:
-        return subprocess.call(command)
-    except KeyboardInterrupt:
-        return 0
+    os.execv(sys.executable, command)
+    return 0  # not reached
 
 
 def cmd_compile(args: argparse.Namespace) -> int:
