@@ -54,7 +54,8 @@ def resolve_store(tracking_uri: Optional[str], work_dir: Optional[str],
     folder = find_local_store(runs_root)
     if folder is None:
         raise RegistryError(f"no MLflow store found (no {runs_root}/<run>/{STORE_FILE} here): {hint}")
-    return f"sqlite:///{(folder / STORE_FILE).resolve()}", f"using the store of the newest run, {folder} (--work-dir picks another)"
+    note = f"using the store of the newest run, {folder} (--work-dir picks another)"
+    return f"sqlite:///{(folder / STORE_FILE).resolve()}", note
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -68,7 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--user", default=None, help="who asks (default: $MTLP_USER or the login name)")
     p.add_argument("--tracking-uri", default=None, help="MLflow tracking/registry URI")
     p.add_argument("--work-dir", default=None,
-                   help="run folder (mtlp-runs/<run>) whose store to use when no URI is given (default: the newest run)")
+                   help="run folder (mtlp-runs/<run>) whose store to use when no URI is given "
+                        "(default: the newest run)")
     p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the tracking store")
     return p
 

@@ -83,7 +83,8 @@ def cmd_ui(args: argparse.Namespace) -> int:
     if folder is not None and not (folder / "mlflow.db").exists() and (Path(args.runs_root) / folder).is_dir():
         folder = Path(args.runs_root) / folder  # a bare run name
     if folder is None or not (folder / "mlflow.db").exists():
-        where = f"{folder} has no mlflow.db" if folder is not None else f"no run with an MLflow store under {args.runs_root}"
+        where = (f"{folder} has no mlflow.db" if folder is not None
+                 else f"no run with an MLflow store under {args.runs_root}")
         raise FileNotFoundError(f"{where}: name a run folder, e.g. mtlp ui mtlp-runs/<run>")
     uri = f"sqlite:///{(folder / 'mlflow.db').resolve()}"
     print(f"MLflow UI for {_shown(folder)} at http://{args.host}:{args.port} (Ctrl-C stops it)", flush=True)

@@ -427,7 +427,7 @@ class WarmWorker:
             with self._write_lock:
                 self.proc.stdin.write(json.dumps(request) + "\n")
                 self.proc.stdin.flush()
-            _follow(task, lambda: done.wait(0.2), console)
+            _follow(task, done.is_set, console)
             code = self._results.pop(task_id)
             del self._done[task_id]
         if code is None:
