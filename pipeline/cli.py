@@ -44,6 +44,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .local import PipelineFailed, new_run_name, run_folder, run_local
 
     config = _config(args.config)
+    ui_command = _mtlp_command()  # before the run puts the venv's bin folder on this process's PATH
     run_name = args.run_name or new_run_name()
     work_dir = run_folder(run_name, args.runs_root)
     print(f"mtlp run: {len(config.models)} model(s) {config.models} on {config.dataset.name}; "
@@ -68,7 +69,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     print("\n" + (summary.read_text() if summary.exists() else "(no summary was written)"))
     print(f"Run {result.run_name} finished in {result.seconds:.0f} s. Run folder {_shown(result.work_dir)}, "
           f"task logs in {_shown(result.logs_dir)}.")
-    print(f"MLflow UI: {_mtlp_command()} ui {_shown(result.work_dir)}")
+    print(f"MLflow UI: {ui_command} ui {_shown(result.work_dir)}")
     return 0
 
 
