@@ -102,7 +102,9 @@ def test_mtlp_run_prints_one_line_per_task_and_the_summary_once(tmp_path) -> Non
 
     repo = Path(__file__).resolve().parents[1]
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(QUIET_CONFIG))
-    env = {**os.environ, "PYTHONPATH": str(repo), "OMP_NUM_THREADS": "1"}
+    system_tmp = tmp_path / "system-tmp"  # stands in for /tmp: the run must leave nothing there
+    system_tmp.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(repo), "OMP_NUM_THREADS": "1", "TMPDIR": str(system_tmp)}
     done = subprocess.run([sys.executable, "-m", "pipeline.cli", "run", "--config", "c.yaml", "--run-name", "q1"],
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -128,4 +130,4 @@ def test_mtlp_run_prints_one_line_per_task_and_the_summary_once(tmp_path) -> Non
     logs = sorted(p.name for p in (work / "logs").iterdir())
     assert "01-start_run.log" in logs and "kfp.log" in logs and any(n.endswith("-train_model-shared_bottom.log")
                                                                     for n in logs)
-    assert not (work / "tmp").exists()
+    assert not (work / "tmp").exists() and list(system_tmp.iterdir()) == []
