@@ -39,7 +39,7 @@ from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
 
 __all__ = [
     "CHAMPION", "CHALLENGER", "TAG", "PromotionDecision", "RegistryError", "register_candidate", "candidate_score",
-    "promote", "promote_best", "promote_version", "rollback", "champion_version", "champion_history",
+    "promote", "promote_best", "promote_version", "rollback", "champion_version", "challenger_version", "champion_history",
     "higher_is_better", "current_user", "PromotionLock", "PromotionLockError", "LOCK_SUFFIX",
     "promotion_lock_holder",
 ]
@@ -164,6 +164,16 @@ def champion_version(client: Any, name: str) -> Optional[str]:
 
     try:
         return str(client.get_model_version_by_alias(name, CHAMPION).version)
+    except MlflowException:
+        return None
+
+
+def challenger_version(client: Any, name: str) -> Optional[str]:
+    """The version the ``challenger`` alias points at (the newest candidate), or None."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return str(client.get_model_version_by_alias(name, CHALLENGER).version)
     except MlflowException:
         return None
 

@@ -254,18 +254,95 @@ def promote_step(versions: Sequence[str], registered_model: str, work_dir: PathL
     return {**asdict(decision), "current_champion": registry.champion_version(client, registered_model)}
 
 
-def summary_step(parent_run_id: str, results: Mapping[str, Mapping[str, float]], decision: Mapping[str, Any],
-                 registered_model: str, work_dir: PathLike, out_md: PathLike, tracking_uri: Optional[str] = None) -> str:
-    """A Markdown summary (metrics table, champion, how to open the UI) on the parent run and in ``out_md``."""
-    client, uri = _client(work_dir, tracking_uri)
+CEILING_KEY = "ceiling"  # feature_spec.json: {"split", "source", "metrics": {task: {metric: value}}}, when known
+
+
+def _architectures(client: Any, registered_model: str, versions: Sequence[Optional[str]]) -> dict[str, str]:
+    """version -> the model architecture registered under it (the version's ``mtlp.architecture`` tag)."""
+    from . import registry
+
+    names: dict[str, str] = {}
+    for version in {str(v) for v in versions if v not in (None, "", "none")}:
+        with contextlib.suppress(Exception):
+            names[version] = tracking.retry_call(client.get_model_version, registered_model, version, attempts=2
+                                                 ).tags.get(registry.TAG["architecture"], "model")
+    return names
+
+
+def _score(value: Any) -> str:
+    return f"{value:.4f}" if isinstance(value, (int, float)) else "?"
+
+
+def describe_decision(decision: Mapping[str, Any], architectures: Mapping[str, str]) -> str:
+    """The promotion in plain words, models named by architecture and version, e.g. ``ple (v5) is now champion:
+    there was none`` or ``kept mmoe (v3): ple (v5) scored 0.6710 < 0.6750 + margin 0.002``."""
+    def name(version: Any) -> str:
+        return f"{architectures.get(str(version), 'version')} (v{version})"
+
+    cand, champ = decision.get("candidate_version"), decision.get("champion_version")
+    metric, margin = decision.get("metric", "test_score"), float(decision.get("margin") or 0.0)
+    cs, hs = _score(decision.get("candidate_score")), _score(decision.get("champion_score"))
+    kind = decision.get("decision")
+    if kind == "no_champion":
+        return f"{name(cand)} is now champion: there was none"
+    if kind == "promoted":
+        return f"{name(cand)} is now champion: {metric} {cs} >= {name(champ)}'s {hs} + margin {margin:g}"
+    if kind == "rejected" and str(cand) == str(champ):
+        return f"kept {name(champ)}: the run's best candidate already is the champion"
+    if kind == "rejected":
+        return f"kept {name(champ)}: {name(cand)} scored {metric} {cs} < {hs} + margin {margin:g}"
+    if kind == "not_comparable":
+        return (f"kept {name(champ)}: {name(cand)} was tested on other data and the champion was not re-scored "
+                "on it")
+    current = decision.get("current_champion")
+    return f"champion: {name(current)}" if current else "no champion"
+
+
+def _load_ceiling(client: Any, parent_run_id: str, work_dir: PathLike) -> Optional[Mapping[str, Any]]:
+    """The feature spec's ceiling (what the data's true probabilities score), from the spec the prepare step
+    attached to the parent run; None when the data has none (real data) or it cannot be read."""
+    import tempfile
+    import urllib.parse
+
+    with contextlib.suppress(Exception):
+        root = urllib.parse.urlsplit(tracking.retry_call(client.get_run, parent_run_id).info.artifact_uri)
+        if root.scheme in ("", "file"):  # the embedded store: read it where it lies
+            return json.loads((Path(urllib.parse.unquote(root.path)) / "data" / SPEC_FILE).read_text()).get(CEILING_KEY)
+        with tempfile.TemporaryDirectory(dir=work_dir) as tmp:
+            path = client.download_artifacts(parent_run_id, f"data/{SPEC_FILE}", tmp)
+            return json.loads(Path(path).read_text()).get(CEILING_KEY)
+    return None
+
+
+def summary_table(results: Mapping[str, Mapping[str, float]], ceiling: Optional[Mapping[str, Any]] = None) -> list[str]:
+    """Markdown rows: one per model (best test_score first), then the ceiling row when the data has one."""
     tasks = sorted({k for m in results.values() for k in m if k != "test_score"})
     lines = ["| model | test_score | " + " | ".join(tasks) + " |", "|---" * (len(tasks) + 2) + "|"]
     for model, m in sorted(results.items(), key=lambda kv: -kv[1].get("test_score", float("-inf"))):
         lines.append(f"| {model} | {m['test_score']:.4f} | " + " | ".join(
             f"{m[t]:.4f}" if t in m else "" for t in tasks) + " |")
-    lines += ["", f"Champion of `{registered_model}`: version {decision.get('current_champion')} "
-                  f"(candidate version {decision.get('candidate_version')}: {decision.get('decision')})",
-              "", f"MLflow UI: `mlflow ui --backend-store-uri {tracking.mask_credentials(uri)}`"]
+    if ceiling and ceiling.get("metrics"):
+        flat = {f"{task}/{name}": float(v) for task, ms in ceiling["metrics"].items() for name, v in ms.items()}
+        lines.append("| true probabilities (ceiling) |  | " + " | ".join(
+            f"{flat[t]:.4f}" if t in flat else "" for t in tasks) + " |")
+        lines += ["", f"Ceiling: {ceiling.get('source', 'the true probabilities')}, on the same "
+                      f"{ceiling.get('split', 'test')} rows: no model can expect to score above it."]
+    return lines
+
+
+def summary_step(parent_run_id: str, results: Mapping[str, Mapping[str, float]], decision: Mapping[str, Any],
+                 registered_model: str, work_dir: PathLike, out_md: PathLike, tracking_uri: Optional[str] = None,
+                 ceiling: Optional[Mapping[str, Any]] = None) -> str:
+    """A Markdown summary (metrics table with the data's ceiling when known, the promotion in plain words, the
+    store) on the parent run and in ``out_md``. ``ceiling``: default, the one in the run's feature spec."""
+    client, uri = _client(work_dir, tracking_uri)
+    if ceiling is None:
+        ceiling = _load_ceiling(client, parent_run_id, work_dir)
+    versions = [decision.get(k) for k in ("candidate_version", "champion_version", "current_champion")]
+    words = describe_decision(decision, _architectures(client, registered_model, versions))
+    lines = summary_table(results, ceiling)
+    lines += ["", f"Champion of `{registered_model}`: {words}.",
+              "", f"MLflow store: `{tracking.mask_credentials(uri)}`"]
     text = "\n".join(lines) + "\n"
     Path(out_md).write_text(text)
     (Path(work_dir) / "summary.md").write_text(text)  # where `mtlp run` finds it

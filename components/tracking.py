@@ -31,7 +31,7 @@ __all__ = [
     "TrackingUnavailable", "Tracking", "use_globally", "client_for", "mask_credentials", "DEFAULT_DB", "DEFAULT_ARTIFACTS", "TAGS",
     "resolve_tracking_uri", "check_tracking_reachable", "setup_tracking", "get_or_create_experiment",
     "git_commit", "flatten_params", "log_params", "start_parent_run", "find_parent_run", "create_child_run",
-    "child_run", "end_run", "MlflowCallback", "retry_call", "log_train_result", "log_artifact_files",
+    "child_run", "end_run", "end_open_runs", "MlflowCallback", "retry_call", "log_train_result", "log_artifact_files",
     "log_comparison", "log_search_plots", "EXPERIMENT_KIND_TAG", "MODEL_TRAINING_KIND", "key_metrics",
     "log_ceiling", "ui_url",
 ]
@@ -431,6 +431,23 @@ def end_run(client: Any, run_id: str, status: str = "FINISHED") -> None:
         retry_call(client.set_terminated, run_id, status=status)
     except Exception as e:  # ending a run must not hide the training's own outcome
         warnings.warn(f"could not mark MLflow run {run_id} {status}: {e}", RuntimeWarning, stacklevel=2)
+
+
+def end_open_runs(client: Any, experiment_name: str, pipeline_run_id: str, status: str = "FAILED") -> list[str]:
+    """End every run of one pipeline run (parent, model runs, trials) still RUNNING with ``status``; their ids.
+
+    A task that dies (a bad input, Ctrl-C, SIGTERM, a kill) cannot end the runs it left open; the process that
+    ran the graph does it here, so nothing stays RUNNING. Runs are found by their ``mtlp.pipeline_run_id`` tag.
+    """
+    exp = retry_call(client.get_experiment_by_name, experiment_name)
+    if exp is None:
+        return []
+    safe = pipeline_run_id.replace("'", "\\'")
+    runs = retry_call(client.search_runs, [exp.experiment_id], max_results=5000,
+                      filter_string=f"tags.`{TAGS['pipeline_run_id']}` = '{safe}' and attributes.status = 'RUNNING'")
+    for run in runs:
+        end_run(client, run.info.run_id, status)
+    return [run.info.run_id for run in runs]
 
 
 @contextlib.contextmanager

@@ -17,19 +17,82 @@ def _config(path: Optional[str], image: Optional[str] = None):
     return config
 
 
+def _shown(path: Path) -> str:
+    """``path`` as the user can type it from here: relative when under the current folder, else absolute."""
+    path = Path(path).resolve()
+    try:
+        return str(path.relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
+def _mtlp_command() -> str:
+    """How to call ``mtlp`` from this folder: ``mtlp`` when it is on PATH, else the venv's script (``.venv/bin/mtlp``
+    from the repo root)."""
+    import shutil
+
+    script = Path(sys.executable).parent / "mtlp"
+    found = shutil.which("mtlp")
+    if found and script.exists() and Path(found).resolve() == script.resolve():
+        return "mtlp"
+    if script.exists():
+        return _shown(script)
+    return f"{_shown(Path(sys.executable))} -m pipeline.cli"
+
+
 def cmd_run(args: argparse.Namespace) -> int:
-    from .local import run_local
+    from .local import PipelineFailed, new_run_name, run_folder, run_local
 
     config = _config(args.config)
+    ui_command = _mtlp_command()  # before the run puts the venv's bin folder on this process's PATH
+    run_name = args.run_name or new_run_name()
+    work_dir = run_folder(run_name, args.runs_root)
     print(f"mtlp run: {len(config.models)} model(s) {config.models} on {config.dataset.name}; "
-          f"{config.search.n_trials} search trials, {config.train.n_epoch} epochs; work dir "
-          f"{Path(args.runs_root) / (args.run_name or '<new run>')}", flush=True)
-    result = run_local(config, run_name=args.run_name, runs_root=args.runs_root, caching=not args.no_cache,
-                       warm_worker=not args.cold_tasks, parallel_tasks=args.parallel_tasks)
+          f"{config.search.n_trials} search trials, {config.train.n_epoch} epochs; run folder {_shown(work_dir)}",
+          flush=True)
+    try:
+        result = run_local(config, run_name=run_name, runs_root=args.runs_root, caching=not args.no_cache,
+                           warm_worker=not args.cold_tasks, parallel_tasks=args.parallel_tasks, verbose=args.verbose)
+    except PipelineFailed as exc:
+        failure = exc.failure
+        if args.verbose:
+            import traceback
+            traceback.print_exception(exc.__cause__ or exc, file=sys.stderr)
+        print(f"mtlp run: error: {failure.label}: {exc} (task log: {_shown(failure.log)})", file=sys.stderr)
+        return 2 if failure.error_type in ("DataError", "ConfigError") else 1
+    except KeyboardInterrupt as exc:
+        why = str(exc) or "SIGINT"
+        print(f"mtlp run: interrupted ({why}); the run's MLflow runs are marked FAILED; task logs in "
+              f"{_shown(work_dir / 'logs')}; re-run with --run-name {run_name} to resume", file=sys.stderr)
+        return 130 if why == "SIGINT" else 143
     summary = result.work_dir / "summary.md"
     print("\n" + (summary.read_text() if summary.exists() else "(no summary was written)"))
-    print(f"Run {result.run_name} finished in {result.seconds:.0f} s; outputs in {result.work_dir}")
+    print(f"Run {result.run_name} finished in {result.seconds:.0f} s. Run folder {_shown(result.work_dir)}, "
+          f"task logs in {_shown(result.logs_dir)}.")
+    print(f"MLflow UI: {ui_command} ui {_shown(result.work_dir)}")
     return 0
+
+
+def cmd_ui(args: argparse.Namespace) -> int:
+    """The MLflow UI on one run's store (default: the newest run), in the foreground until Ctrl-C. This process
+    becomes the MLflow server (exec), so a signal to it stops the server and the workers it started."""
+    import os
+
+    from components.promote import find_local_store
+
+    folder = Path(args.run) if args.run else find_local_store(args.runs_root)
+    if folder is not None and not (folder / "mlflow.db").exists() and (Path(args.runs_root) / folder).is_dir():
+        folder = Path(args.runs_root) / folder  # a bare run name
+    if folder is None or not (folder / "mlflow.db").exists():
+        where = (f"{folder} has no mlflow.db" if folder is not None
+                 else f"no run with an MLflow store under {args.runs_root}")
+        raise FileNotFoundError(f"{where}: name a run folder, e.g. mtlp ui mtlp-runs/<run>")
+    uri = f"sqlite:///{(folder / 'mlflow.db').resolve()}"
+    print(f"MLflow UI for {_shown(folder)} at http://{args.host}:{args.port} (Ctrl-C stops it)", flush=True)
+    command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", args.host,
+               "--port", str(args.port)]
+    os.execv(sys.executable, command)
+    return 0  # not reached
 
 
 def cmd_compile(args: argparse.Namespace) -> int:
@@ -69,7 +132,17 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--parallel-tasks", type=int, default=1,
                      help="tasks of independent branches (the models) run at once (default 1: each training "
                           "task uses every core; raise it on a machine with cores to spare)")
+    run.add_argument("-v", "--verbose", action="store_true",
+                     help="show every task's full output (default: one line per task, the search's and training's "
+                          "progress; the rest is in the run folder's logs/) and tracebacks")
     run.set_defaults(func=cmd_run)
+
+    ui = sub.add_parser("ui", help="open the MLflow UI on a run's store (default: the newest run)")
+    ui.add_argument("run", nargs="?", help="run folder (mtlp-runs/<run>) or run name")
+    ui.add_argument("--runs-root", default="mtlp-runs", help="where run folders are (default: ./mtlp-runs)")
+    ui.add_argument("--host", default="127.0.0.1")
+    ui.add_argument("--port", type=int, default=5000)
+    ui.set_defaults(func=cmd_ui)
 
     comp = sub.add_parser("compile", help="write the KFP IR YAML for a cluster")
     comp.add_argument("--config")

@@ -76,3 +76,58 @@ def test_local_run_logs_registers_and_promotes(local_run) -> None:
     assert len(onnx_files) >= len(MODELS)
     summary = (run.work_dir / "summary.md").read_text()
     assert all(m in summary for m in MODELS) and "Champion" in summary
+
+
+QUIET_CONFIG = {"name": "quiet", "dataset": {"name": "synthetic-funnel", "options": {"n_rows": 1500, "n_users": 100,
+                                                                                      "n_items": 40}},
+                "models": ["shared_bottom"], "search": {"n_trials": 2, "n_epoch": 1},
+                "train": {"n_epoch": 2, "device": "cpu",
+                          "params": {"shared_bottom": {"embed_dim": 4, "bottom_dims": [8], "tower_dims": [8]}}},
+                "tracking": {"experiment": "quiet"}}
+
+
+@pytest.mark.slow
+def test_mtlp_run_prints_one_line_per_task_and_the_summary_once(tmp_path) -> None:
+    """What a user sees from `mtlp run` (issue 19, point 5): the real run folder, one line per task start and end,
+    the search's and training's progress, the summary once with the champion in words, a UI command that works
+    as printed; each task's full output in the run's logs/, nothing left in tmp/."""
+    import os
+    import re
+    import shlex
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import yaml
+
+    repo = Path(__file__).resolve().parents[1]
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(QUIET_CONFIG))
+    system_tmp = tmp_path / "system-tmp"  # stands in for /tmp: the run must leave nothing there
+    system_tmp.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(repo), "OMP_NUM_THREADS": "1", "TMPDIR": str(system_tmp)}
+    done = subprocess.run([sys.executable, "-m", "pipeline.cli", "run", "--config", "c.yaml", "--run-name", "q1"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stderr == ""  # no warnings, no KFP log
+    out = done.stdout.splitlines()
+    assert out[0].endswith("run folder mtlp-runs/q1")
+    tasks = [line.split()[:2] for line in out if re.match(r"^  (start|done)  ", line)]
+    functions = ["start_run", "prepare_data", "start_model_run", "search_model", "train_model", "evaluate_model",
+                 "export_onnx", "register_model", "promote_champion", "summarize_run"]
+    assert sorted(t[1] for t in tasks if t[0] == "start") == sorted(functions)
+    assert len(tasks) == 2 * len(functions)
+    assert [line for line in out if line.startswith("    [search shared_bottom] trial")][:1]
+    assert len([line for line in out if re.match(r"^    epoch \d+: train/loss=", line)]) == 2
+    assert sum(line.startswith("| model |") for line in out) == 1  # the summary, once
+    assert "Champion of `quiet-model`: shared_bottom (v1) is now champion: there was none." in out
+    assert len(out) <= 45, "\n".join(out)
+    work = tmp_path / "mtlp-runs" / "q1"
+    assert out[-2].startswith("Run q1 finished in ") and "task logs in mtlp-runs/q1/logs" in out[-2]
+    command = shlex.split(out[-1].removeprefix("MLflow UI: "))
+    import shutil
+    assert shutil.which(command[0], path=env["PATH"]) or (tmp_path / command[0]).is_file()  # works as printed
+    assert command[1:] == ["ui", "mtlp-runs/q1"]
+    logs = sorted(p.name for p in (work / "logs").iterdir())
+    assert "01-start_run.log" in logs and "kfp.log" in logs and any(n.endswith("-train_model-shared_bottom.log")
+                                                                    for n in logs)
+    assert not (work / "tmp").exists() and list(system_tmp.iterdir()) == []

@@ -4,6 +4,7 @@ margin, direction, same test data), manual promotion, rollback with who/when/why
 from __future__ import annotations
 
 import json
+import os
 import threading
 
 import pytest
@@ -158,6 +159,7 @@ def test_cli_promote_and_rollback(env, capsys):
     assert promote_cli.main(base + ["--show"]) == 0
     shown = json.loads(capsys.readouterr().out)
     assert shown["champion"] == str(v1) and shown["history"][-1]["action"] == "rollback"
+    assert shown["challenger"] == str(v2)  # the newest candidate, as --show's help promises
     assert promote_cli.main(base + ["--version", "42"]) == 2
     assert "no version 42" in capsys.readouterr().err
     assert promote_cli.main(["--model", NAME, "--tracking-uri", "http://127.0.0.1:9", "--version", "1",
@@ -165,6 +167,32 @@ def test_cli_promote_and_rollback(env, capsys):
     assert "unreachable" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         promote_cli.main(base + ["--version", "1", "--rollback"])  # one action at a time
+
+
+def test_cli_promote_finds_the_newest_runs_store_and_never_creates_one(env, tmp_path, monkeypatch, capsys):
+    """Without --work-dir: the newest run folder under ./mtlp-runs (named on stderr); nothing there: one line that
+    says how to name the store, and no ./mlflow.db is left behind."""
+    trk, src, work = env
+    v1 = add(trk, src, 0.7)
+    empty = tmp_path / "elsewhere"
+    empty.mkdir()
+    monkeypatch.chdir(empty)
+    assert promote_cli.main(["--model", NAME, "--show"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == ("mtlp promote: error: no MLflow store found (no mtlp-runs/<run>/mlflow.db here): name a run "
+                   "folder with --work-dir mtlp-runs/<run>, or a server with --tracking-uri / MLFLOW_TRACKING_URI")
+    assert promote_cli.main(["--model", NAME, "--show", "--work-dir", "."]) == 2
+    assert "no MLflow store in . (mlflow.db not found)" in capsys.readouterr().err
+    assert list(empty.iterdir()) == []  # no mlflow.db created here
+    (empty / "mtlp-runs" / "old-run").mkdir(parents=True)
+    (empty / "mtlp-runs" / "old-run" / "mlflow.db").write_bytes(b"")
+    os.utime(empty / "mtlp-runs" / "old-run" / "mlflow.db", (1, 1))
+    (empty / "mtlp-runs" / "new-run").symlink_to(work)  # the store of the env fixture, newest
+    assert promote_cli.main(["--model", NAME, "--version", str(v1), "--reason", "t"]) == 0
+    captured = capsys.readouterr()
+    assert captured.err.strip() == ("mtlp promote: using the store of the newest run, mtlp-runs/new-run "
+                                    "(--work-dir picks another)")
+    assert champion(trk) == str(v1) and not (empty / "mlflow.db").exists()
 
 
 def test_concurrent_promotions_end_with_the_best(env):

@@ -70,9 +70,50 @@ def test_evaluate_report_and_summary(work_dir, tmp_path) -> None:
                               "m", work_dir, tmp_path / "summary.md")
     rows = [line for line in text.splitlines() if line.startswith("| mmoe") or line.startswith("| esmm")]
     assert rows[0].startswith("| esmm | 0.9000") and rows[1].startswith("| mmoe | 0.8000")  # best first
-    assert "version 2" in text and "mlflow ui --backend-store-uri sqlite:///" in text
+    assert "Champion of `m`: version (v2) is now champion" in text  # no such version registered: no architecture
+    assert f"MLflow store: `sqlite:///{work_dir.resolve() / 'mlflow.db'}`" in text
+    assert "ceiling" not in text  # the spec attached to this parent run has none
     assert (work_dir / "summary.md").read_text() == text
     client = client_for(work_dir)
     assert client.get_run(parent).info.status == "FINISHED"
     logged = {a.path for a in client.list_artifacts(parent, "comparison")}
     assert logged == {"comparison/model_comparison.png"}
+
+
+def test_the_decision_in_plain_words() -> None:
+    names = {"3": "mmoe", "5": "ple"}
+    base = {"metric": "test_score", "margin": 0.002, "candidate_version": "5"}
+    assert steps.describe_decision({**base, "decision": "no_champion", "champion_version": None,
+                                    "candidate_score": 0.67}, names) == "ple (v5) is now champion: there was none"
+    assert steps.describe_decision({**base, "decision": "rejected", "champion_version": "3", "candidate_score": 0.671,
+                                    "champion_score": 0.675}, names) == \
+        "kept mmoe (v3): ple (v5) scored test_score 0.6710 < 0.6750 + margin 0.002"
+    assert steps.describe_decision({**base, "decision": "promoted", "champion_version": "3", "candidate_score": 0.69,
+                                    "champion_score": 0.675}, names) == \
+        "ple (v5) is now champion: test_score 0.6900 >= mmoe (v3)'s 0.6750 + margin 0.002"
+    assert steps.describe_decision({**base, "decision": "rejected", "champion_version": "5", "candidate_score": 0.69,
+                                    "champion_score": 0.69}, names).startswith("kept ple (v5): the run's best")
+
+
+def test_summary_shows_the_ceiling_row_when_the_spec_has_one(work_dir, tmp_path) -> None:
+    """The prepare step of synthetic data writes the ceiling into feature_spec.json; the summary reads it from the
+    spec attached to the parent run and prints it beside the models."""
+    from components import tracking
+
+    results = {"mmoe": {"click/auc": 0.61, "conversion/auc": 0.7, "test_score": 0.655},
+               "ple": {"click/auc": 0.63, "conversion/auc": 0.72, "test_score": 0.675}}
+    ceiling = {"split": "test", "source": "the generator's true click and conversion probabilities",
+               "metrics": {"click": {"auc": 0.6812}, "conversion": {"auc": 0.7433}}}
+    parent = steps.start_pipeline_run({"tracking": {"experiment": "exp-c"}}, work_dir, "r2")
+    spec = tmp_path / "feature_spec.json"
+    spec.write_text(json.dumps({"dataset": "synthetic-funnel", "ceiling": ceiling}))
+    client = client_for(work_dir)
+    tracking.log_artifact_files(client, parent, [spec], "data")
+    decision = {"decision": "no_champion", "candidate_version": "1", "champion_version": None, "current_champion": "1"}
+    text = steps.summary_step(parent, results, decision, "m", work_dir, tmp_path / "summary.md")
+    lines = text.splitlines()
+    assert lines[0] == "| model | test_score | click/auc | conversion/auc |"
+    assert lines[2].startswith("| ple | 0.6750") and lines[3].startswith("| mmoe | 0.6550")
+    assert lines[4] == "| true probabilities (ceiling) |  | 0.6812 | 0.7433 |"
+    assert "the generator's true click and conversion probabilities, on the same test rows" in text
+    assert text.count("true probabilities (ceiling)") == 1

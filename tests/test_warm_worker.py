@@ -7,7 +7,7 @@ import pytest
 from kfp import dsl, local
 
 from pipeline.ops import make_components
-from pipeline.warm_worker import parse_launcher, warm_local_runner
+from pipeline.warm_worker import TaskConsole, launcher_or_reason, parse_launcher, warm_local_runner
 
 
 @dsl.component(base_image="python:3.11", install_kfp_package=False)  # as pipeline.ops does
@@ -47,6 +47,51 @@ def test_the_launcher_of_our_components_is_recognised_and_anything_else_is_not()
     assert parse_launcher(["python3", "-m", "kfp.dsl.executor_main", "--function_to_execute", "f"]) is None
     pip = [command[0], command[1], "python3 -m pip install x && " + command[2], *command[3:]]
     assert parse_launcher(pip) is None
+
+
+def _plus(a: int, b: int) -> int:
+    return a + b
+
+
+def test_no_interpreter_path_defeats_the_launcher_check_but_an_install_step_does() -> None:
+    """KFP writes the venv's python into the script: a checkout in .../mtl-pipeline/ has "pip" in that path."""
+    from kfp.local.subprocess_task_handler import replace_python_executable
+
+    container = make_components("python:3.11").search_model.component_spec.implementation.container
+    command = [*container.command, *container.args]
+    for python in ("/ci/mtl-pipeline/.venv/bin/python", "/home/pip install/x y/.venv/bin/python3"):
+        assert parse_launcher(replace_python_executable(command, python)) is not None, python
+    with_install = dsl.component(base_image="python:3.11", packages_to_install=["six"])(_plus)  # KFP's pip step
+    spec = with_install.component_spec.implementation.container
+    parsed, reason = launcher_or_reason([*spec.command, *spec.args])
+    assert parsed is None and reason == "the task installs packages first (pip install)"
+
+
+def test_a_fallback_to_kfps_launcher_is_reported_once_with_its_reason(local_runner, tmp_path, capsys) -> None:
+    with warm_local_runner(preload=(), log_dir=tmp_path / "logs") as tasks:
+        assert tasks.launch(["sh", "-c", "echo cold-1"]) == 0
+        assert tasks.launch(["sh", "-c", "echo cold-2"]) == 0
+    captured = capsys.readouterr()
+    notes = [line for line in captured.err.splitlines() if "KFP's own launcher" in line]
+    assert len(notes) == 1 and "not a KFP launcher script" in notes[0]
+    assert "cold-1" in captured.out and (tmp_path / "logs" / "02-task.log").read_text() == "cold-2\n"
+
+
+def test_a_quiet_console_shows_one_line_per_task_and_the_logs_keep_the_rest(local_runner, tmp_path, capsys) -> None:
+    logs = tmp_path / "logs"
+    with warm_local_runner(preload=(), log_dir=logs, console=TaskConsole(verbose=False)) as tasks:
+        assert two_steps(x=1).output == 12
+        with pytest.raises(RuntimeError):
+            fails(message="planted failure 43: column 'price'")
+    out = capsys.readouterr().out.splitlines()
+    assert [line.split()[:2] for line in out] == [["start", "add"], ["done", "add"], ["start", "add"], ["done", "add"],
+                                                 ["start", "fails"], ["FAILED", "fails"]]
+    assert str(logs / "03-fails.log") in out[-1]
+    assert "Traceback" in (logs / "03-fails.log").read_text()
+    [failure] = tasks.failures
+    assert (failure.function, failure.error_type) == ("fails", "ValueError")
+    assert failure.message == "planted failure 43: column 'price'"  # the step's own text, not KFP's
+    assert sorted(p.name for p in logs.iterdir()) == ["01-add.log", "02-add.log", "03-fails.log", "kfp.log"]
 
 
 def test_tasks_run_in_forks_of_the_worker_with_the_callers_environment(local_runner, monkeypatch) -> None:

@@ -143,3 +143,61 @@ def test_bad_input_gets_a_clear_error_and_no_partial_output(case, tmp_path, caps
 
 def test_case_table_is_large_enough() -> None:
     assert len(CASES) >= 15 and {c.kind for c in CASES} == {"data", "config", "cli"}
+
+
+# ---- bad data met inside a task of `mtlp run` (issue 19, point 4) ------------------------------------------------
+# The CLI in its own process, as users run it: the step's DataError must come back as one line on stderr.
+
+RUN_BASE = {"models": ["shared_bottom"], "search": {"n_trials": 1, "n_epoch": 1},
+            "train": {"n_epoch": 1, "device": "cpu",
+                      "params": {"shared_bottom": {"embed_dim": 4, "bottom_dims": [8], "tower_dims": [8]}}},
+            "tracking": {"experiment": "bad-run"}}
+DENSE_CSV = "city,price,click\nparis,1.5,0\nrome,2.5,1\noslo,3,1\nparis,1,0\nrome,cheap,1\n"
+
+
+def _csv_dataset(tmp: Path, csv: str = GOOD_CSV, schema: str = GOOD_SCHEMA, path: str = "d.csv") -> dict:
+    (tmp / "d.csv").write_text(csv)
+    (tmp / "s.yaml").write_text(schema)
+    return {"name": "csv", "options": {"path": str(tmp / path), "schema": str(tmp / "s.yaml")}}
+
+
+RUN_CASES = {
+    "unknown dataset": (lambda t: {"name": "no-such-data"}, "unknown dataset 'no-such-data'"),
+    "unknown dataset option": (lambda t: {"name": "synthetic-funnel", "options": {"n_row": 600}},
+                               "unknown option(s) ['n_row']"),
+    "label column missing": (lambda t: _csv_dataset(t, schema=GOOD_SCHEMA.replace("column: click", "column: buy")),
+                             "lacks declared column(s) ['buy']"),
+    "text in a dense column": (lambda t: _csv_dataset(t, csv=DENSE_CSV), "dense column 'price' is not numeric"),
+    "missing data file": (lambda t: _csv_dataset(t, path="none.csv"), "none.csv"),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", sorted(RUN_CASES))
+def test_bad_data_inside_a_task_of_mtlp_run_is_one_line_and_ends_the_runs_failed(case, tmp_path) -> None:
+    import subprocess
+
+    import yaml
+    from mlflow import MlflowClient
+
+    from _rel import PY, env
+
+    dataset, message = RUN_CASES[case]
+    config = tmp_path / "bad.yaml"
+    config.write_text(yaml.safe_dump({**RUN_BASE, "dataset": dataset(tmp_path)}))
+    done = subprocess.run([PY, "-m", "pipeline.cli", "run", "--config", str(config), "--run-name", "bad",
+                           "--runs-root", "runs"], cwd=tmp_path, env=env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2, done.stderr
+    assert len(done.stderr.splitlines()) == 1, done.stderr  # one line: no traceback, no warning, no KFP log
+    line = done.stderr.strip()
+    assert line.startswith("mtlp run: error: prepare_data: ") and message in line, line
+    log = tmp_path / line.rsplit("(task log: ", 1)[1].rstrip(")")
+    assert log == tmp_path / "runs" / "bad" / "logs" / "02-prepare_data.log"
+    assert "Traceback" in log.read_text() and message in log.read_text()  # the details are kept in the task's log
+    assert "FAILED prepare_data" in done.stdout and len(done.stdout.splitlines()) == 5, done.stdout
+    work = tmp_path / "runs" / "bad"
+    assert not list(work.rglob("*.parquet")) and not (work / "tmp").exists()  # no partial data, no temp files
+    store = f"sqlite:///{work / 'mlflow.db'}"
+    client = MlflowClient(store, store)
+    runs = client.search_runs([client.get_experiment_by_name("bad-run").experiment_id])
+    assert [(r.data.tags["mtlp.role"], r.info.status) for r in runs] == [("pipeline", "FAILED")]
