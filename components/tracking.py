@@ -60,6 +60,10 @@ TAGS = {
 # the GenAI one (traces, overview); mlflow 3.17's JS names the value CUSTOM_MODEL_DEVELOPMENT
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 MODEL_TRAINING_KIND = "custom_model_development"
+# a runs-page view (metric columns shown, pipeline run unfolded) stored on the experiment; the UI loads it from
+# ``?viewStateShareKey=mtlp`` (mlflow 3.17: experiment tag ``mlflow.sharedViewState.<key>``, plain JSON accepted)
+VIEW_KEY = "mtlp"
+VIEW_TAG = f"mlflow.sharedViewState.{VIEW_KEY}"
 
 
 class TrackingUnavailable(RuntimeError):
@@ -262,7 +266,7 @@ def ui_url(base: str, experiment_id: str, run_ids: Sequence[str] = ()) -> str:
         runs = urllib.parse.quote(json.dumps(list(run_ids), separators=(",", ":")))
         exps = urllib.parse.quote(json.dumps([experiment_id], separators=(",", ":")))
         return f"{base}/#/compare-runs?runs={runs}&experiments={exps}&workflowType=machine_learning"
-    return f"{base}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+    return f"{base}/#/experiments/{experiment_id}/runs?workflowType=machine_learning&viewStateShareKey={VIEW_KEY}"
 
 
 def setup_tracking(experiment_name: str, work_dir: str | os.PathLike | None = None, uri: Optional[str] = None,
@@ -604,6 +608,20 @@ def _log_on_parent(client: Any, run_id: str, model_name: str, metrics: Mapping[s
         return
     now = int(time.time() * 1000)
     retry_call(client.log_batch, parent, metrics=[Metric(f"{k}/{model_name}", v, now, 0) for k, v in metrics.items()])
+    _share_view(client, parent, list(metrics))
+
+
+def _share_view(client: Any, parent_run_id: str, short_names: Sequence[str]) -> None:
+    """The experiment's shared runs view (:data:`VIEW_TAG`): the short-name metric columns, then the parent's
+    ``<metric>/<model>`` and ``ceiling/*`` ones, with this pipeline run unfolded. Only a convenience: a failure
+    to store it never stops training."""
+    try:
+        run = retry_call(client.get_run, parent_run_id)
+        names = list(dict.fromkeys([*short_names, *sorted(run.data.metrics)]))
+        state = {"selectedColumns": [f"metrics.`{n}`" for n in names], "runsExpanded": {parent_run_id: True}}
+        retry_call(client.set_experiment_tag, run.info.experiment_id, VIEW_TAG, json.dumps(state)[:MAX_TAG_VALUE])
+    except Exception as e:
+        log.debug("could not store the shared runs view: %s", e)
 
 
 def log_train_result(client: Any, run_id: str, result: Any, *, spec_path: str | os.PathLike | None = None,

@@ -253,7 +253,8 @@ def test_experiment_opens_in_the_model_training_view(trk):
     tracking.get_or_create_experiment(client, "made-before")
     assert client.get_experiment(old).tags[tracking.EXPERIMENT_KIND_TAG] == "genai_development"
     url = tracking.ui_url("http://127.0.0.1:5000/", trk.experiment_id)
-    assert url == f"http://127.0.0.1:5000/#/experiments/{trk.experiment_id}/runs?workflowType=machine_learning"
+    assert url == (f"http://127.0.0.1:5000/#/experiments/{trk.experiment_id}/runs?workflowType=machine_learning"
+                   "&viewStateShareKey=mtlp")
     assert "compare-runs?runs=%5B%22a%22%2C%22b%22%5D" in tracking.ui_url("http://h", "1", ["a", "b"])
 
 
@@ -283,6 +284,10 @@ def test_model_metrics_under_short_names_on_the_model_run_and_its_parent(trk, tm
     assert on_parent == pytest.approx({"click_auc/mmoe": 0.71, "conversion_auc/mmoe": 0.69, "score/mmoe": 0.70,
                                        "click_auc/ple": 0.72, "conversion_auc/ple": 0.68, "score/ple": 0.70,
                                        "ceiling/click_auc": 0.74, "ceiling/conversion_auc": 0.76})
+    # the shared view the UI URL names shows these as columns, the short names first
+    view = json.loads(client.get_experiment(trk.experiment_id).tags[tracking.VIEW_TAG])
+    assert view["selectedColumns"][:3] == ["metrics.`click_auc`", "metrics.`conversion_auc`", "metrics.`score`"]
+    assert "metrics.`score/ple`" in view["selectedColumns"] and view["runsExpanded"] == {parent: True}
 
 
 def test_comparison_figure_shows_key_metrics_at_ui_width(tmp_path):
