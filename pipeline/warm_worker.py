@@ -266,8 +266,11 @@ def _describe(args: Sequence[str]) -> tuple[str, Optional[str]]:
     model = None
     if "--executor_input" in args:
         with contextlib.suppress(Exception):
-            values = json.loads(args[args.index("--executor_input") + 1])["inputs"]["parameterValues"]
-            model = values.get("model_name") or None
+            inputs = json.loads(args[args.index("--executor_input") + 1])["inputs"]
+            model = inputs.get("parameterValues", {}).get("model_name") or None
+            for artifacts in ([] if model else inputs.get("artifacts", {}).values()):  # e.g. export: the trained model's
+                for artifact in artifacts.get("artifacts", []):
+                    model = model or artifact.get("metadata", {}).get("model_name")
     return function, model
 
 

@@ -1,5 +1,6 @@
 """The warm worker behind the local runner: tasks run in forks of one worker, with KFP's own semantics."""
 
+import json
 import os
 from concurrent.futures import ThreadPoolExecutor
 
@@ -144,3 +145,15 @@ def test_by_default_tasks_of_parallel_branches_take_turns(local_runner) -> None:
     (a, b), ((s1, e1), (s2, e2)) = _two_at_once(parallel_tasks=1)
     assert a.startswith("left:") and b.startswith("right:")
     assert e1 <= s2 or e2 <= s1  # one nap ended before the other began
+
+
+def test_a_task_is_named_by_its_function_and_model() -> None:
+    from pipeline.warm_worker import _describe
+
+    def args(inputs: dict) -> list:
+        return ["--executor_input", json.dumps({"inputs": inputs}), "--function_to_execute", "export_onnx"]
+
+    assert _describe(args({"parameterValues": {"model_name": "ple"}})) == ("export_onnx", "ple")
+    trained = {"artifacts": {"trained": {"artifacts": [{"metadata": {"model_name": "mmoe", "best_epoch": 2}}]}}}
+    assert _describe(args(trained)) == ("export_onnx", "mmoe")  # the model from the input artifact's metadata
+    assert _describe(args({"parameterValues": {"run_name": "r"}})) == ("export_onnx", None)
