@@ -30,9 +30,9 @@ class Tolerances:
     """How far a run may be from its reference; docs/gpu.md gives the reasons and the spread measured on CPU."""
 
     loss_rtol: float = 0.02  # float32 on another device or graph: per-epoch mean training loss, relative
-    auc_atol: float = 0.005  # float32: final validation AUC, absolute, per task
+    auc_atol: float = 0.02  # float32: final validation AUC, absolute, per task
     bf16_loss_rtol: float = 0.05  # bf16 autocast against float32 CPU
-    bf16_auc_atol: float = 0.01
+    bf16_auc_atol: float = 0.02
     step_rtol: float = 1e-4  # one float32 step: output and gradient differences over the largest gradient
     onnx_atol: float = 1e-4  # ONNX Runtime against eager, probabilities
     ddp_param_atol: float = 1e-6  # replicas after DDP training: largest parameter difference between ranks
