@@ -33,7 +33,8 @@ class Tolerances:
     auc_atol: float = 0.02  # float32: final validation AUC, absolute, per task
     bf16_loss_rtol: float = 0.05  # bf16 autocast against float32 CPU
     bf16_auc_atol: float = 0.02
-    step_rtol: float = 1e-4  # one float32 step: output and gradient differences over the largest gradient
+    step_rtol: float = 1e-4  # one float32 step: outputs and BatchNorm running statistics, absolute
+    grad_rtol: float = 1e-2  # one float32 step: gradient differences over the largest gradient (sums of ~1e3 rows)
     onnx_atol: float = 1e-4  # ONNX Runtime against eager, probabilities
     ddp_param_atol: float = 1e-6  # replicas after DDP training: largest parameter difference between ranks
 

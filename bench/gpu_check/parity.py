@@ -117,7 +117,7 @@ def check_model(name: str, data: dict, cfg: Config, device: torch.device, checks
         out["step"]["device_vs_cpu"] = step_difference(fast, one_step(name, data, cfg, cpu, False))
     for key, diff in out["step"].items():
         checks.at_most(f"{name} step {key}: output difference", diff["out"], tol.step_rtol)
-        checks.at_most(f"{name} step {key}: gradient difference / largest gradient", diff["grad_over_scale"], tol.step_rtol)
+        checks.at_most(f"{name} step {key}: gradient difference / largest gradient", diff["grad_over_scale"], tol.grad_rtol)
         checks.at_most(f"{name} step {key}: BatchNorm running-stat difference", diff["running_stats"], tol.step_rtol)
     checks.true(f"{name} step: samples_by_row grouping on {device}", grouping_matches(fast))
 
