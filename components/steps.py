@@ -314,6 +314,12 @@ def _load_ceiling(client: Any, parent_run_id: str, work_dir: PathLike) -> Option
     return None
 
 
+def _ceiling_metrics(ceiling: Optional[Mapping[str, Any]]) -> dict[str, float]:
+    """The ceiling's metrics under the summary's column names (``<task>/<metric>``); empty without a ceiling."""
+    return {f"{task}/{name}": float(v) for task, ms in (ceiling or {}).get("metrics", {}).items()
+            for name, v in ms.items()}
+
+
 def summary_table(results: Mapping[str, Mapping[str, float]], ceiling: Optional[Mapping[str, Any]] = None) -> list[str]:
     """Markdown rows: one per model (best test_score first), then the ceiling row when the data has one."""
     tasks = sorted({k for m in results.values() for k in m if k != "test_score"})
@@ -321,8 +327,8 @@ def summary_table(results: Mapping[str, Mapping[str, float]], ceiling: Optional[
     for model, m in sorted(results.items(), key=lambda kv: -kv[1].get("test_score", float("-inf"))):
         lines.append(f"| {model} | {m['test_score']:.4f} | " + " | ".join(
             f"{m[t]:.4f}" if t in m else "" for t in tasks) + " |")
-    if ceiling and ceiling.get("metrics"):
-        flat = {f"{task}/{name}": float(v) for task, ms in ceiling["metrics"].items() for name, v in ms.items()}
+    flat = _ceiling_metrics(ceiling)
+    if flat:
         lines.append("| true probabilities (ceiling) |  | " + " | ".join(
             f"{flat[t]:.4f}" if t in flat else "" for t in tasks) + " |")
         lines += ["", f"Ceiling: {ceiling.get('source', 'the true probabilities')}, on the same "
@@ -348,7 +354,7 @@ def summary_step(parent_run_id: str, results: Mapping[str, Mapping[str, float]],
     (Path(work_dir) / "summary.md").write_text(text)  # where `mtlp run` finds it
     tracking.retry_call(client.log_text, parent_run_id, text, "summary.md")
     from .plots import model_comparison
-    png = model_comparison(results, Path(work_dir) / "model_comparison.png")
+    png = model_comparison(results, Path(work_dir) / "model_comparison.png", reference=_ceiling_metrics(ceiling) or None)
     tracking.log_artifact_files(client, parent_run_id, [png], "comparison")
     tracking.end_run(client, parent_run_id, "FINISHED")
     return text
