@@ -50,6 +50,7 @@ def build_spec_package(dest_dir: str | os.PathLike) -> Path:
 def _raw_type(spec: Any, source: str, example: Optional[pd.DataFrame]) -> str:
     """The spec's record of the raw column's type; specs written before it was recorded fall back on the example
     rows' dtypes, then on the encoder's statistics."""
+    from .datasets.base import mlflow_type_of
     from .encoders import DenseEncoder, SparseEncoder
 
     recorded = getattr(spec, "raw_types", {}).get(source)
@@ -57,13 +58,9 @@ def _raw_type(spec: Any, source: str, example: Optional[pd.DataFrame]) -> str:
         return recorded
     encoder = next(f for f in spec.features if f.source == source)
     if example is not None and source in example.columns:
-        dtype = example[source].dtype
-        if pd.api.types.is_bool_dtype(dtype):
-            return "boolean"
-        if pd.api.types.is_integer_dtype(dtype):
-            return "long"
-        if pd.api.types.is_float_dtype(dtype):
-            return "double"
+        typed = mlflow_type_of(example[source].dtype)
+        if typed:
+            return typed
         return "double" if isinstance(encoder, DenseEncoder) else "string"
     if isinstance(encoder, DenseEncoder):
         return "long" if _integral(encoder) else "double"

@@ -142,18 +142,27 @@ def column_split_masks(values: pd.Series, val_fraction: float, test_fraction: fl
     return [is_train, is_val, ~(is_train | is_val)]
 
 
-def raw_type(values: pd.Series, missing_values: Sequence[str] = ()) -> str:
-    """A raw column's type in MLflow's words (long, double, string, boolean): what a client that reads the same
-    file with ``pd.read_csv`` sends. A reader that kept text (``dtype=str``) gets the type pandas would infer."""
+def mlflow_type_of(dtype: Any) -> Optional[str]:
+    """A typed pandas column's type in MLflow's words (boolean, long, double); None for text and objects."""
     import pandas as pd
 
-    dtype = values.dtype
     if pd.api.types.is_bool_dtype(dtype):
         return "boolean"
     if pd.api.types.is_integer_dtype(dtype):
         return "long"
     if pd.api.types.is_float_dtype(dtype):
         return "double"
+    return None
+
+
+def raw_type(values: pd.Series, missing_values: Sequence[str] = ()) -> str:
+    """A raw column's type in MLflow's words (long, double, string, boolean): what a client that reads the same
+    file with ``pd.read_csv`` sends. A reader that kept text (``dtype=str``) gets the type pandas would infer."""
+    import pandas as pd
+
+    typed = mlflow_type_of(values.dtype)
+    if typed:
+        return typed
     text = values.astype("string").str.strip()
     text = text.mask(text.isin([*missing_values, ""]))
     present = text.dropna()
