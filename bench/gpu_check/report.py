@@ -5,9 +5,9 @@ from __future__ import annotations
 from bench.gpu_check import TASKS
 
 RUN_LABELS = {"cpu": "CPU fp32 (reference)", "device": "device fp32", "device_plain": "device fp32, plain graph",
-              "device_bf16": "device bf16 autocast", "cpu_next_seed": "CPU fp32, next seed (scale only)"}
+              "device_bf16": "device bf16 autocast", "cpu_next_seed": "CPU fp32, next seed (the AUC limits' scale)"}
 COMPARE_LABELS = {"device_vs_cpu": "device fp32 vs CPU", "plain_vs_products": "plain graph vs table products",
-                  "bf16_vs_cpu": "bf16 vs CPU fp32", "next_seed_vs_cpu": "next seed vs seed (not checked)"}
+                  "bf16_vs_cpu": "bf16 vs CPU fp32", "next_seed_vs_cpu": "next seed vs seed (widens the AUC limits)"}
 
 
 def _auc(d: dict) -> str:
