@@ -29,8 +29,8 @@ sys.path.insert(0, str(REPO))
 def worker(a: argparse.Namespace) -> None:
     import torch
 
-    from components.model_factory import build_model, resolve_params
-    from components.train import _spec, split_loader
+    from workflow.training.model_factory import build_model, resolve_params
+    from workflow.training.train import _spec, split_loader
     from mtl_models import Callback, MTLTrainer
 
     torch.set_num_threads(a.threads)
@@ -63,8 +63,8 @@ def memory_worker(a: argparse.Namespace) -> None:
     import psutil
     import torch
 
-    from components.model_factory import build_model, resolve_params
-    from components.train import _spec, split_loader
+    from workflow.training.model_factory import build_model, resolve_params
+    from workflow.training.train import _spec, split_loader
     from mtl_models import MTLTrainer
 
     proc = psutil.Process()
@@ -90,7 +90,7 @@ def memory_worker(a: argparse.Namespace) -> None:
 
 
 def memory(a: argparse.Namespace) -> None:
-    from components.prepare import prepare
+    from workflow.data.prepare import prepare
 
     with tempfile.TemporaryDirectory() as tmp:
         prepared = Path(tmp) / "funnel"
@@ -169,7 +169,7 @@ def main() -> None:
     if a.memory_users:
         return memory(a)
 
-    from components.prepare import prepare
+    from workflow.data.prepare import prepare
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

@@ -4,7 +4,7 @@ Each size runs in its own subprocess so that its peak RSS is its own: VmHWM, whi
 would carry the parent's peak over to the child). "Data in memory" is the size of the written columns as
 fixed-width arrays (rows x bytes per row, i.e. the Arrow tables written, which have no nulls); targets: >= 1M
 rows/s end to end and whole-process peak RSS <= 3x that size. The baseline is the child's peak RSS after its
-imports (python, numpy, pyarrow.parquet, components.prepare), before any data. Writes
+imports (python, numpy, pyarrow.parquet, workflow.data.prepare), before any data. Writes
 bench/results/bench_prepare.json and prints a table.
 
     .venv/bin/python bench/bench_prepare.py [--sizes 1000000 10000000] [--repeats 1]
@@ -36,7 +36,7 @@ def peak_kib():
 
 
 import pyarrow.parquet as pq
-from components.prepare import prepare
+from workflow.data.prepare import prepare
 
 n_rows = int(sys.argv[1])
 baseline_kib = peak_kib()

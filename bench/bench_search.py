@@ -66,8 +66,8 @@ def main(argv=None) -> int:
 
     import torch
 
-    from components.prepare import prepare
-    from components.search import search
+    from workflow.data.prepare import prepare
+    from workflow.search import search
 
     threads = args.threads
     torch.set_num_threads(threads)

@@ -1,8 +1,8 @@
 """Part 3: entire-space CVR on synthetic-funnel (ESMM, Ma et al., SIGIR 2018).
 
-Both arms see the same prepared data (``components.prepare``) and the pipeline's default architecture
+Both arms see the same prepared data (``workflow.data.prepare``) and the pipeline's default architecture
 (embed 16, bottom [128, 64], towers [32], dropout 0.1, Adam 1e-3, early stopping on validation):
-- ESMM (``components.train.train``): pCTR and pCVR towers trained on all impressions through pCTCVR;
+- ESMM (``workflow.training.train.train``): pCTR and pCVR towers trained on all impressions through pCTCVR;
 - the conventional CVR model: the same bottom and one tower, trained on clicked impressions only
   (label = conversion), early-stopped on clicked validation rows.
 Both are scored on **all** test impressions against the generator's ground-truth pCVR: AUC with the true
@@ -87,9 +87,9 @@ def train_clicked_cvr(prepared: Path, spec, seed: int, cfg: dict, work: Path):
 
 
 def run(cfg: dict, log=print) -> dict:
-    from components.feature_spec import FeatureSpec
-    from components.prepare import prepare
-    from components.train import load_trained, train
+    from workflow.data.feature_spec import FeatureSpec
+    from workflow.data.prepare import prepare
+    from workflow.training.train import load_trained, train
 
     torch.set_num_threads(cfg.get("threads", 1))
     runs = []

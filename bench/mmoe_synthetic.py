@@ -1,6 +1,6 @@
 """Part 2: the MMOE paper's synthetic experiment (Ma et al., KDD 2018, section 4 / Figure 4).
 
-Two regression tasks whose correlation is set by p (``components.datasets.synthetic_mmoe``: d=100, m=10 sines,
+Two regression tasks whose correlation is set by p (``workflow.data.datasets.synthetic_mmoe``: d=100, m=10 sines,
 c=1, noise 0.1); SharedBottom, MMOE and PLE of about the same size are trained with ``MTLTrainer`` (Adam,
 MSE per task, equal weights); after every epoch the test MSE of each task is recorded. Curves are averaged
 over seeds (data and initialisation both change with the seed). The paper's claim: the lower the task
@@ -59,7 +59,7 @@ def build(name: str, features, cfg):
 def one_run(p: float, seed: int, name: str, cfg: dict) -> dict:
     import tempfile
 
-    from components.datasets.synthetic_mmoe import OPTIONS, generate
+    from workflow.data.datasets.synthetic_mmoe import OPTIONS, generate
     from mtl_models import DenseFeature, MTLTrainer, make_loader
 
     frame = generate(seed, {**OPTIONS, "p": p, "n_rows": cfg["n_rows"]})

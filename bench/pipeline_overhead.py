@@ -2,7 +2,7 @@
 
 - Pruning: ``bench_search.main`` (Adult, MMOE, random sampler: every arm draws the same configurations).
 - ``mtlp run``: ``pipeline.local.run_local`` on a config (the default one in full mode), per-task durations
-  from the KFP local runner's own log lines; then the reference: the same ``components.steps`` functions called
+  from the KFP local runner's own log lines; then the reference: the same ``workflow.steps`` functions called
   directly in one fresh process (its interpreter start and imports included, as the local run's are), in the
   graph's order (start, prepare, per model: model run, search, train,
   evaluate, export, register; promote; summary), each step timed. Overhead = local runner / direct - 1.
@@ -86,7 +86,7 @@ def run_local_timed(config, work: Path, warm_worker: bool = True) -> dict:
 
 def run_direct(config, work: Path) -> dict:
     """The graph's steps as plain calls in this process, in order, timed per step."""
-    from components import steps
+    from workflow import steps
     from pipeline.config import config_to_dict
 
     cfg = config_to_dict(config)
@@ -144,7 +144,7 @@ def run_direct_fresh(config, work: Path) -> dict:
     return out
 
 
-TASK_IMPORTS = "import torch, mlflow, kfp, components.steps, components.search, components.train"
+TASK_IMPORTS = "import torch, mlflow, kfp, workflow.steps, workflow.search, workflow.training.train"
 
 
 def task_startup(n: int) -> dict:

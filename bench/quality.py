@@ -7,9 +7,9 @@ single-task baseline per task (SharedBottom with one tower: the same MLP, one ta
 HistGradientBoostingClassifier (one model per task, raw columns, categoricals native) — trained on adult.data,
 tested on adult.test.
 
-Table B, the pipeline's tuned models: ``components.prepare`` (adult: train/val split of adult.data, test =
-adult.test), ``components.search`` per model with ``configs/adult.yaml``'s search space (the numeric encoding
-searched with the rest) and a fixed budget, then ``components.train`` with the best params over seeds; the
+Table B, the pipeline's tuned models: ``workflow.data.prepare`` (adult: train/val split of adult.data, test =
+adult.test), ``workflow.search`` per model with ``configs/adult.yaml``'s search space (the numeric encoding
+searched with the rest) and a fixed budget, then ``workflow.training.train`` with the best params over seeds; the
 champion is chosen on validation (mean val AUC), reported on test, next to HistGradientBoosting trained on the
 same prepared train split. Table C, one row per numeric encoding: one model searched the same way with the
 encoding fixed (``standard`` = today's standardised / log1p values fed as they are).
@@ -154,8 +154,8 @@ def _prepared_frame(prepared: Path, split: str, spec):
 
 
 def _tuned_model(prepared: Path, work: Path, m: str, cfg: dict, encoding: str | None = None) -> tuple[dict, list]:
-    from components.search import search
-    from components.train import train
+    from workflow.search import search
+    from workflow.training.train import train
 
     torch.set_num_threads(1)
     t0 = time.perf_counter()
@@ -182,8 +182,8 @@ def _tuned_model(prepared: Path, work: Path, m: str, cfg: dict, encoding: str | 
 
 def run_tuned(cfg: dict, log, pool, then=lambda: None) -> dict:
     """Submit the searches to ``pool``, call ``then`` (which may queue more work behind them), collect."""
-    from components.feature_spec import FeatureSpec
-    from components.prepare import prepare
+    from workflow.data.feature_spec import FeatureSpec
+    from workflow.data.prepare import prepare
 
     rows, searches = [], {}
     with tempfile.TemporaryDirectory(prefix="bench-tuned-") as tmp:

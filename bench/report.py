@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from components.plots import pyplot, save_figure
+from workflow.reports.plots import pyplot, save_figure
 
 REPO = Path(__file__).resolve().parents[1]
 README_START, README_END = "<!-- bench:headline:start -->", "<!-- bench:headline:end -->"
@@ -151,13 +151,13 @@ def _part1_tuned(tuned: dict, cfgs: dict, head: dict) -> list[str]:
                 if m != "HistGradientBoosting" and rs[0].get("table", "pipeline") == "pipeline"}
     per_encoding = {m: rs for m, rs in tg.items() if rs[0].get("table") == "encoding"}
     budget = (f"{cfgs.get('tuned_trials')} trials × ≤ {cfgs.get('tuned_search_epochs')} epochs, median pruner, TPE "
-              f"sampler; then `components.train` with the best params, ≤ {cfgs.get('tuned_train_epochs')} epochs, "
+              f"sampler; then `workflow.training.train` with the best params, ≤ {cfgs.get('tuned_train_epochs')} epochs, "
               f"early stopping on validation (patience {cfgs.get('tuned_patience', 2)}), seeds "
               f"{cfgs.get('tuned_seeds', cfgs.get('seeds'))}")
     lines = ["#### Tuned by the pipeline", "",
-             "`components.prepare` (adult: train/val split of adult.data, test = adult.test; numerics standardised, "
+             "`workflow.data.prepare` (adult: train/val split of adult.data, test = adult.test; numerics standardised, "
              "heavy-tailed ones log1p, with train quantiles and target-aware tree bins in the feature spec), then "
-             "`components.search` per model with `configs/adult.yaml`'s search space (numeric encoding, bins, "
+             "`workflow.search` per model with `configs/adult.yaml`'s search space (numeric encoding, bins, "
              f"embedding widths, AdamW weight decay, lr schedule, widths searched): {budget}. The champion is the "
              "model with the best mean **validation** score (mean val AUC) among the models scored on both labels "
              "(not ESMM, whose second output is scored against income ∧ never-married); test AUC is reported.", "",
@@ -499,7 +499,7 @@ def part6(rec: dict, img: Path) -> tuple[list[str], dict]:
               + f": {used.get('dataset')} {json.dumps(used.get('options'))}, models {used.get('models')}, search "
               f"{json.dumps(used.get('search'))}, train {json.dumps(used.get('train'))}), caching off. "
               "KFP's local runner (`pipeline.local.run_local`: each task a fork of one warm worker process that "
-              "imported torch, MLflow and the steps once) vs the same `components.steps` functions called one after "
+              "imported torch, MLflow and the steps once) vs the same `workflow.steps` functions called one after "
               "the other in one fresh Python process, its interpreter start and imports included as the local run's "
               "are (`bench.pipeline_overhead.run_direct_fresh`)"
               + ("; and, for comparison, the local runner with KFP's own launcher (`--cold-tasks`: a fresh "
@@ -559,7 +559,7 @@ def part6(rec: dict, img: Path) -> tuple[list[str], dict]:
 def part7(rec: dict, img: Path) -> tuple[list[str], dict]:
     res = rec["result"]
     cfg = res["config"]
-    lines = ["`components.prepare` on synthetic-funnel, then one epoch of MMOE (the pipeline's default: embed 16, "
+    lines = ["`workflow.data.prepare` on synthetic-funnel, then one epoch of MMOE (the pipeline's default: embed 16, "
              f"8 experts [128, 64], towers [32]) from the Parquet train split, batch {cfg['batch']}, {cfg['threads']} torch "
              "threads; each phase in its own process, with its own peak RSS.", "",
              "| rows | prepare s | prepare rows/s | prepare peak RSS MiB | data MiB | Parquet MiB | train rows loaded | rows trained "

@@ -1,5 +1,5 @@
-"""Part 7: scale on synthetic-funnel: ``components.prepare`` at 1M and 10M rows, then one epoch of MMOE
-(the pipeline's default architecture, ``components.train.split_loader`` + ``MTLTrainer``, batch 4096): rows/s
+"""Part 7: scale on synthetic-funnel: ``workflow.data.prepare`` at 1M and 10M rows, then one epoch of MMOE
+(the pipeline's default architecture, ``workflow.training.train.split_loader`` + ``MTLTrainer``, batch 4096): rows/s
 and peak RSS, each phase in its own process so that its peak (VmHWM) is its own.
 
 Data in memory = rows x bytes per row of the written columns (as bench/bench_prepare.py counts it). With
@@ -38,7 +38,7 @@ def _peak() -> int:
 def child_prepare(n_rows: int, out: str) -> dict:
     import pyarrow.parquet as pq
 
-    from components.prepare import prepare
+    from workflow.data.prepare import prepare
 
     base = _peak()
     t0, c0 = time.perf_counter(), time.process_time()
@@ -53,9 +53,9 @@ def child_prepare(n_rows: int, out: str) -> dict:
 def child_train(prepared: str, max_rows: int, batch: int, threads: int) -> dict:
     import torch
 
-    from components.feature_spec import FeatureSpec
-    from components.model_factory import build_model
-    from components.train import split_loader
+    from workflow.data.feature_spec import FeatureSpec
+    from workflow.training.model_factory import build_model
+    from workflow.training.train import split_loader
     from mtl_models import MTLTrainer, TensorLoader
 
     torch.set_num_threads(threads)

@@ -84,7 +84,7 @@ build() {
     # pip inside the build trusts the same CAs as this machine (a TLS-inspecting proxy, for one).
     [ -f /etc/ssl/certs/ca-certificates.crt ] && \
         mounts+=(-v /etc/ssl/certs/ca-certificates.crt:/etc/ssl/certs/ca-certificates.crt:ro)
-    if [ -n "$(git status --porcelain -- mtl_models components pipeline pyproject.toml 2>/dev/null)" ]; then
+    if [ -n "$(git status --porcelain -- mtl_models workflow pipeline pyproject.toml 2>/dev/null)" ]; then
         log "WARNING: uncommitted changes in the packaged code: the tag names HEAD ($GIT_SHA), the image holds the working tree"
     fi
     log "building $IMAGE from base $base"
@@ -123,17 +123,17 @@ smoke() {
     log "the image runs as uid $uid"
     run_in_image default-image python -c 'from pipeline.image import default_image; print(default_image())'
 
-    run_in_image prepare python -m components.prepare --dataset adult --data-dir /data/adult --out /out/prepared
+    run_in_image prepare python -m workflow.data.prepare --dataset adult --data-dir /data/adult --out /out/prepared
     local model="${SMOKE_MODEL:-mmoe}"
-    # The training CLI where components.train has one; else its Python API (same code, no argv parsing).
+    # The training CLI where workflow.training.train has one; else its Python API (same code, no argv parsing).
     if podman run "${RUNTIME_ARGS[@]}" --rm --network=none --read-only --tmpfs /tmp "$IMAGE" \
-            python -m components.train --help 2>/dev/null | grep -q -- '--prepared'; then
-        run_in_image train python -m components.train --prepared /out/prepared --model "$model" --epochs 1 --out /out/model
+            python -m workflow.training.train --help 2>/dev/null | grep -q -- '--prepared'; then
+        run_in_image train python -m workflow.training.train --prepared /out/prepared --model "$model" --epochs 1 --out /out/model
     else
-        log "components.train has no command line (yet): calling components.train.train() instead"
+        log "workflow.training.train has no command line (yet): calling workflow.training.train.train() instead"
         run_in_image train python -c "
 import sys
-from components.train import train
+from workflow.training.train import train
 r = train('/out/prepared', sys.argv[1], '/out/model', n_epoch=1, progress=False)
 print(f'trained {r.model_name}: {r.n_parameters} parameters, {r.train_seconds:.1f} s, test score {r.test_score:.4f}')
 print('test metrics:', r.test_metrics)

@@ -78,7 +78,7 @@ def cmd_ui(args: argparse.Namespace) -> int:
     becomes the MLflow server (exec), so a signal to it stops the server and the workers it started."""
     import os
 
-    from components.promote import find_local_store
+    from workflow.registry.cli import find_local_store
 
     folder = Path(args.run) if args.run else find_local_store(args.runs_root)
     if folder is not None and not (folder / "mlflow.db").exists() and (Path(args.runs_root) / folder).is_dir():
@@ -113,7 +113,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 
 def cmd_promote(argv: Sequence[str]) -> int:
-    from components.promote import main as promote_main
+    from workflow.registry.cli import main as promote_main
     return promote_main(list(argv))
 
 
@@ -172,7 +172,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if argv[:1] == ["promote"]:
         return cmd_promote(argv[1:])
     args = build_parser().parse_args(argv)
-    from components.errors import DataError
+    from workflow.data.errors import DataError
     from .config import ConfigError
     try:
         return args.func(args)

@@ -16,7 +16,7 @@ from typing import Any, Mapping, Optional, Union
 
 import yaml
 
-from components.model_factory import MODEL_NAMES
+from workflow.training.model_factory import MODEL_NAMES
 
 __all__ = ["PipelineConfig", "ConfigError", "load_config", "config_to_dict", "DEFAULT_CONFIG"]
 

@@ -49,7 +49,7 @@ SHARED_MOUNT = "/mnt/mtlp-shared"
 
 
 def _job_json(config: PipelineConfig) -> str:
-    """What a multi-node train step needs to write its PyTorchJob (``components.pytorchjob.JobSettings``,
+    """What a multi-node train step needs to write its PyTorchJob (``workflow.training.pytorchjob.JobSettings``,
     less the image, which is the run's parameter so that the job runs the code the pipeline runs)."""
     r, t = config.resources, config.train
     fixed = {"namespace": t.job_namespace, "service_account": t.job_service_account, "shared_pvc": t.shared_pvc,

@@ -115,7 +115,7 @@ def _run_temp_dir(path: Path) -> Iterator[None]:
 
 def _end_open_runs(config: PipelineConfig, work_dir: Path, run_name: str) -> list[str]:
     """Mark the run's MLflow runs that are still open FAILED; [] when there is no store yet or it cannot be reached."""
-    from components import tracking
+    from workflow import tracking
 
     try:
         uri, _ = tracking.resolve_tracking_uri(work_dir, config.tracking.uri or None)

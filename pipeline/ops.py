@@ -1,7 +1,7 @@
-"""The KFP components: one thin wrapper per function of ``components.steps``, bound to the project image.
+"""The KFP components: one thin wrapper per function of ``workflow.steps``, bound to the project image.
 
 KFP ships each function's source to the container, so imports live inside the functions; the real
-work is in the importable ``components`` package that the image (or the local venv) has installed.
+work is in the importable ``workflow`` package that the image (or the local venv) has installed.
 """
 
 
@@ -15,13 +15,13 @@ from kfp.dsl.python_component import PythonComponent
 def start_run(config_json: str, work_dir: str, run_name: str, tracking_uri: str) -> str:
     import json
 
-    from components.steps import start_pipeline_run
+    from workflow.steps import start_pipeline_run
     return start_pipeline_run(json.loads(config_json), work_dir, run_name, tracking_uri or None)
 
 
 def prepare_data(dataset: str, data_dir: str, seed: int, val_fraction: float, options: dict,
                  parent_run_id: str, work_dir: str, tracking_uri: str, prepared: Output[Dataset]):
-    from components.steps import prepare_step
+    from workflow.steps import prepare_step
     # KFP passes dict parameters through protobuf Struct, where every number is a double: 4000 -> 4000.0
     options = {k: int(v) if isinstance(v, float) and v.is_integer() else v for k, v in options.items()}
     spec = prepare_step(dataset, prepared.path, data_dir or None, seed, val_fraction, options,
@@ -30,7 +30,7 @@ def prepare_data(dataset: str, data_dir: str, seed: int, val_fraction: float, op
 
 
 def start_model_run(run_name: str, experiment: str, model_name: str, work_dir: str, tracking_uri: str) -> str:
-    from components.steps import start_model_run as start
+    from workflow.steps import start_model_run as start
     return start(run_name, experiment, model_name, work_dir, tracking_uri or None)
 
 
@@ -39,7 +39,7 @@ def search_model(prepared: Input[Dataset], model_name: str, model_run_id: str, s
                  run_name: str) -> str:
     import json
 
-    from components.steps import search_step
+    from workflow.steps import search_step
     search = {**json.loads(search_json), "n_trials": n_trials, "n_epoch": n_epoch, "storage": storage or None}
     best = search_step(prepared.path, model_name, work_dir, model_run_id, search, seed=seed, device=device,
                        tracking_uri=tracking_uri or None, run_name=run_name)
@@ -52,7 +52,7 @@ def train_model(prepared: Input[Dataset], model_name: str, model_run_id: str, be
                 job_json: str = "{}", job_image: str = "", single_task: bool = False) -> float:
     import json
 
-    from components.steps import train_step
+    from workflow.steps import train_step
     fixed = {"batch_size": batch_size, **json.loads(fixed_params_json).get(model_name, {})}
     result = train_step(prepared.path, model_name, trained.path, model_run_id, work_dir,
                         best_params=json.loads(best_params), fixed_params=fixed, n_epoch=n_epoch, patience=patience,
@@ -66,7 +66,7 @@ def evaluate_model(trained: Input[Model], model_name: str, metrics: Output[Metri
                    report_md: Output[Markdown]) -> str:
     import json
 
-    from components.steps import evaluate_step
+    from workflow.steps import evaluate_step
     flat = evaluate_step(trained.path, report.path, report_md.path)
     for key, value in flat.items():
         metrics.log_metric(key.replace("/", "_"), value)
@@ -77,7 +77,7 @@ def export_onnx(trained: Input[Model], prepared: Input[Dataset], model_run_id: s
                 tracking_uri: str, exported: Output[Model]) -> float:
     import shutil
 
-    from components.steps import export_step
+    from workflow.steps import export_step
     shutil.copytree(trained.path, exported.path)  # the servable folder: weights, spec and model.onnx
     diff = export_step(exported.path, prepared.path, model_run_id, work_dir, tracking_uri or None)
     exported.metadata.update({"onnx_parity_max_abs_diff": diff})
@@ -86,7 +86,7 @@ def export_onnx(trained: Input[Model], prepared: Input[Dataset], model_run_id: s
 
 def register_model(exported: Input[Model], model_run_id: str, registered_model: str, work_dir: str,
                    tracking_uri: str, run_name: str) -> str:
-    from components.steps import register_step
+    from workflow.steps import register_step
     return register_step(exported.path, model_run_id, registered_model, work_dir, run_name, tracking_uri or None)
 
 
@@ -94,7 +94,7 @@ def promote_champion(versions: List[str], registered_model: str, metric: str, ma
                      tracking_uri: str) -> str:
     import json
 
-    from components.steps import promote_step
+    from workflow.steps import promote_step
     return json.dumps(promote_step(versions, registered_model, work_dir, metric, margin, tracking_uri or None))
 
 
@@ -102,7 +102,7 @@ def summarize_run(parent_run_id: str, evaluations: List[str], decision_json: str
                   work_dir: str, tracking_uri: str, summary: Output[Markdown]) -> str:
     import json
 
-    from components.steps import summary_step
+    from workflow.steps import summary_step
     results = {e["model"]: e["metrics"] for e in map(json.loads, evaluations)}
     return summary_step(parent_run_id, results, json.loads(decision_json), registered_model, work_dir, summary.path,
                         tracking_uri or None)

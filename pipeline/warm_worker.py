@@ -40,16 +40,16 @@ __all__ = ["WarmWorker", "LocalTasks", "TaskConsole", "TaskFailure", "launcher_o
 # tasks of every run, start and model runs, need) before it says it is ready, the rest between and during tasks.
 # A name that fails to import is skipped: the task that needs it imports it itself and reports the error there.
 FIRST = ("kfp.dsl.executor_main", "mlflow", "mlflow.store.tracking.sqlalchemy_store",
-         "mlflow.store.model_registry.sqlalchemy_store", "components.steps")
+         "mlflow.store.model_registry.sqlalchemy_store", "workflow.steps")
 PRELOAD = FIRST + (
     # the rest, in the order the graph's tasks need it, is imported while the first tasks run
-    "pandas", "pyarrow.parquet", "components.prepare",  # prepare
-    "torch", "optuna", "sklearn.metrics", "components.search", "components.train",  # search, train
-    "optuna.visualization", "matplotlib.pyplot", "components.plots", "git",  # their plots and tags
+    "pandas", "pyarrow.parquet", "workflow.data.prepare",  # prepare
+    "torch", "optuna", "sklearn.metrics", "workflow.search", "workflow.training.train",  # search, train
+    "optuna.visualization", "matplotlib.pyplot", "workflow.reports.plots", "git",  # their plots and tags
     "torch.onnx", "torch.export", "torch._export", "torch._dynamo", "torch._functorch.aot_autograd",
     "torch._inductor.codegen", "torch.onnx._internal.exporter._core", "sympy", "networkx", "onnx",
     "onnxscript", "onnxscript.function_libs.torch_lib.ops", "onnxscript.rewriter", "onnxruntime",  # export
-    "mlflow.pyfunc", "components.registry", "components.serving")  # register, promote
+    "mlflow.pyfunc", "workflow.registry", "workflow.serving")  # register, promote
 
 _LAUNCHER = "kfp.dsl.executor_main"
 

@@ -1,4 +1,4 @@
-"""One rank of the distributed tests: ``components.distributed.main`` with instruments around it.
+"""One rank of the distributed tests: ``workflow.training.torchrun.main`` with instruments around it.
 
 After every optimizer step it gathers the model's and the weighting's parameters from all ranks and
 records the largest difference to rank 0; it counts checkpoint writes; at the end it compares the
@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from components import distributed
+from workflow.training import torchrun as distributed
 from mtl_models.trainer import trainer as trainer_module
 
 REPORT = Path(os.environ["DDP_TEST_REPORT_DIR"])

@@ -76,7 +76,7 @@ def store_with_versions(folder: Path, model: str, n_versions: int) -> tuple[Path
 def prepared_adult(adult_dir: Path, root: Path) -> Path:
     """Prepare Adult once per test process (the files are read-only afterwards)."""
     if "adult" not in _PREPARED:
-        from components.prepare import prepare
+        from workflow.data.prepare import prepare
 
         out = root / "prepared-adult"
         prepare("adult", out, data_dir=adult_dir, seed=7)
@@ -85,7 +85,7 @@ def prepared_adult(adult_dir: Path, root: Path) -> Path:
 
 
 def raw_test_rows(adult_dir: Path, nrows: Optional[int] = None) -> pd.DataFrame:
-    from components.serving import read_adult_raw
+    from workflow.serving import read_adult_raw
     return read_adult_raw(adult_dir / "adult.test", nrows=nrows)
 
 
@@ -103,8 +103,9 @@ class PipelineRun:
 def run_pipeline(trk: Any, prepared: Path, work: Path, raw_example: pd.DataFrame,
                  pipeline_run_id: str = "pr-0001") -> PipelineRun:
     """prepare (given) -> train two tiny models in child runs -> register -> promote the best."""
-    from components import candidates, tracking
-    from components.feature_spec import FeatureSpec
+    from workflow import candidates
+    from workflow import tracking
+    from workflow.data.feature_spec import FeatureSpec
 
     spec = FeatureSpec.load(prepared / "feature_spec.json")
     config = {"experiment": trk.experiment_name, "dataset": spec.dataset, "models": MODELS,
@@ -135,7 +136,8 @@ def check_layout(run: PipelineRun) -> None:
     """Parent/child runs, params, per-epoch history, artifacts, versions with tags, aliases, promotion tags."""
     from mlflow import MlflowClient
 
-    from components import registry, tracking
+    from workflow import registry
+    from workflow import tracking
 
     client = MlflowClient(run.tracking.uri, run.tracking.uri)
     parent = client.get_run(run.parent_run_id)
@@ -211,9 +213,9 @@ def check_champion_parity(run: PipelineRun, adult_dir: Path) -> None:
     """Champion pyfunc on raw adult.test rows == the trainer's predictions on the prepared test split."""
     import mlflow
 
-    from components.train import predict_prepared
+    from workflow.training.train import predict_prepared
 
-    from components.tracking import use_globally
+    from workflow.tracking import use_globally
 
     use_globally(run.tracking.uri)
     raw = raw_test_rows(adult_dir)
@@ -241,7 +243,7 @@ def check_promotion_rules(run: PipelineRun) -> None:
     """With the two real candidates: worse does not move the champion, better does, rollback restores."""
     from mlflow import MlflowClient
 
-    from components import registry
+    from workflow import registry
 
     client = MlflowClient(run.tracking.uri, run.tracking.uri)
     worse, better = sorted(run.candidates, key=lambda c: c.result.test_score)
@@ -316,10 +318,10 @@ def background(cmd: list[str], log_path: Path, env: Optional[dict] = None):
 
 @contextlib.contextmanager
 def serve_champion(run: PipelineRun, log_path: Path, timeout: float = 180, plain_mlflow: bool = False):
-    """``python -m components.model_server`` (MLflow's scoring app behind the body cap) of
+    """``python -m workflow.serving.model_server`` (MLflow's scoring app behind the body cap) of
     ``models:/adult-mtl@champion`` on a free loopback port, answering ``/ping``; with ``plain_mlflow`` MLflow's
     own ``mlflow models serve --env-manager local`` instead. Yields ``(base_url, proc)``, stops the server on exit."""
-    from components import serving
+    from workflow import serving
 
     port = free_port()
     env = serving.serve_environment(tracking_uri=run.tracking.uri)
@@ -354,12 +356,12 @@ _EMBEDDED: list[PipelineRun] = []
 def embedded_pipeline(adult_dir: Path, root: Path) -> PipelineRun:
     """The two-model pipeline run on the embedded store, once per test process (tracking + serving tests)."""
     if not _EMBEDDED:
-        from components import tracking
+        from workflow import tracking
 
         prepared = prepared_adult(adult_dir, root)
         work = seed_store(root / "embedded-work")
         trk = tracking.setup_tracking("adult-mtl-embedded", work_dir=work)
         _EMBEDDED.append(run_pipeline(trk, prepared, work, raw_test_rows(adult_dir, nrows=5)))
-    from components.tracking import use_globally
+    from workflow.tracking import use_globally
     use_globally(_EMBEDDED[0].tracking.uri)  # other tests may have pointed MLflow elsewhere meanwhile
     return _EMBEDDED[0]

@@ -37,7 +37,7 @@ def postgres():
 
 @pytest.fixture(scope="session")
 def champion_server(adult_dir: Path, tmp_path_factory):
-    """One model server (``components.model_server``: MLflow's scoring app + body cap) of the embedded pipeline's
+    """One model server (``workflow.serving.model_server``: MLflow's scoring app + body cap) of the embedded pipeline's
     champion for the session (tests/test_serving.py and
     tests/reliability/test_rel_serving_inputs.py share it): ``(base_url, proc, pipeline run, log path)``."""
     pytest.importorskip("mlflow")

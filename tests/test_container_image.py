@@ -1,7 +1,7 @@
 """Build the project image with podman and run data prep + one short training run in it.
 
 Runs deploy/podman-smoke.sh (also `make image-test`): the image is built from deploy/Dockerfile, then
-`components.prepare` and a one-epoch training run execute in it as the non-root user, with the raw
+`workflow.data.prepare` and a one-epoch training run execute in it as the non-root user, with the raw
 Adult data mounted read-only, a read-only root filesystem and no network, writing to a mounted folder.
 """
 

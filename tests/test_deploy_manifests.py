@@ -226,10 +226,10 @@ def test_model_server_has_probes(serving):
 
 def test_model_server_caps_the_request_body(serving):
     """The pod runs our server (MLflow's scoring app behind the 413 cap), not bare `mlflow models serve`."""
-    from components import model_server
+    from workflow.serving import model_server
 
     c = _container(serving, "Deployment", "mtl-champion", "model-server")
-    assert c["command"] == ["python", "-m", "components.model_server"]
+    assert c["command"] == ["python", "-m", "workflow.serving.model_server"]
     args = dict(a.split("=", 1) for a in c["args"])
     assert args["--model-uri"] == "$(MODEL_URI)" and args["--port"] == "8080"
     cap = int(_env(c)[model_server.MAX_BYTES_ENV]["value"])

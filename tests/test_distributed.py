@@ -64,7 +64,7 @@ N_EPOCH = 2
 
 @pytest.fixture(scope="module")
 def adult_prepared(adult_dir, tmp_path_factory):
-    from components.prepare import prepare
+    from workflow.data.prepare import prepare
 
     out = tmp_path_factory.mktemp("adult")
     prepare("adult", out, data_dir=adult_dir)
@@ -87,8 +87,8 @@ def test_two_ranks_match_one_process_and_write_once(adult_prepared, tmp_path, we
     so the two runs differ by that as well as by the order of floating-point sums."""
     from mlflow import MlflowClient
 
-    from components.distributed import worker_args
-    from components.train import train
+    from workflow.training.torchrun import worker_args
+    from workflow.training.train import train
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)

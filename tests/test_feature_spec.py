@@ -10,9 +10,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from components.encoders import LabelSpec, SparseEncoder, fit_dense, fit_sparse
-from components.errors import DataError
-from components.feature_spec import FeatureSpec
+from workflow.data.encoders import LabelSpec, SparseEncoder, fit_dense, fit_sparse
+from workflow.data.errors import DataError
+from workflow.data.feature_spec import FeatureSpec
 
 from _data_helpers import REPO
 
@@ -91,7 +91,7 @@ def test_encode_errors_name_the_problem(tmp_path):
 
 
 def test_feature_spec_imports_without_torch():
-    code = ("import sys; import components.feature_spec, components.encoders; "
+    code = ("import sys; import workflow.data.feature_spec, workflow.data.encoders; "
             "print('torch' in sys.modules, 'mtl_models' in sys.modules)")
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr

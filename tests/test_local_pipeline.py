@@ -38,7 +38,7 @@ def local_run(tmp_path_factory, monkeypatch_module):
 
 @pytest.mark.slow
 def test_local_run_logs_registers_and_promotes(local_run) -> None:
-    from components.tracking import client_for
+    from workflow.tracking import client_for
 
     config, run = local_run
     # registry pinned too: an earlier test in this process may have pointed MLflow's global registry elsewhere

@@ -1,8 +1,8 @@
-"""components.tracking.mask_credentials: what the pipeline (or a library user) logs to MLflow carries no URL password."""
+"""workflow.tracking.mask_credentials: what the pipeline (or a library user) logs to MLflow carries no URL password."""
 
 from __future__ import annotations
 
-from components.tracking import mask_credentials, setup_tracking, start_parent_run
+from workflow.tracking import mask_credentials, setup_tracking, start_parent_run
 
 
 def test_url_passwords_are_masked_anywhere_in_a_config():

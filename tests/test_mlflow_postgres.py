@@ -12,7 +12,8 @@ from _mlflow_helpers import (background, check_champion_parity, check_layout, ch
                              free_port, mlflow_bin, prepared_adult, quiet_mlflow, raw_test_rows, run_pipeline,
                              wait_http)
 
-from components import serving, tracking  # noqa: E402
+from workflow import serving# noqa: E402
+from workflow import tracking# noqa: E402
 
 quiet_mlflow()
 

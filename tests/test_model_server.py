@@ -1,4 +1,4 @@
-"""components.model_server: the request body cap (ASGI middleware) in front of MLflow's scoring app.
+"""workflow.serving.model_server: the request body cap (ASGI middleware) in front of MLflow's scoring app.
 
 The middleware is driven here with hand-made ASGI messages (no model, no socket); the served champion is tested
 through HTTP in tests/test_serving.py and tests/reliability/test_rel_serving_inputs.py."""
@@ -10,8 +10,9 @@ import json
 
 import pytest
 
-from components import model_server, serving
-from components.model_server import BodySizeLimit, max_request_bytes
+from workflow.serving import model_server
+from workflow import serving
+from workflow.serving.model_server import BodySizeLimit, max_request_bytes
 
 
 class Recorder:
@@ -169,7 +170,7 @@ def test_cli_refuses_a_bad_cap_before_loading_anything(capsys):
 
 def test_serve_command_runs_the_capped_server():
     cmd = serving.serve_command("models:/m@champion", 8123, max_request_bytes=1024)
-    assert cmd[1:3] == ["-m", "components.model_server"]
+    assert cmd[1:3] == ["-m", "workflow.serving.model_server"]
     assert cmd[cmd.index("-m", 3) + 1] == "models:/m@champion" and cmd[cmd.index("-p") + 1] == "8123"
     assert cmd[cmd.index("--max-request-bytes") + 1] == "1024"
     assert "--max-request-bytes" not in serving.serve_command("models:/m@champion", 8123)
@@ -180,7 +181,7 @@ def test_model_server_imports_no_torch():
     import subprocess
     import sys
 
-    code = ("import sys, components.model_server, mlflow.pyfunc.scoring_server\n"
+    code = ("import sys, workflow.serving.model_server, mlflow.pyfunc.scoring_server\n"
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'mtl_models')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]

@@ -11,10 +11,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from components.encoders import DenseEncoder, TREE_BIN_COUNTS, fit_dense, fit_tree_edges
-from components.errors import DataError
-from components.feature_spec import NUMERIC_ENCODINGS, FeatureSpec
-from components.model_factory import MODEL_NAMES, build_model
+from workflow.data.encoders import DenseEncoder, TREE_BIN_COUNTS, fit_dense, fit_tree_edges
+from workflow.data.errors import DataError
+from workflow.data.feature_spec import NUMERIC_ENCODINGS, FeatureSpec
+from workflow.training.model_factory import MODEL_NAMES, build_model
 from mtl_models import DenseFeature, SharedBottom, SparseFeature
 from mtl_models.features import Periodic, PiecewiseLinear, QuantileBins
 from mtl_models.layers import FeatureEmbedding
@@ -124,9 +124,9 @@ def test_bin_edges_of_a_point_mass_and_of_old_specs() -> None:
 @pytest.fixture(scope="module")
 def small_prepared(tmp_path_factory):
     """A generated two-task table with heavy-tailed and constant numerics, prepared as a user's CSV would be."""
-    from components.datasets.base import build_from_raw, RawTables, TableSchema
-    from components.encoders import LabelSpec
-    from components.prepare import write_outputs
+    from workflow.data.datasets.base import build_from_raw, RawTables, TableSchema
+    from workflow.data.encoders import LabelSpec
+    from workflow.data.prepare import write_outputs
     import pandas as pd
 
     rng = np.random.default_rng(0)
@@ -181,9 +181,9 @@ def test_trained_champion_exports_and_serves_raw_rows(small_prepared, tmp_path, 
     """Train, export (the step's own parity check over real test rows, <= 1e-5), then the registered pyfunc's
     class answers raw rows, which it encodes through the shipped spec, as the torch model does."""
     pytest.importorskip("mlflow")
-    from components import serving
-    from components.pyfunc_model import RawRowsMultiTaskModel
-    from components.train import export, load_trained, train
+    from workflow import serving
+    from workflow.serving.pyfunc_model import RawRowsMultiTaskModel
+    from workflow.training.train import export, load_trained, train
 
     prepared, frame = small_prepared
     params = {"numeric_encoding": encoding, "bin_source": bin_source, "n_bins": 8, "numeric_embed_dim": 4,
@@ -213,7 +213,7 @@ def test_trained_champion_exports_and_serves_raw_rows(small_prepared, tmp_path, 
 @pytest.mark.parametrize("model_name, family", [("mmoe", "mmoe"), ("aitm", "shared_bottom")])
 def test_single_task_baselines_train_one_model_of_the_family_per_task(small_prepared, tmp_path, model_name: str,
                                                                        family: str) -> None:
-    from components.train import load_trained, single_task_baselines, train
+    from workflow.training.train import load_trained, single_task_baselines, train
 
     prepared, _ = small_prepared
     params = {"numeric_encoding": "bins", "bin_source": "tree", "n_bins": 8, "embed_dim": 4, "tower_dims": [8],
@@ -235,7 +235,7 @@ def test_train_step_logs_single_task_baselines_on_the_model_run(small_prepared, 
     pytest.importorskip("mlflow")
     from mlflow import MlflowClient
 
-    from components import steps
+    from workflow import steps
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     prepared, _ = small_prepared

@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from components.feature_spec import FeatureSpec
-from components.prepare import prepare
+from workflow.data.feature_spec import FeatureSpec
+from workflow.data.prepare import prepare
 
 from _data_helpers import ADULT_DIR
 

@@ -6,9 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from components.datasets.census_income import COLUMNS as CENSUS_COLUMNS
-from components.datasets.synthetic_mmoe import OPTIONS as MMOE_OPTIONS, generate as generate_mmoe
-from components.prepare import prepare
+from workflow.data.datasets.census_income import COLUMNS as CENSUS_COLUMNS
+from workflow.data.datasets.synthetic_mmoe import OPTIONS as MMOE_OPTIONS, generate as generate_mmoe
+from workflow.data.prepare import prepare
 
 from _data_helpers import ALIEXPRESS_DIR
 
@@ -76,7 +76,7 @@ def test_aliexpress_sample_prepares_with_conversion_within_click(tmp_path):
 
 
 def test_aliexpress_rejects_conversion_without_click(tmp_path):
-    from components.errors import DataError
+    from workflow.data.errors import DataError
     from _data_helpers import assert_nothing_written
 
     raw = pd.read_csv(ALIEXPRESS_DIR / "aliexpress_train_sample.csv")
@@ -164,8 +164,8 @@ def test_tabular_file_with_yaml_schema_split_by_column(tmp_path, kind):
 def test_yaml_schema_takes_numeric_column_names_as_written(tmp_path):
     """``- 101`` names column '101'; 109_14 and 012, which YAML reads as the numbers 10914 and 10, keep their
     spelling; numbers that are not names (fractions, counts) stay numbers; a list is still refused in one line."""
-    from components.datasets.tabular import read_schema
-    from components.errors import DataError
+    from workflow.data.datasets.tabular import read_schema
+    from workflow.data.errors import DataError
 
     path = tmp_path / "schema.yaml"
     path.write_text("sparse: [101, 109_14, 012, {column: 205, min_frequency: 2}]\ndense: [1.50]\n"

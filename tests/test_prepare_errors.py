@@ -9,8 +9,8 @@ import sys
 import pandas as pd
 import pytest
 
-from components.errors import DataError
-from components.prepare import prepare
+from workflow.data.errors import DataError
+from workflow.data.prepare import prepare
 
 from _data_helpers import ADULT_DIR, REPO, assert_nothing_written
 
@@ -140,7 +140,7 @@ def test_unknown_option_and_unknown_dataset(tmp_path):
 
 def test_command_prints_the_error_without_a_traceback(tmp_path):
     out = tmp_path / "out"
-    result = subprocess.run([sys.executable, "-m", "components.prepare", "--dataset", "adult",
+    result = subprocess.run([sys.executable, "-m", "workflow.data.prepare", "--dataset", "adult",
                              "--data-dir", str(tmp_path / "nowhere"), "--out", str(out)],
                             cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
@@ -151,12 +151,12 @@ def test_command_prints_the_error_without_a_traceback(tmp_path):
 
 def test_command_prepares_with_options(tmp_path):
     out = tmp_path / "out"
-    result = subprocess.run([sys.executable, "-m", "components.prepare", "--dataset", "synthetic-funnel",
+    result = subprocess.run([sys.executable, "-m", "workflow.data.prepare", "--dataset", "synthetic-funnel",
                              "--out", str(out), "--seed", "4", "--option", "n_rows=5000", "--option", "ctr=0.1"],
                             cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert "train=4000, val=500, test=500" in result.stdout
-    from components.feature_spec import FeatureSpec
+    from workflow.data.feature_spec import FeatureSpec
 
     spec = FeatureSpec.load(out / "feature_spec.json")
     assert spec.seed == 4 and spec.options["n_rows"] == 5000 and spec.options["ctr"] == 0.1

@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from components.datasets.synthetic_funnel import zipf_ids
-from components.prepare import prepare
+from workflow.data.datasets.synthetic_funnel import zipf_ids
+from workflow.data.prepare import prepare
 
 
 def _all_splits(out) -> pd.DataFrame:
@@ -57,7 +57,7 @@ def test_funnel_ids_are_encoded_within_the_vocabulary_and_deterministic(tmp_path
 
 
 def test_identity_encoding_in_place_gives_the_same_ids_and_copies_otherwise():
-    from components.encoders import SparseEncoder
+    from workflow.data.encoders import SparseEncoder
 
     enc = SparseEncoder("user_id", "user_id", id_range=500)
     raw = np.array([0, 499, 500, -1, 7], dtype=np.int64)
@@ -75,7 +75,7 @@ def test_funnel_prepare_never_imports_pandas(tmp_path):
     import sys
     from pathlib import Path
 
-    code = ("import sys\nfrom components.prepare import prepare\n"
+    code = ("import sys\nfrom workflow.data.prepare import prepare\n"
             f"prepare('synthetic-funnel', {str(tmp_path / 'f')!r}, seed=0, options={{'n_rows': 5000}})\n"
             "print(sorted(m for m in sys.modules if m.split('.')[0] == 'pandas')[:3])\n")
     result = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1],

@@ -1,4 +1,4 @@
-"""components.registry.PromotionLock: the promotion mutex kept in the registry itself (a registered model
+"""workflow.registry.PromotionLock: the promotion mutex kept in the registry itself (a registered model
 ``<name>.promotion-lock``), on the embedded SQLite store. The same lock against a real ``mlflow server``, with
 separate processes and a SIGKILLed holder: tests/reliability/test_rel_concurrent_promote.py."""
 
@@ -14,8 +14,8 @@ pytest.importorskip("mlflow")
 
 from _mlflow_helpers import quiet_mlflow, store_with_versions  # noqa: E402
 
-from components import registry  # noqa: E402
-from components.registry import LOCK_SUFFIX, LOCK_TAG, PromotionLock, PromotionLockError  # noqa: E402
+from workflow import registry# noqa: E402
+from workflow.registry import LOCK_SUFFIX, LOCK_TAG, PromotionLock, PromotionLockError  # noqa: E402
 
 quiet_mlflow()
 MODEL = "lock-model"
@@ -74,7 +74,7 @@ def test_a_live_holder_keeps_its_lock_by_heartbeat(client):
 
 def test_a_stale_lock_is_broken_after_the_timeout_with_a_log_line(client, caplog):
     _plant_stale_lock(client)
-    caplog.set_level(logging.WARNING, logger="components.registry")
+    caplog.set_level(logging.WARNING, logger="workflow.registry")
     started = time.monotonic()
     with PromotionLock(client, MODEL, stale_after=1.5, wait=20, poll=0.05) as lock:
         waited = time.monotonic() - started
@@ -138,7 +138,7 @@ def test_promote_refuses_while_another_process_holds_the_lock(client, monkeypatc
 def test_show_names_the_lock_holder(client, capsys):
     import json
 
-    from components import promote
+    from workflow.registry import cli as promote
 
     uri = client._registry_uri
     with PromotionLock(client, MODEL, stale_after=30, wait=5, user="alice") as lock:

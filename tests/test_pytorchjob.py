@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from components import pytorchjob as pj
-from components.distributed import worker_args
+from workflow.training import pytorchjob as pj
+from workflow.training.torchrun import worker_args
 
 SCHEMA = json.loads((Path(__file__).parent / "data" / "pytorchjob-v1.schema.json").read_text())
 K8S_VERSION = "1.33"
@@ -62,7 +62,7 @@ def test_pods_run_torchrun_with_the_operator_rendezvous_gpus_account_and_secrets
     assert cmd[:3] == ["python", "-m", "torch.distributed.run"]
     opt = dict(zip(cmd[3:15:2], cmd[4:15:2]))
     assert opt == {"--nnodes": "2", "--nproc-per-node": "8", "--node-rank": "$(RANK)",
-                   "--master-addr": "$(MASTER_ADDR)", "--master-port": "$(MASTER_PORT)", "-m": "components.distributed"}
+                   "--master-addr": "$(MASTER_ADDR)", "--master-port": "$(MASTER_PORT)", "-m": "workflow.training.torchrun"}
     assert c["name"] == "pytorch" and c["resources"]["limits"]["nvidia.com/gpu"] == 8
     assert pod["serviceAccountName"] == "mtl-pipeline-runner"
     assert [e["secretRef"]["name"] for e in c["envFrom"]] == ["mlflow-credentials", "optuna-db"]

@@ -13,8 +13,9 @@ pytest.importorskip("mlflow")
 
 from _mlflow_helpers import quiet_mlflow, seed_store  # noqa: E402
 
-from components import promote as promote_cli  # noqa: E402
-from components import registry, tracking  # noqa: E402
+from workflow.registry import cli as promote_cli# noqa: E402
+from workflow import registry# noqa: E402
+from workflow import tracking# noqa: E402
 
 quiet_mlflow()
 NAME = "reg-test"

@@ -9,10 +9,10 @@ import math
 import optuna
 import pytest
 
-from components.prepare import prepare
-from components.search import SUMMARY_FILE, dominates, search
-from components.search_space import SearchSpace, build_space, default_space
-from components.train import train
+from workflow.data.prepare import prepare
+from workflow.search import SUMMARY_FILE, dominates, search
+from workflow.search.space import SearchSpace, build_space, default_space
+from workflow.training.train import train
 
 TINY_SPACE = {
     "common": {"embed_dim": [4, 8], "tower_dims": {"depth": [1, 2], "widths": [8, 16]},
@@ -90,7 +90,7 @@ def test_searched_names_exclude_fixed_values() -> None:
 # ----------------------------------------------------------------------------------------------- small study
 
 def test_small_study_prunes_and_its_best_params_feed_training(prepared, tmp_path) -> None:
-    from components.tracking import setup_tracking, start_parent_run
+    from workflow.tracking import setup_tracking, start_parent_run
 
     tracking = setup_tracking("search-test", work_dir=tmp_path / "mlflow")
     parent = start_parent_run(tracking, "p1")
@@ -196,7 +196,7 @@ def test_journal_trial_of_a_dead_worker_is_failed_and_retried(prepared, tmp_path
     import socket
     import subprocess
 
-    from components.search import open_storage
+    from workflow.search import open_storage
 
     kw = dict(n_epoch=1, pruner="none", search_space=TINY_SPACE, device="cpu", threads=1, progress=False,
               plots=False)

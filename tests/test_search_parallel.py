@@ -17,8 +17,8 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from components.prepare import prepare
-from components.search import search, study_counts
+from workflow.data.prepare import prepare
+from workflow.search import search, study_counts
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 
@@ -68,7 +68,7 @@ WORKER_EPOCHS = 200
 
 def _worker_cli(url: str, name: str, prepared: Path, work: Path, n_trials: int) -> list[str]:
     space = json.dumps(SPACE)
-    return [sys.executable, "-m", "components.search", "run", "--model", "shared_bottom", "--prepared-dir",
+    return [sys.executable, "-m", "workflow.search", "run", "--model", "shared_bottom", "--prepared-dir",
             str(prepared), "--work-dir", str(work), "--storage", url, "--study-name", name, "--n-trials", str(n_trials),
             "--n-epoch", str(WORKER_EPOCHS), "--patience", str(WORKER_EPOCHS), "--pruner", "none", "--space", space,
             "--device", "cpu", "--threads", "1",

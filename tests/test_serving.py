@@ -1,5 +1,5 @@
 """Serving: the champion's pyfunc is self-contained (raw rows, ONNX, no torch, no repo on sys.path) and
-the model server (``components.model_server``: MLflow's scoring app behind a body cap) answers REST requests with
+the model server (``workflow.serving.model_server``: MLflow's scoring app behind a body cap) answers REST requests with
 raw Adult rows."""
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ pytest.importorskip("mlflow")
 
 from _mlflow_helpers import MODEL_NAME, embedded_pipeline, quiet_mlflow, raw_test_rows  # noqa: E402
 
-from components import serving  # noqa: E402
+from workflow import serving# noqa: E402
 
 quiet_mlflow()
 
@@ -27,13 +27,13 @@ def test_spec_package_is_a_verbatim_copy(tmp_path):
     from pathlib import Path
 
     pkg = serving.build_spec_package(tmp_path)
-    src = Path(serving.__file__).parent
+    src = Path(serving.__file__).resolve().parents[1] / "data"
     for name in ("feature_spec.py", "encoders.py", "errors.py"):
         assert (pkg / name).read_bytes() == (src / name).read_bytes()
 
 
 def test_signature_uses_raw_types(adult_dir, tmp_path_factory):
-    from components.feature_spec import FeatureSpec
+    from workflow.data.feature_spec import FeatureSpec
     from _mlflow_helpers import prepared_adult
 
     spec = FeatureSpec.load(prepared_adult(adult_dir, tmp_path_factory.getbasetemp()) / "feature_spec.json")
@@ -59,7 +59,7 @@ def test_champion_loads_without_torch_or_project_code(adult_dir, tmp_path_factor
         "import sys, json\n"
         "class Block:\n"
         "    def find_spec(self, name, path=None, target=None):\n"
-        "        if name.split('.')[0] in ('torch', 'components', 'mtl_models'):\n"
+        "        if name.split('.')[0] in ('torch', 'workflow', 'mtl_models'):\n"
         "            raise ImportError('blocked ' + name)\n"
         "sys.meta_path.insert(0, Block())\n"
         "sys.path = [p for p in sys.path if 'work/main' not in p or 'site-packages' in p]\n"
@@ -81,7 +81,7 @@ def _served_champion_answers_raw_rows(url, proc, adult_dir, tmp_path_factory) ->
     """64 raw test rows (with `?` cells) over HTTP get the trainer's predictions; missing columns get a 400."""
     from mlflow import MlflowClient
 
-    from components.train import predict_prepared
+    from workflow.training.train import predict_prepared
 
     run = embedded_pipeline(adult_dir, tmp_path_factory.getbasetemp())
     client = MlflowClient(run.tracking.uri, run.tracking.uri)
@@ -111,7 +111,7 @@ def _served_champion_answers_raw_rows(url, proc, adult_dir, tmp_path_factory) ->
 
 @pytest.mark.slow
 def test_model_server_answers_raw_rows(adult_dir, tmp_path_factory, champion_server):
-    url, proc, _, _ = champion_server  # components.model_server, shared with the reliability suite
+    url, proc, _, _ = champion_server  # workflow.serving.model_server, shared with the reliability suite
     _served_champion_answers_raw_rows(url, proc, adult_dir, tmp_path_factory)
 
 
@@ -141,15 +141,15 @@ def test_numeric_category_ids_score_as_pandas_reads_them(shared_data, tmp_path):
     import mlflow
     import pandas as pd
 
-    from components import tracking
-    from components.train import export, train
+    from workflow import tracking
+    from workflow.training.train import export, train
 
     sample = pd.read_csv(shared_data / "aliexpress" / "aliexpress_train_sample.csv")
     names = {"categorical_1": "101", "categorical_7": "109_14", "categorical_9": "205"}
     frame = sample.rename(columns=names)[[*names.values(), "numerical_1", "numerical_2", "click", "conversion"]]
     frame.to_csv(tmp_path / "data.csv", index=False)
     (tmp_path / "schema.yaml").write_text(NUMERIC_NAMES_SCHEMA)
-    from components.prepare import prepare
+    from workflow.data.prepare import prepare
 
     spec = prepare("csv", tmp_path / "prepared", seed=3,
                    options={"path": str(tmp_path / "data.csv"), "schema": str(tmp_path / "schema.yaml")})

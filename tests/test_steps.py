@@ -1,4 +1,4 @@
-"""The pipeline's step functions (components.steps) without KFP: run layout, idempotency, storage, reports."""
+"""The pipeline's step functions (workflow.steps) without KFP: run layout, idempotency, storage, reports."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 import pytest
 from mlflow import MlflowClient
 
-from components import steps
+from workflow import steps
 
 
 @pytest.fixture()
@@ -98,7 +98,7 @@ def test_the_decision_in_plain_words() -> None:
 def test_summary_shows_the_ceiling_row_when_the_spec_has_one(work_dir, tmp_path) -> None:
     """The prepare step of synthetic data writes the ceiling into feature_spec.json; the summary reads it from the
     spec attached to the parent run and prints it beside the models."""
-    from components import tracking
+    from workflow import tracking
 
     results = {"mmoe": {"click/auc": 0.61, "conversion/auc": 0.7, "test_score": 0.655},
                "ple": {"click/auc": 0.63, "conversion/auc": 0.72, "test_score": 0.675}}

@@ -19,7 +19,8 @@ pytest.importorskip("mlflow")
 from _mlflow_helpers import (REPO, check_champion_parity, check_layout, check_promotion_rules,  # noqa: E402
                              embedded_pipeline, free_port, prepared_adult, quiet_mlflow, seed_store)
 
-from components import plots, tracking  # noqa: E402
+from workflow.reports import plots# noqa: E402
+from workflow import tracking# noqa: E402
 
 quiet_mlflow()
 
@@ -110,7 +111,7 @@ def test_parent_and_children_across_processes(trk):
     parent = tracking.start_parent_run(trk, "pipe-42", dataset="adult", raw_sha256={"a.csv": "ab" * 32},
                                        config=config, git_commit_id="c0ffee")
     assert tracking.start_parent_run(trk, "pipe-42") == parent  # a retried step finds its parent run
-    code = ("import sys\nfrom components import tracking\nfrom mlflow import MlflowClient\n"
+    code = ("import sys\nfrom workflow import tracking\nfrom mlflow import MlflowClient\n"
             "c = MlflowClient(sys.argv[1])\n"
             "with tracking.child_run(c, sys.argv[2], 'trial-0', role='trial') as r:\n    print(r)\n")
     out = subprocess.run([sys.executable, "-c", code, trk.uri, parent], cwd=REPO, capture_output=True, text=True,
@@ -178,7 +179,7 @@ def test_callback_gives_up_with_a_warning_and_training_goes_on():
 
 def test_training_survives_a_dead_tracking_client(tmp_path, adult_dir):
     """A real (tiny) training run whose tracking client always fails still finishes."""
-    from components.train import train
+    from workflow.training.train import train
 
     prepared = prepared_adult(adult_dir, tmp_path.parent)
     client = FlakyClient(failures=10 ** 6)

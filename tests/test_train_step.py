@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from components.model_factory import MODEL_NAMES, build_model, default_params, resolve_params
-from components.prepare import prepare
-from components.train import export, load_trained, predict_prepared, test_score as score_of, train
+from workflow.training.model_factory import MODEL_NAMES, build_model, default_params, resolve_params
+from workflow.data.prepare import prepare
+from workflow.training.train import export, load_trained, predict_prepared, test_score as score_of, train
 
 SMALL = {"embed_dim": 4, "tower_dims": [8], "batch_size": 512}
 ARCH = {"shared_bottom": {"bottom_dims": [16]}, "esmm": {"bottom_dims": [16]}, "mmoe": {"n_expert": 2, "expert_dims": [16]},
@@ -34,7 +34,7 @@ def test_factory_rejects_unknown_models_and_keys(prepared) -> None:
 
 @pytest.mark.parametrize("name", MODEL_NAMES)
 def test_factory_builds_each_model_for_the_spec(prepared, name: str) -> None:
-    from components.feature_spec import FeatureSpec
+    from workflow.data.feature_spec import FeatureSpec
     spec = FeatureSpec.load(prepared / "feature_spec.json")
     model = build_model(name, spec, {**SMALL, **ARCH[name]})
     assert model.n_task == len(spec.label_names)

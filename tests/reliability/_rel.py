@@ -37,6 +37,6 @@ def wait_for(predicate: Callable[[], object], timeout: float, what: str, proc=No
 
 
 def prepare_funnel(out: Path, seed: int = 5) -> Path:
-    from components.prepare import prepare
+    from workflow.data.prepare import prepare
     prepare("synthetic-funnel", out, seed=seed, options=dict(TINY_FUNNEL))
     return out

@@ -1,5 +1,5 @@
 """Group 5: bad input end to end, one table. Each case goes through a command's entry point (``main(argv)`` of
-``python -m components.prepare``, ``python -m components.train``, ``mtlp``) in this process, and must give a
+``python -m workflow.data.prepare``, ``python -m workflow.training.train``, ``mtlp``) in this process, and must give a
 clear message on stderr, exit status 2, no traceback, and leave no partial output."""
 
 from __future__ import annotations
@@ -99,16 +99,16 @@ def seeded_registry(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory) -> Path:
-    from components.prepare import prepare
+    from workflow.data.prepare import prepare
     out = tmp_path_factory.mktemp("rel-bad-prep") / "p"
     prepare("synthetic-funnel", out, seed=1, options={"n_rows": 300, "n_users": 20, "n_items": 10})
     return out
 
 
 def _invoke(argv: list, tmp: Path, seeded: Path, prepared: Path) -> int:
-    from components.prepare import main as prepare_main
-    from components.promote import main as promote_main
-    from components.train import main as train_main
+    from workflow.data.prepare import main as prepare_main
+    from workflow.registry.cli import main as promote_main
+    from workflow.training.train import main as train_main
     from pipeline.cli import main as mtlp_main
 
     command, args = argv[0], argv[1:]

@@ -2,7 +2,7 @@
 the two versions and the audit and champion history record both decisions truthfully, in one order (each
 decision's ``previous`` is the version the one before it made champion).
 
-Promotions are serialised by the registry's own mutex (``components.registry.PromotionLock``: a registered
+Promotions are serialised by the registry's own mutex (``workflow.registry.PromotionLock``: a registered
 model ``<name>.promotion-lock``), so this holds on the embedded SQLite store and against a real ``mlflow server``
 (SQLite or PostgreSQL behind it). Against the server, a promoter SIGKILLed while it holds the lock leaves a stale
 lock that the next promoters break after ``MTLP_PROMOTION_LOCK_STALE_S`` seconds, saying so on stderr."""
@@ -35,13 +35,15 @@ def _store(tmp_path: Path) -> tuple[Path, str]:
 
 # Each promoter is `mtlp promote`'s main() in its own process, started behind a barrier: the imports are done
 # first, then both are released at once, so the two promotions really overlap (MLflow's import alone takes
-# seconds on a busy machine). INFO from components.registry shows who had to wait for the lock.
+# seconds on a busy machine). INFO from workflow.registry shows who had to wait for the lock.
 PROMOTER = """
 import logging, pathlib, sys, time
 logging.basicConfig(level=logging.WARNING, format="%(name)s: %(levelname)s: %(message)s")
-logging.getLogger("components.registry").setLevel(logging.INFO)
+logging.getLogger("workflow.registry").setLevel(logging.INFO)
 import mlflow
-from components import promote, registry, tracking
+from workflow.registry import cli as promote
+from workflow import registry
+from workflow import tracking
 print("ready", flush=True)
 go = pathlib.Path(sys.argv[1])
 while not go.exists():
@@ -78,7 +80,7 @@ def _waited(outs: dict[str, tuple[str, str]]) -> list[str]:
 def _check_records(client, pairs: list[tuple[tuple[str, str], str]]) -> None:
     """Champion on one version; per pair both decisions in the audit, in an order in which each ``previous`` is
     the version the decision before it made champion; the champion history in the same order; version tags."""
-    from components import registry
+    from workflow import registry
 
     rm = client.get_registered_model(MODEL)
     audit = json.loads(rm.tags[registry.TAG["audit"]])
@@ -121,8 +123,8 @@ def test_two_concurrent_promotions_leave_one_champion_and_both_records(tmp_path)
 
 HOLDER = """
 import sys, time
-from components.registry import PromotionLock
-from components.tracking import _client
+from workflow.registry import PromotionLock
+from workflow.tracking import _client
 lock = PromotionLock(_client(sys.argv[1]), sys.argv[2]).acquire()
 print("held", lock.token, flush=True)
 time.sleep(600)
@@ -159,7 +161,7 @@ def server(request, tmp_path):
 def test_concurrent_promotions_against_an_mlflow_server(server, tmp_path) -> None:
     """Two rounds of two promotions at once through the server, then a holder SIGKILLed with the lock: the next
     two promotions wait ``STALE_S`` seconds, exactly one of them breaks the stale lock and says so, both finish."""
-    from components import registry
+    from workflow import registry
 
     url, client, backend, log = server
     where = ["--tracking-uri", url]

@@ -23,14 +23,14 @@ TOTAL = 6
 
 
 def _worker(url: str, prepared: Path, work: Path) -> list[str]:
-    return [PY, "-m", "components.search", "run", "--model", "shared_bottom", "--prepared-dir", str(prepared),
+    return [PY, "-m", "workflow.search", "run", "--model", "shared_bottom", "--prepared-dir", str(prepared),
             "--work-dir", str(work), "--storage", url, "--study-name", "pgr", "--n-trials", str(TOTAL),
             "--n-epoch", "3", "--pruner", "none", "--space", json.dumps(SPACE), "--device", "cpu", "--threads", "1",
             "--heartbeat-interval", "1", "--grace-period", "4", "--quiet"]
 
 
 def test_postgres_restart_during_three_workers(postgres, tmp_path) -> None:
-    from components.search import search
+    from workflow.search import search
 
     prepared = prepare_funnel(tmp_path / "prepared")
     url = postgres.create_database(f"rel_{uuid.uuid4().hex[:8]}")
@@ -82,7 +82,7 @@ def test_lost_database_error_is_found_behind_optunas_masking_error() -> None:
     traceback; the CLI now finds the database error behind it and says what happened (exit 3)."""
     import sqlalchemy.exc
 
-    from components.search import _storage_failure
+    from workflow.search import _storage_failure
 
     try:
         try:

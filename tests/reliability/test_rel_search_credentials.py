@@ -80,15 +80,15 @@ def test_scanner_finds_a_planted_password(tmp_path) -> None:
 def test_search_on_postgres_leaves_no_password_in_mlflow_or_outputs(optuna_url, tmp_path, monkeypatch, capfd,
                                                                     workers, source) -> None:
     """``workers=1``: the pipeline's ``search_step`` in process. ``workers=2``: the same search through
-    ``components.search.search(n_workers=2)``, whose worker processes get the URL through their environment
+    ``workflow.search.search(n_workers=2)``, whose worker processes get the URL through their environment
     and log their trials to MLflow themselves. ``source="config"``: no ``OPTUNA_STORAGE``; the URL is written
     straight into the config's ``search.storage`` (regression: the config, logged as params, a tag and
     ``config.json`` on the pipeline run, carried the password; ``steps.start_pipeline_run`` now masks it)."""
     import optuna
     from mlflow import MlflowClient
 
-    from components import steps
-    from components.search import search
+    from workflow import steps
+    from workflow.search import search
 
     work = seed_store(tmp_path / "work")  # embedded MLflow store: work/mlflow.db, artifacts in work/mlartifacts
     prepared = prepare_funnel(tmp_path / "prepared")

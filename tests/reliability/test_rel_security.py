@@ -13,7 +13,7 @@ import pytest
 from _rel import REPO
 
 pytestmark = [pytest.mark.reliability]
-SOURCES = sorted(p for d in ("mtl_models", "components", "pipeline") for p in (REPO / d).rglob("*.py"))
+SOURCES = sorted(p for d in ("mtl_models", "workflow", "pipeline") for p in (REPO / d).rglob("*.py"))
 
 
 def _calls(path: Path):
@@ -44,9 +44,9 @@ def test_no_pickle_loading_anywhere() -> None:
 
 
 def test_serving_is_models_from_code_over_onnx() -> None:
-    serving = (REPO / "components" / "serving.py").read_text()
+    serving = (REPO / "workflow" / "serving" / "__init__.py").read_text()
     assert re.search(r"python_model=str\(PYFUNC_FILE\)", serving)  # a file path: models from code, not a pickle
-    pyfunc = (REPO / "components" / "pyfunc_model.py").read_text()
+    pyfunc = (REPO / "workflow" / "serving" / "pyfunc_model.py").read_text()
     assert "onnxruntime" in pyfunc and not re.search(r"^\s*(import|from)\s+torch\b", pyfunc, re.M)
 
 

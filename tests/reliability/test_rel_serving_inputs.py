@@ -1,5 +1,5 @@
 """Group 5b: bad serving requests. Each case POSTs to ``/invocations`` of the champion served by
-``python -m components.model_server`` (MLflow's scoring app behind our 16 MiB body cap; the session's
+``python -m workflow.serving.model_server`` (MLflow's scoring app behind our 16 MiB body cap; the session's
 ``champion_server``, shared with ``tests/test_serving.py``) and must get the status and message below; afterwards
 the same server still answers a valid request with 200 and one prediction per row, per task."""
 
@@ -23,7 +23,7 @@ quiet_mlflow()
 
 N_ROWS = 8
 OVERSIZED = 50 * 1024 * 1024  # bytes
-CAP = 16 * 1024 * 1024  # components.model_server's default MTLP_MAX_REQUEST_BYTES
+CAP = 16 * 1024 * 1024  # workflow.serving.model_server's default MTLP_MAX_REQUEST_BYTES
 TOO_LARGE = "Request body too large"
 
 
@@ -103,7 +103,7 @@ CASES = [
          "Failed to convert column age to type 'int64'"),
     Case("types: null where a number is expected", lambda g: _split(g, _set("age", None)), 400,
          "Failed to convert column age to type 'int64'"),
-    # regression: was 200, the object spelled "{'a': 1}" and scored as an unseen workclass (components/pyfunc_model.py)
+    # regression: was 200, the object spelled "{'a': 1}" and scored as an unseen workclass (workflow/serving/pyfunc_model.py)
     Case("types: a JSON object in a string cell", lambda g: _split(g, _set("workclass", {"a": 1})), 400,
          "column 'workclass' holds a dict in row 0: raw rows take one number or string per cell"),
     Case("body: empty", lambda g: b"", 400, "Ensure that input is a valid JSON formatted string"),
@@ -111,7 +111,7 @@ CASES = [
          "Ensure that input is a valid JSON formatted string"),
     Case("body: JSON without dataframe_split/records/instances/inputs", lambda g: b'{"rows": []}', 400,
          "dataframe_split"),
-    # regression: was 200 (MLflow's scoring server has no size cap); components.model_server refuses it up front
+    # regression: was 200 (MLflow's scoring server has no size cap); workflow.serving.model_server refuses it up front
     Case("body: 50 MB (over the 16 MiB cap)", _padded, 413, "Content-Length is 52428800 bytes",
          error_code=("RESOURCE_LIMIT_EXCEEDED",)),
     # regression: was 400 quoting the whole 50 MB body back; now refused before MLflow parses (and echoes) it
@@ -185,7 +185,7 @@ def test_the_cap_is_configurable_through_the_environment(champion_server, good, 
     is served, the same request padded to 5000 bytes gets the 413, plain and chunked."""
     from _mlflow_helpers import MODEL_NAME, background, free_port, wait_http
 
-    from components import serving
+    from workflow import serving
 
     _, _, run, _ = champion_server
     port = free_port()

@@ -28,7 +28,7 @@ def prepared(tmp_path_factory) -> Path:
 
 
 def _cmd(prepared: Path, out: Path, *extra: str) -> list[str]:
-    return [PY, "-m", "components.train", "--prepared", str(prepared), "--model", "shared_bottom", "--out", str(out),
+    return [PY, "-m", "workflow.training.train", "--prepared", str(prepared), "--model", "shared_bottom", "--out", str(out),
             "--epochs", str(EPOCHS), "--patience", str(EPOCHS), "--seed", "3", "--device", "cpu",
             "--params", json.dumps(PARAMS), *extra]
 

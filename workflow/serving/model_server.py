@@ -1,6 +1,6 @@
 """The model server: MLflow's scoring app behind a request-size cap.
 
-``python -m components.model_server -m models:/<name>@champion --port 8080`` serves a pyfunc exactly like
+``python -m workflow.serving.model_server -m models:/<name>@champion --port 8080`` serves a pyfunc exactly like
 ``mlflow models serve --env-manager local`` (same FastAPI app from ``mlflow.pyfunc.scoring_server``: ``/ping``,
 ``/health``, ``/version``, ``POST /invocations``, the same answers and error messages) and adds one thing
 MLflow 3.17's scoring server does not have: a maximum request body size. A body larger than the cap is
@@ -37,7 +37,7 @@ MODEL_PATH_ENV = "MTLP_SERVE_MODEL_PATH"  # local copy of the model, set by main
 TOO_LARGE_CODE = "RESOURCE_LIMIT_EXCEEDED"  # an MLflow ErrorCode name; the HTTP status is 413
 DRAIN_BYTES = 64 * 1024 * 1024  # a refused body is read and discarded up to this size before the 413 (see below)
 
-log = logging.getLogger("components.model_server")
+log = logging.getLogger("workflow.serving.model_server")
 
 Scope = dict
 Message = dict
@@ -161,7 +161,7 @@ def app_from_env() -> Any:
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m components.model_server",
+        prog="python -m workflow.serving.model_server",
         description="Serve an MLflow pyfunc (MLflow's scoring server) with a request body size cap.")
     p.add_argument("-m", "--model-uri", required=True, help="e.g. models:/<name>@champion, runs:/..., a folder")
     p.add_argument("--host", default="127.0.0.1")
@@ -181,10 +181,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     try:
         cap = max_request_bytes(args.max_request_bytes)
     except ValueError as err:
-        print(f"components.model_server: error: {err}", file=sys.stderr)
+        print(f"workflow.serving.model_server: error: {err}", file=sys.stderr)
         return 2
     if args.workers < 1:
-        print("components.model_server: error: --workers must be >= 1", file=sys.stderr)
+        print("workflow.serving.model_server: error: --workers must be >= 1", file=sys.stderr)
         return 2
 
     import uvicorn
@@ -197,7 +197,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         os.environ["MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT"] = str(args.timeout)
     log.info("serving %s (local copy %s) on %s:%d, %d worker(s), request bodies up to %s", args.model_uri,
              local_path, args.host, args.port, args.workers, f"{cap} bytes" if cap else "any size (no cap)")
-    uvicorn.run("components.model_server:app_from_env", factory=True, host=args.host, port=args.port,
+    uvicorn.run("workflow.serving.model_server:app_from_env", factory=True, host=args.host, port=args.port,
                 workers=args.workers)
     return 0
 

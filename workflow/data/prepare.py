@@ -116,7 +116,7 @@ def parse_options(pairs: Sequence[str]) -> dict[str, Any]:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m components.prepare", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m workflow.data.prepare", description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", required=True, choices=sorted(DATASETS))
     parser.add_argument("--out", required=True, help="output directory (replaced atomically)")
     parser.add_argument("--data-dir", default=None, help="directory holding the raw files (default: cache/download)")

@@ -1,8 +1,8 @@
 """Logging a candidate as an MLflow pyfunc that takes raw rows and is served by onnxruntime (no torch).
 
-The model is "models from code" (``components/pyfunc_model.py``, nothing pickled) with two artifacts, the
+The model is "models from code" (``workflow/serving/pyfunc_model.py``, nothing pickled) with two artifacts, the
 feature spec JSON and the ONNX file, and one code folder: ``mtlp_featurespec``, a package made of verbatim
-copies of ``components/feature_spec.py``, ``encoders.py`` and ``errors.py``. Loading therefore needs neither
+copies of ``workflow/data/feature_spec.py``, ``encoders.py`` and ``errors.py``. Loading therefore needs neither
 this repository on ``sys.path`` nor a second implementation of the encoders.
 
 Signature: one input column per raw source column, typed as the raw data spells it: the feature spec's
@@ -36,13 +36,13 @@ PYFUNC_FILE = Path(__file__).with_name("pyfunc_model.py")
 
 def build_spec_package(dest_dir: str | os.PathLike) -> Path:
     """``dest_dir/mtlp_featurespec/``: the feature-spec modules copied byte for byte, plus an ``__init__``."""
-    src = Path(__file__).parent
+    src = Path(__file__).resolve().parents[1] / "data"
     pkg = Path(dest_dir) / SPEC_PACKAGE
     pkg.mkdir(parents=True, exist_ok=True)
     for name in SPEC_MODULES:
         shutil.copyfile(src / name, pkg / name)
     (pkg / "__init__.py").write_text(
-        '"""Verbatim copy of components.feature_spec (+ encoders, errors) shipped with an MLflow model."""\n'
+        '"""Verbatim copy of workflow.data.feature_spec (+ encoders, errors) shipped with an MLflow model."""\n'
         "from .feature_spec import FeatureSpec\n\n__all__ = [\"FeatureSpec\"]\n")
     return pkg
 
@@ -50,8 +50,8 @@ def build_spec_package(dest_dir: str | os.PathLike) -> Path:
 def _raw_type(spec: Any, source: str, example: Optional[pd.DataFrame]) -> str:
     """The spec's record of the raw column's type; specs written before it was recorded fall back on the example
     rows' dtypes, then on the encoder's statistics."""
-    from .datasets.base import mlflow_type_of
-    from .encoders import DenseEncoder, SparseEncoder
+    from ..data.datasets.base import mlflow_type_of
+    from ..data.encoders import DenseEncoder, SparseEncoder
 
     recorded = getattr(spec, "raw_types", {}).get(source)
     if recorded:
@@ -81,7 +81,7 @@ def raw_signature(spec: Any, example: Optional[pd.DataFrame] = None):
 def example_rows(spec: Any, n: int = 2) -> pd.DataFrame:
     """Plausible raw rows from the spec alone (most frequent categories, median numbers) when none are given,
     each column in its raw type (a category spelled ``"101"`` is the number 101 when the raw data had numbers)."""
-    from .encoders import DenseEncoder
+    from ..data.encoders import DenseEncoder
 
     data: dict[str, list] = {}
     for f in spec.features:
@@ -125,12 +125,12 @@ def log_candidate_model(client: Any, run_id: str, onnx_path: str | os.PathLike, 
 
     ``input_example``: a few raw rows as the raw data spells them (strings and numbers); it also fixes the
     raw types of categorical columns in the signature. ``model_info.model_uri`` is what
-    :func:`components.registry.register_candidate` registers.
+    :func:`workflow.registry.register_candidate` registers.
     """
     import mlflow
     from mlflow.models import Model
 
-    from .feature_spec import FeatureSpec
+    from ..data.feature_spec import FeatureSpec
 
     spec = FeatureSpec.load(spec_path)
     if input_example is not None:
@@ -140,7 +140,7 @@ def log_candidate_model(client: Any, run_id: str, onnx_path: str | os.PathLike, 
     signature = raw_signature(spec, input_example)
     uri = client.tracking_uri
     if mlflow.get_tracking_uri() != uri:
-        from .tracking import use_globally
+        from ..tracking import use_globally
         use_globally(uri)
     run = client.get_run(run_id)
     mlflow.set_experiment(experiment_id=run.info.experiment_id)
@@ -156,10 +156,10 @@ def log_candidate_model(client: Any, run_id: str, onnx_path: str | os.PathLike, 
 
 def serve_command(model_uri: str, port: int, host: str = "127.0.0.1", workers: int = 1,
                   max_request_bytes: Optional[int] = None) -> list[str]:
-    """The model server in this environment: ``python -m components.model_server``, MLflow's scoring app (what
+    """The model server in this environment: ``python -m workflow.serving.model_server``, MLflow's scoring app (what
     ``mlflow models serve --env-manager local`` runs) behind a request body cap (413 above it; default
     ``$MTLP_MAX_REQUEST_BYTES`` or 16 MiB)."""
-    cmd = [sys.executable, "-m", "components.model_server", "-m", model_uri, "--host", host, "-p", str(port),
+    cmd = [sys.executable, "-m", "workflow.serving.model_server", "-m", model_uri, "--host", host, "-p", str(port),
            "-w", str(workers)]
     if max_request_bytes is not None:
         cmd += ["--max-request-bytes", str(max_request_bytes)]

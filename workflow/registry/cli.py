@@ -1,15 +1,15 @@
 """``mtlp promote``: move the champion by hand, or roll it back, recording who asked, when and why.
 
-    python -m components.promote --model NAME --version V [--reason TEXT]
-    python -m components.promote --model NAME --rollback [--reason TEXT]
-    python -m components.promote --model NAME --show
+    python -m workflow.registry.cli --model NAME --version V [--reason TEXT]
+    python -m workflow.registry.cli --model NAME --rollback [--reason TEXT]
+    python -m workflow.registry.cli --model NAME --show
 
 The tracking store: ``--tracking-uri``, else ``MLFLOW_TRACKING_URI``, else the embedded SQLite store of the run
 folder ``--work-dir`` (``mtlp-runs/<run>``), else that of the newest run under ``./mtlp-runs`` (named on stderr).
 A folder without ``mlflow.db`` is an error: a new, empty store is never created.
 
 Promotions of one model never overlap, on any backend: each takes the registry's promotion lock (a registered
-model ``<name>.promotion-lock``, see ``components.registry``). A second promoter waits for it, up to
+model ``<name>.promotion-lock``, see ``workflow.registry``). A second promoter waits for it, up to
 ``MTLP_PROMOTION_LOCK_WAIT_S`` seconds (600); a lock whose holder died is broken once its heartbeat has not
 moved for ``MTLP_PROMOTION_LOCK_STALE_S`` seconds (60), with a warning on stderr. ``--show`` names the holder.
 """
@@ -40,7 +40,7 @@ def resolve_store(tracking_uri: Optional[str], work_dir: Optional[str],
     hold ``mlflow.db``, and without any hint the newest run's store is used."""
     import os
 
-    from .registry import RegistryError
+    from . import RegistryError
 
     uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
     if uri:
@@ -83,8 +83,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         logging.basicConfig(level=logging.WARNING, format="%(name)s: %(levelname)s: %(message)s")
     from mlflow.exceptions import MlflowException
 
-    from . import registry
-    from .tracking import TrackingUnavailable, _client, check_tracking_reachable
+    from .. import registry
+    from ..tracking import TrackingUnavailable, _client, check_tracking_reachable
 
     try:
         uri, note = resolve_store(args.tracking_uri, args.work_dir)

@@ -270,7 +270,7 @@ class PromotionLock:
                 LOCK_TAG["heartbeat"]: now, LOCK_TAG["model"]: self.model}
         try:
             self.client.create_registered_model(
-                self.name, tags=tags, description=f"promotion lock of {self.model!r} (components.registry); "
+                self.name, tags=tags, description=f"promotion lock of {self.model!r} (workflow.registry); "
                                                   "deleted when the promotion ends")
             return True
         except MlflowException as e:

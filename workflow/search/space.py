@@ -25,7 +25,7 @@ import copy
 import math
 from typing import Any, Mapping, Optional
 
-from .model_factory import MODEL_NAMES, default_params
+from ..training.model_factory import MODEL_NAMES, default_params
 
 __all__ = ["DEFAULT_COMMON", "DEFAULT_PER_MODEL", "SearchSpace", "default_space", "build_space", "DIMS_SHAPES"]
 

@@ -20,7 +20,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import torch
 
-from .feature_spec import SPEC_FILE, FeatureSpec
+from ..data.feature_spec import SPEC_FILE, FeatureSpec
 from .model_factory import build_model, resolve_params
 
 __all__ = ["TrainResult", "ExportResult", "train", "export", "load_trained", "predict_prepared", "split_loader",
@@ -155,7 +155,7 @@ def train(prepared_dir: PathLike, model_name: str, out_dir: PathLike, params: Op
     ``out_dir`` is filled in a temporary sibling folder and renamed into place when complete; checkpoints
     for ``resume`` live in ``out_dir/checkpoints`` (kept across a failed attempt).
 
-    Under ``torchrun`` every rank calls this (see ``components.distributed``): ``batch_size`` stays the global
+    Under ``torchrun`` every rank calls this (see ``workflow.training.torchrun``): ``batch_size`` stays the global
     batch, the test metrics cover the whole test split, and only rank 0 writes ``out_dir``.
 
     ``tasks``: train on these labels only (a single-task baseline), the saved spec listing just them.
@@ -250,13 +250,13 @@ def export(out_dir: PathLike, prepared_dir: Optional[PathLike] = None, split: st
 
 
 def main(argv: Optional[Iterable[str]] = None) -> int:
-    """``python -m components.train --prepared DIR --model NAME --out DIR [--resume]``: one training run."""
+    """``python -m workflow.training.train --prepared DIR --model NAME --out DIR [--resume]``: one training run."""
     import argparse
     import sys
 
-    from .errors import DataError
+    from ..data.errors import DataError
 
-    ap = argparse.ArgumentParser(prog="python -m components.train", description=main.__doc__)
+    ap = argparse.ArgumentParser(prog="python -m workflow.training.train", description=main.__doc__)
     ap.add_argument("--prepared", required=True, help="prepared data folder (the prepare step's output)")
     ap.add_argument("--model", required=True, help="model name, e.g. mmoe")
     ap.add_argument("--out", required=True, help="output folder (checkpoints in OUT/checkpoints)")
@@ -272,14 +272,14 @@ def main(argv: Optional[Iterable[str]] = None) -> int:
         if not isinstance(params, dict):
             raise ValueError("must be a JSON object")
     except ValueError as exc:
-        print(f"components.train: error: --params is not a JSON object: {exc}", file=sys.stderr)
+        print(f"workflow.training.train: error: --params is not a JSON object: {exc}", file=sys.stderr)
         return 2
     try:
         result = train(args.prepared, args.model, args.out, params=params, n_epoch=args.epochs,
                        patience=args.patience, device=args.device, seed=args.seed, progress=False,
                        resume=args.resume)
     except (DataError, FileNotFoundError, ValueError) as exc:
-        print(f"components.train: error: {exc}", file=sys.stderr)
+        print(f"workflow.training.train: error: {exc}", file=sys.stderr)
         return 2
     print(json.dumps({"best_epoch": result.best_epoch, "best_score": result.best_score,
                       "test_score": result.test_score, "out_dir": str(result.out_dir)}))

@@ -92,8 +92,8 @@ def roc_curves_for_result(result: Any, prepared_dir: str | os.PathLike, out_dir:
     """ROC curves of a ``TrainResult`` on the prepared test split (its labels and the trained model's predictions)."""
     import pyarrow.parquet as pq
 
-    from .feature_spec import FeatureSpec
-    from .train import predict_prepared
+    from ..data.feature_spec import FeatureSpec
+    from ..training.train import predict_prepared
 
     spec = FeatureSpec.load(Path(prepared_dir) / "feature_spec.json")
     pred = predict_prepared(result.out_dir, prepared_dir, split="test")

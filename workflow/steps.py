@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping, Optional, Sequence
 
 from . import tracking
-from .feature_spec import SPEC_FILE, FeatureSpec
+from .data.feature_spec import SPEC_FILE, FeatureSpec
 
 __all__ = ["start_pipeline_run", "prepare_step", "start_model_run", "search_step", "train_step",
            "evaluate_step", "export_step", "register_step", "promote_step", "summary_step"]
@@ -43,7 +43,7 @@ def _marks_failure(client: Any, run_id: str) -> Iterator[None]:
 def start_pipeline_run(config: Mapping[str, Any], work_dir: PathLike, pipeline_run_id: str,
                        tracking_uri: Optional[str] = None, experiment: Optional[str] = None) -> str:
     """Check the tracking store answers (before any training) and create or find the parent run. The config is
-    logged with URL passwords masked (:func:`components.tracking.mask_credentials`)."""
+    logged with URL passwords masked (:func:`workflow.tracking.mask_credentials`)."""
     experiment = experiment or config.get("tracking", {}).get("experiment") or "mtl-pipeline"
     t = tracking.setup_tracking(experiment, work_dir, tracking_uri or None)
     return tracking.start_parent_run(t, pipeline_run_id, dataset=config.get("dataset", {}).get("name"),
@@ -54,7 +54,7 @@ def prepare_step(dataset: str, out_dir: PathLike, data_dir: Optional[str], seed:
                  options: Mapping[str, Any], parent_run_id: str, work_dir: PathLike,
                  tracking_uri: Optional[str] = None) -> FeatureSpec:
     """Prepare the data, then tag the parent run with the dataset's hashes and attach the feature spec."""
-    from .prepare import prepare
+    from .data.prepare import prepare
 
     spec = prepare(dataset, out_dir, data_dir=data_dir or None, seed=seed, val_fraction=val_fraction,
                    options=dict(options or {}))
@@ -130,14 +130,14 @@ def train_step(prepared_dir: PathLike, model_name: str, out_dir: PathLike, model
     """Final training with the search's best params (the config's fixed ones on top), logged per epoch.
 
     ``single_task``: then one model of the same family per task, trained on that task alone with the same params
-    (``components.train.single_task_baselines``, into ``work_dir/single-task/<model>``), their test metrics logged
+    (``workflow.training.train.single_task_baselines``, into ``work_dir/single-task/<model>``), their test metrics logged
     on the model's run as ``single_task/<task>/<metric>`` beside the multi-task model's ``test/<task>/<metric>``.
 
     ``nproc_per_node > 1`` on one node: ``torchrun`` on this machine; ``n_nodes > 1``: a PyTorchJob
-    (``components.pytorchjob``; ``job`` holds its settings: image, namespace, shared volume...). Either way
+    (``workflow.training.pytorchjob``; ``job`` holds its settings: image, namespace, shared volume...). Either way
     rank 0 logs to the model's MLflow run and writes ``out_dir``, and ``batch_size`` is the global batch.
     """
-    from .train import train
+    from .training.train import train
 
     if nproc_per_node < 1 or n_nodes < 1:
         raise ValueError(f"nproc_per_node and n_nodes must be >= 1, got {nproc_per_node} and {n_nodes}")
@@ -145,12 +145,12 @@ def train_step(prepared_dir: PathLike, model_name: str, out_dir: PathLike, model
     params = {**dict(best_params or {}), **dict(fixed_params or {})}
     with _marks_failure(client, model_run_id):
         if n_nodes > 1:
-            from .pytorchjob import run_training_job
+            from .training.pytorchjob import run_training_job
 
             return run_training_job(prepared_dir, model_name, out_dir, model_run_id, work_dir, params, n_epoch,
                                     patience, device, seed, uri, nproc_per_node, n_nodes, dict(job or {}))
         if nproc_per_node > 1:
-            from .distributed import launch_local, read_result, worker_args
+            from .training.torchrun import launch_local, read_result, worker_args
 
             launch_local(nproc_per_node, worker_args(prepared_dir, model_name, out_dir, params, n_epoch, patience,
                                                      device, seed, model_run_id, work_dir, uri))
@@ -171,7 +171,7 @@ def _single_task_baselines(client: Any, run_id: str, prepared_dir: PathLike, mod
 
     from mlflow.entities import Metric
 
-    from .train import single_task_baselines
+    from .training.train import single_task_baselines
 
     results = single_task_baselines(prepared_dir, model_name, Path(work_dir) / "single-task" / model_name, params,
                                     n_epoch=n_epoch, patience=patience, device=device, seed=seed)
@@ -207,7 +207,7 @@ def evaluate_step(trained_dir: PathLike, report_html: PathLike, report_md: Optio
 def export_step(trained_dir: PathLike, prepared_dir: PathLike, model_run_id: str, work_dir: PathLike,
                 tracking_uri: Optional[str] = None) -> float:
     """ONNX export with the parity check on real test rows; the parity figure is logged on the model run."""
-    from .train import export
+    from .training.train import export
 
     client, _ = _client(work_dir, tracking_uri)
     with _marks_failure(client, model_run_id):
@@ -353,7 +353,7 @@ def summary_step(parent_run_id: str, results: Mapping[str, Mapping[str, float]],
     Path(out_md).write_text(text)
     (Path(work_dir) / "summary.md").write_text(text)  # where `mtlp run` finds it
     tracking.retry_call(client.log_text, parent_run_id, text, "summary.md")
-    from .plots import model_comparison
+    from .reports.plots import model_comparison
     png = model_comparison(results, Path(work_dir) / "model_comparison.png", reference=_ceiling_metrics(ceiling) or None)
     tracking.log_artifact_files(client, parent_run_id, [png], "comparison")
     tracking.end_run(client, parent_run_id, "FINISHED")

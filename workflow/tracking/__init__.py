@@ -353,7 +353,7 @@ def _set_tags(client: Any, run_id: str, tags: Mapping[str, Any]) -> None:
 
 def git_commit(repo_dir: str | os.PathLike | None = None) -> Optional[str]:
     """HEAD's commit (with ``-dirty`` when the tree has changes), or None outside a git checkout."""
-    cwd = str(repo_dir or Path(__file__).resolve().parents[1])
+    cwd = str(repo_dir or Path(__file__).resolve().parents[2])
     try:
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10)
         if head.returncode != 0:
@@ -628,7 +628,7 @@ def log_train_result(client: Any, run_id: str, result: Any, *, spec_path: str | 
                      onnx_path: str | os.PathLike | None = None, config: Optional[Mapping[str, Any]] = None,
                      prepared_dir: str | os.PathLike | None = None, plots: bool = True,
                      log_history: Optional[bool] = None, plot_dir: str | os.PathLike | None = None) -> dict[str, float]:
-    """Params, final metrics, artifacts and plots of one ``components.train.TrainResult`` on its child run.
+    """Params, final metrics, artifacts and plots of one ``workflow.training.train.TrainResult`` on its child run.
 
     ``log_history`` None: the per-epoch history is logged only when the run has none yet (no callback ran).
     With ``prepared_dir`` the ROC curves of the classification tasks are drawn from the test split.
@@ -678,7 +678,7 @@ def log_train_result(client: Any, run_id: str, result: Any, *, spec_path: str | 
                    "config.json")
 
     if plots:
-        from . import plots as plotting
+        from ..reports import plots as plotting
 
         folder = Path(plot_dir) if plot_dir else out_dir / "plots"
         folder.mkdir(parents=True, exist_ok=True)
@@ -695,7 +695,7 @@ def log_comparison(client: Any, parent_run_id: str, results: Sequence[Any],
                    reference: Optional[Mapping[str, float]] = None) -> Path:
     """Bar chart comparing the models of one pipeline run, plus a ``comparison.json``, on the parent run;
     ``reference`` ({``<task>/auc``: value}) draws e.g. the generator's ceiling."""
-    from . import plots as plotting
+    from ..reports import plots as plotting
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -713,7 +713,7 @@ def log_search_plots(client: Any, run_id: str, values: Sequence[Optional[float]]
                      maximize: bool = True, extra_files: Iterable[str | os.PathLike] = ()) -> list[Path]:
     """The search's plots on ``run_id`` (usually the parent run) under ``search/``: the objective per trial with
     the best-so-far line, plus any ``extra_files`` the search step drew itself (e.g. Optuna's matplotlib plots)."""
-    from . import plots as plotting
+    from ..reports import plots as plotting
 
     out_dir = Path(out_dir)
     files = [plotting.search_history(values, out_dir / "search_history.png", maximize=maximize)]

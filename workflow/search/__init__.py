@@ -20,12 +20,12 @@ Objective
     also works. ``multi_objective=True``: one objective per task (AUC up, RMSE down) at the trial's best epoch,
     and the Pareto front of trials comes back in ``SearchResult.pareto``. Pruning is single-objective only.
 
-Each trial trains with ``components.train.train`` (fast in-memory loaders, no progress bars), reports its
+Each trial trains with ``workflow.training.train.train`` (fast in-memory loaders, no progress bars), reports its
 objective per epoch to the pruner, and, with ``parent_run_id``, is a nested MLflow run with its params and
 per-epoch metrics. The summary (JSON) and plots go to ``work_dir`` and, with MLflow, to the model's run.
 
-CLI: ``python -m components.search run ...`` (one or ``--n-workers`` local processes) and
-``python -m components.search worker --storage URL --study-name NAME --prepared-dir D --work-dir W`` to join a
+CLI: ``python -m workflow.search run ...`` (one or ``--n-workers`` local processes) and
+``python -m workflow.search worker --storage URL --study-name NAME --prepared-dir D --work-dir W`` to join a
 study from another process or pod (the study carries its own settings).
 """
 
@@ -50,7 +50,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence, Union
 
-from .search_space import SearchSpace, build_space
+from .space import SearchSpace, build_space
 
 __all__ = ["SearchResult", "search", "run_worker", "launch_workers", "open_storage", "create_or_load_study",
            "make_pruner", "summarize", "study_counts", "dominates", "main", "JOURNAL_FILE", "SUMMARY_FILE"]
@@ -82,7 +82,7 @@ class SearchResult:
     directions: list[str]
     objective: str
     n_trials: int                     # the total asked for (COMPLETE + PRUNED)
-    best_params: dict[str, Any]       # flat, resolved: feed these to components.train.train
+    best_params: dict[str, Any]       # flat, resolved: feed these to workflow.training.train.train
     best_value: Optional[float]       # single objective: the best trial's value; multi: None
     best_values: Optional[list[float]]
     best_trial_number: Optional[int]
@@ -259,7 +259,7 @@ def _objective_target(objective: str, multi: bool, task_names: Sequence[str], ta
 
 
 def _spec_tasks(prepared_dir: PathLike) -> tuple[list[str], list[str]]:
-    from .feature_spec import FeatureSpec
+    from ..data.feature_spec import FeatureSpec
 
     path = Path(prepared_dir) / "feature_spec.json"
     if not path.is_file():
@@ -298,7 +298,7 @@ def load_study(storage: Any, study_name: str, worker_index: int = 0):
     bare = optuna.load_study(study_name=study_name, storage=storage)
     settings = bare.user_attrs.get(SETTINGS_ATTR)
     if settings is None:
-        raise ValueError(f"study {study_name!r} was not created by components.search (no {SETTINGS_ATTR} attr)")
+        raise ValueError(f"study {study_name!r} was not created by workflow.search (no {SETTINGS_ATTR} attr)")
     pruner = make_pruner(settings["pruner"], settings["n_epoch"]) if len(settings["directions"]) == 1 \
         else optuna.pruners.NopPruner()
     study = optuna.load_study(study_name=study_name, storage=storage,
@@ -468,7 +468,7 @@ class _Objective:
         self.parent_run_id = parent_run_id
         self.client = None
         if parent_run_id:
-            from .tracking import _client
+            from ..tracking import _client
 
             self.client = _client(_tracking_uri(tracking_uri))
 
@@ -485,7 +485,7 @@ class _Objective:
     def __call__(self, trial: Any) -> Any:
         import optuna
 
-        from .train import train
+        from ..training.train import train
 
         study = trial.study
         storage = study._storage
@@ -497,7 +497,7 @@ class _Objective:
         callbacks: list[Any] = []
         run_id = None
         if self.client is not None:
-            from .tracking import MlflowCallback, create_child_run, log_params
+            from ..tracking import MlflowCallback, create_child_run, log_params
 
             run_id = create_child_run(self.client, self.parent_run_id, f"{self.settings['model_name']}-trial-{trial.number}",
                                       role="trial", tags={"mtlp.model_name": self.settings["model_name"],
@@ -541,7 +541,7 @@ class _Objective:
             except Exception:
                 pass
             if run_id is not None:
-                from .tracking import end_run, retry_call
+                from ..tracking import end_run, retry_call
 
                 try:
                     from mlflow.entities import Metric
@@ -659,7 +659,7 @@ def _resolve_env_storage(storage: Optional[str]) -> Optional[str]:
 def _worker_cmd(storage: str, study_name: str, prepared_dir: PathLike, work_dir: PathLike, n_trials: int,
                 index: int, device: str, tracking_uri: Optional[str], parent_run_id: Optional[str],
                 threads: Optional[int], progress: bool) -> list[str]:
-    cmd = [sys.executable, "-m", "components.search", "worker", "--storage", storage, "--study-name", study_name,
+    cmd = [sys.executable, "-m", "workflow.search", "worker", "--storage", storage, "--study-name", study_name,
            "--prepared-dir", str(prepared_dir), "--work-dir", str(work_dir), "--n-trials", str(n_trials),
            "--worker-index", str(index), "--device", device]
     if tracking_uri:
@@ -682,7 +682,7 @@ def launch_workers(n_workers: int, storage: Optional[str], study_name: str, prep
     work_dir = Path(work_dir)
     storage_arg = storage if storage is not None else f"journal:{(work_dir / JOURNAL_FILE).resolve()}"
     threads = threads or max(1, (os.cpu_count() or 1) // max(1, n_workers))
-    root = str(Path(__file__).resolve().parents[1])
+    root = str(Path(__file__).resolve().parents[2])
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
     if _is_url(storage_arg):  # the database URL (with its password) travels in the environment, not in argv
         env["MTLP_SEARCH_STORAGE"] = storage_arg
@@ -778,7 +778,7 @@ def summarize(study: Any, settings: Mapping[str, Any], work_dir: PathLike, stora
     """The study's outcome; writes ``search_summary.json`` and the plots into ``work_dir``."""
     from optuna.trial import TrialState
 
-    from .model_factory import resolve_params
+    from ..training.model_factory import resolve_params
 
     work_dir = Path(work_dir)
     c = study_counts(study)
@@ -828,7 +828,7 @@ def summarize(study: Any, settings: Mapping[str, Any], work_dir: PathLike, stora
                             "surplus": bool(t.system_attrs.get(SURPLUS_ATTR, False))} for t in trials],
                    written_at=datetime.now().isoformat(timespec="seconds"))
     path = work_dir / SUMMARY_FILE
-    from .feature_spec import atomic_write_text
+    from ..data.feature_spec import atomic_write_text
 
     atomic_write_text(path, json.dumps(summary, indent=2, default=str))
     result.summary_path = path
@@ -845,7 +845,7 @@ def _tracking_uri(tracking_uri: Optional[str]) -> str:
 
 
 def _log_to_mlflow(result: SearchResult, tracking_uri: Optional[str], parent_run_id: str, work_dir: Path) -> None:
-    from .tracking import _client, log_artifact_files, retry_call
+    from ..tracking import _client, log_artifact_files, retry_call
 
     client = _client(_tracking_uri(tracking_uri))
     log_artifact_files(client, parent_run_id, [result.summary_path], "search")
@@ -878,8 +878,8 @@ def search(prepared_dir: PathLike, model_name: str, work_dir: PathLike, n_trials
     """Search ``model_name``'s hyperparameters; returns the study's outcome with ``best_params`` for training.
 
     ``n_trials`` is the study's total (resuming counts the trials already finished). ``n_workers > 1`` runs
-    local worker processes (other processes or pods may join with ``python -m components.search worker``).
-    ``search_space``: the config's overrides (see :mod:`components.search_space`).
+    local worker processes (other processes or pods may join with ``python -m workflow.search worker``).
+    ``search_space``: the config's overrides (see :mod:`workflow.search.space`).
     """
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
@@ -949,7 +949,7 @@ def search(prepared_dir: PathLike, model_name: str, work_dir: PathLike, n_trials
 # ---------------------------------------------------------------------------------------------------------------
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m components.search", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m workflow.search", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
 
     def common(sp: argparse.ArgumentParser) -> None:
@@ -1018,7 +1018,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if db is None:
             raise
         first = (str(db).strip().splitlines() or [type(db).__name__])[0]
-        print(f"components.search: error: lost the connection to the study database ({type(db).__name__}: "
+        print(f"workflow.search: error: lost the connection to the study database ({type(db).__name__}: "
               f"{first[:200]}). Finished trials are saved; the interrupted trial is failed and retried when the "
               "study is re-run with the same --study-name.", file=sys.stderr)
         return 3

@@ -17,7 +17,7 @@ from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 import pandas as pd
 
 from . import registry, tracking
-from .feature_spec import FeatureSpec
+from .data.feature_spec import FeatureSpec
 
 __all__ = ["Candidate", "test_data_fingerprint", "train_candidate", "finish_pipeline_run"]
 
@@ -26,7 +26,7 @@ __all__ = ["Candidate", "test_data_fingerprint", "train_candidate", "finish_pipe
 class Candidate:
     model_name: str
     run_id: str
-    result: Any                 # components.train.TrainResult
+    result: Any                 # workflow.training.train.TrainResult
     onnx_path: Path
     model_uri: str              # models:/m-... (the logged pyfunc)
     version: Optional[str]      # registered version, None when not registered
@@ -51,7 +51,7 @@ def train_candidate(trk: tracking.Tracking, parent_run_id: str, prepared_dir: st
                     config: Optional[Mapping[str, Any]] = None, role: str = "train", run_name: Optional[str] = None,
                     callbacks: Iterable[Any] = (), progress: bool = False, plots: bool = True) -> Candidate:
     """Train ``model_name`` in a child run of ``parent_run_id``, log everything, register it when asked."""
-    from .train import export, train
+    from .training.train import export, train
 
     client = trk.client
     parent_tags = tracking.retry_call(client.get_run, parent_run_id).data.tags

@@ -1,9 +1,9 @@
 """The training step on several processes: ``torchrun`` locally, the worker every rank runs, and its arguments.
 
-``launch_local`` starts ``torchrun --standalone --nproc-per-node N -m components.distributed ...`` and waits;
-each rank runs ``main`` (``components.train.train``, which trains data-parallel under torchrun), and rank 0
+``launch_local`` starts ``torchrun --standalone --nproc-per-node N -m workflow.training.torchrun ...`` and waits;
+each rank runs ``main`` (``workflow.training.train.train``, which trains data-parallel under torchrun), and rank 0
 alone logs to MLflow and writes the trained folder, so one pipeline step yields one MLflow run and one model
-whatever the number of processes. ``components.pytorchjob`` runs the same worker on several nodes.
+whatever the number of processes. ``workflow.training.pytorchjob`` runs the same worker on several nodes.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ PathLike = str | os.PathLike
 def worker_args(prepared_dir: PathLike, model_name: str, out_dir: PathLike, params: Mapping[str, Any],
                 n_epoch: int, patience: int, device: str, seed: int, model_run_id: str = "",
                 work_dir: PathLike = "", tracking_uri: Optional[str] = None) -> list[str]:
-    """The worker's command-line arguments (after ``-m components.distributed``)."""
+    """The worker's command-line arguments (after ``-m workflow.training.torchrun``)."""
     return ["--prepared-dir", str(prepared_dir), "--model-name", model_name, "--out-dir", str(out_dir),
             "--params-json", json.dumps(dict(params)), "--n-epoch", str(int(n_epoch)), "--patience", str(int(patience)),
             "--device", device, "--seed", str(int(seed)), "--model-run-id", model_run_id or "",
@@ -37,10 +37,10 @@ def launch_local(nproc_per_node: int, args: Sequence[str], env: Optional[Mapping
     """Run the worker under ``torchrun`` on this machine and wait; its output streams through. Raises
     ``RuntimeError`` with the end of that output when any rank fails (torchrun stops the others)."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(int(nproc_per_node)),
-           "-m", "components.distributed", *args]
+           "-m", "workflow.training.torchrun", *args]
     full_env = {**os.environ, **dict(env or {})}
     full_env.setdefault("OMP_NUM_THREADS", "1")  # N processes share the cores; torchrun would say the same
-    full_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[1]),
+    full_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[2]),
                                                            full_env.get("PYTHONPATH")]))
     tail: collections.deque[str] = collections.deque(maxlen=tail_lines)
     with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=full_env) as proc:
@@ -63,7 +63,7 @@ def read_result(out_dir: PathLike):
 
 
 def _parse(argv: Optional[Sequence[str]]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m components.distributed", description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m workflow.training.torchrun", description=__doc__)
     for name in ("prepared-dir", "model-name", "out-dir"):
         p.add_argument(f"--{name}", required=True)
     p.add_argument("--params-json", default="{}")
@@ -87,8 +87,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     rank = int(os.environ.get("RANK", "0"))
     client, callbacks = None, []
     if rank == 0 and a.model_run_id:
-        from . import tracking
-        from .steps import _client
+        from .. import tracking
+        from ..steps import _client
 
         client, _ = _client(a.work_dir or a.out_dir, a.tracking_uri or None)
         callbacks = [tracking.MlflowCallback(a.model_run_id, client=client)]
@@ -96,7 +96,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         result = train(a.prepared_dir, a.model_name, a.out_dir, params=json.loads(a.params_json), n_epoch=a.n_epoch,
                        patience=a.patience, device=a.device, seed=a.seed, callbacks=callbacks, progress=rank == 0)
         if client is not None:
-            from . import tracking
+            from .. import tracking
 
             tracking.log_train_result(client, a.model_run_id, result, prepared_dir=a.prepared_dir, log_history=False)
     finally:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional, Sequence
 
-from .distributed import read_result, worker_args
+from .torchrun import read_result, worker_args
 
 __all__ = ["JobSettings", "build_manifest", "submit", "wait_for_job", "run_training_job", "JobFailed",
            "GROUP", "VERSION", "PLURAL"]
@@ -94,13 +94,13 @@ def _pod_template(s: JobSettings, command: list[str]) -> dict[str, Any]:
 def build_manifest(name: str, settings: JobSettings, nproc_per_node: int, n_nodes: int,
                    args: Sequence[str]) -> dict[str, Any]:
     """The PyTorchJob: one Master and ``n_nodes - 1`` Workers, each running ``nproc_per_node`` ranks of
-    ``components.distributed`` under torchrun. The operator sets ``MASTER_ADDR``, ``MASTER_PORT`` and ``RANK``
+    ``workflow.training.torchrun`` under torchrun. The operator sets ``MASTER_ADDR``, ``MASTER_PORT`` and ``RANK``
     (the pod's node rank) in every pod; Kubernetes expands ``$(VAR)`` from them in the command."""
     if n_nodes < 2:
         raise ValueError(f"a PyTorchJob is for n_nodes >= 2, got {n_nodes}")
     command = ["python", "-m", "torch.distributed.run", "--nnodes", str(n_nodes), "--nproc-per-node",
                str(nproc_per_node), "--node-rank", "$(RANK)", "--master-addr", "$(MASTER_ADDR)",
-               "--master-port", "$(MASTER_PORT)", "-m", "components.distributed", *args]
+               "--master-port", "$(MASTER_PORT)", "-m", "workflow.training.torchrun", *args]
     template = _pod_template(settings, command)
 
     def replica(n: int) -> dict[str, Any]:

@@ -2,7 +2,7 @@
 
 MLflow copies this file into the logged model and executes it on load; it is not imported by the project.
 It needs numpy, pandas, onnxruntime and mlflow only: the feature encoders come from ``mtlp_featurespec``, a
-verbatim copy of ``components/feature_spec.py`` (+ ``encoders.py``, ``errors.py``) shipped in the model's
+verbatim copy of ``workflow/data/feature_spec.py`` (+ ``encoders.py``, ``errors.py``) shipped in the model's
 ``code/`` folder, so serving encodes raw rows exactly as the prepare step did, and no torch is needed.
 """
 

@@ -1,0 +1,1 @@
+"""Plots and reports rendered from results: training curves, ROC curves, model comparison, search history."""

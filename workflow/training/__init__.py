@@ -1,0 +1,1 @@
+"""Training a model on prepared data, evaluating and exporting it, locally or through torchrun / PyTorchJob."""
