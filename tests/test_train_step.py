@@ -10,7 +10,7 @@ import torch
 
 from workflow.training.model_factory import MODEL_NAMES, build_model, default_params, resolve_params
 from workflow.data.prepare import prepare
-from workflow.training.train import export, load_trained, predict_prepared, test_score as score_of, train
+from workflow.training.train import export, load_trained, predict_prepared, train
 
 SMALL = {"embed_dim": 4, "tower_dims": [8], "batch_size": 512}
 ARCH = {"shared_bottom": {"bottom_dims": [16]}, "esmm": {"bottom_dims": [16]}, "mmoe": {"n_expert": 2, "expert_dims": [16]},
@@ -74,11 +74,6 @@ def test_same_seed_same_model(prepared, tmp_path) -> None:
     wb = torch.load(b.checkpoint_path, weights_only=True)
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
     assert a.test_metrics == b.test_metrics
-
-
-def test_score_counts_rmse_as_lower_is_better() -> None:
-    metrics = {"ctr": {"auc": 0.8, "logloss": 0.4}, "watch": {"rmse": 0.3, "mae": 0.2}, "cvr": {"auc": 0.1}}
-    assert score_of(metrics, ["ctr", "watch"]) == pytest.approx((0.8 - 0.3) / 2)
 
 
 def test_missing_prepared_data_is_a_clear_error(tmp_path) -> None:

@@ -28,13 +28,14 @@ from tqdm.auto import tqdm
 from ..allocator import retain_freed_memory
 from ..data import TensorLoader
 from ..device import DeviceSpec, resolve_device
-from ..metrics import HIGHER_IS_BETTER, task_metrics
+from ..metrics import task_metrics
 from ..models.base import MultiTaskModel
 from ..onnx_export import export_onnx as _export_onnx
 from ..weighting import Weighting, build_weighting
 from .callbacks import Callback, CallbackList, StopTraining
 from .checkpoint import link_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .distributed import DistContext, env_world_size, setup_distributed
+from .monitor import Monitor
 from .scores import Scores
 
 __all__ = ["MTLTrainer"]
@@ -319,21 +320,7 @@ class MTLTrainer:
 
     def _monitor_value(self, metrics: dict[str, float]) -> tuple[float, float]:
         """-> (reported monitor value, score where higher is better)."""
-        if self.monitor == "mean":
-            if not any(k.startswith("val/") for k in metrics):
-                return metrics["train/loss"], -metrics["train/loss"]
-            parts = [metrics[f"val/{n}/auc"] if t == "classification" else -metrics[f"val/{n}/rmse"]
-                     for n, t in zip(self.task_names, self.task_types)]
-            value = float(np.mean(parts))
-            return value, value
-        key = self.monitor
-        if key.startswith("task:"):
-            i = int(key[5:])
-            key = f"val/{self.task_names[i]}/" + ("auc" if self.task_types[i] == "classification" else "rmse")
-        if key not in metrics:
-            raise ValueError(f"monitor {self.monitor!r} -> {key!r} is not among the epoch metrics {sorted(metrics)}")
-        value = metrics[key]
-        return value, (value if HIGHER_IS_BETTER.get(key.rsplit("/", 1)[-1], True) else -value)
+        return Monitor(self.monitor, tuple(self.task_names), tuple(self.task_types)).read(metrics)
 
     def fit(self, train_dataloader: Any, val_dataloader: Any = None, resume: bool = False) -> "MTLTrainer":
         """Train for ``n_epoch`` epochs with early stopping; the best epoch's weights are in ``self.model`` after.

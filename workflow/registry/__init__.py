@@ -37,10 +37,12 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
 
+from mtl_models.trainer import higher_is_better
+
 __all__ = [
     "CHAMPION", "CHALLENGER", "TAG", "PromotionDecision", "RegistryError", "register_candidate", "candidate_score",
     "promote", "promote_best", "promote_version", "rollback", "champion_version", "challenger_version", "champion_history",
-    "higher_is_better", "current_user", "PromotionLock", "PromotionLockError", "LOCK_SUFFIX",
+    "current_user", "PromotionLock", "PromotionLockError", "LOCK_SUFFIX",
     "promotion_lock_holder",
 ]
 
@@ -102,12 +104,6 @@ def current_user() -> str:
 
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-def higher_is_better(metric: str) -> bool:
-    """AUC/score/accuracy-like metrics go up; losses and errors go down."""
-    leaf = metric.rsplit("/", 1)[-1].lower()
-    return not any(word in leaf for word in ("loss", "rmse", "mae", "mse", "error"))
 
 
 def _ensure_registered_model(client: Any, name: str) -> None:

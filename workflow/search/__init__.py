@@ -234,15 +234,14 @@ def _make_sampler(settings: Mapping[str, Any], worker_index: int):
 def _objective_target(objective: str, multi: bool, task_names: Sequence[str], task_types: Sequence[str]
                       ) -> tuple[list[str], list[str]]:
     """-> (metric keys, directions), one per objective."""
-    from mtl_models.metrics import HIGHER_IS_BETTER
+    from mtl_models.trainer import higher_is_better
 
     def task_key(name: str) -> str:
         t = task_types[list(task_names).index(name)]
         return f"val/{name}/" + ("auc" if t == "classification" else "rmse")
 
     def direction(key: str) -> str:
-        metric = key.rsplit("/", 1)[-1]
-        return "maximize" if key == "val/monitor" or HIGHER_IS_BETTER.get(metric, True) else "minimize"
+        return "maximize" if higher_is_better(key) else "minimize"
 
     if multi:
         keys = [task_key(n) for n in task_names]

@@ -20,11 +20,13 @@ import numpy as np
 import pyarrow.parquet as pq
 import torch
 
+from mtl_models.trainer import task_mean
+
 from ..data.feature_spec import SPEC_FILE, FeatureSpec
 from .model_factory import build_model, resolve_params
 
 __all__ = ["TrainResult", "ExportResult", "train", "export", "load_trained", "predict_prepared", "split_loader",
-           "test_score", "SPEC_FILE"]
+           "SPEC_FILE"]
 
 PathLike = Union[str, os.PathLike]
 WEIGHTS_FILE, PARAMS_FILE, METRICS_FILE, ONNX_FILE = "model.pt", "params.json", "metrics.json", "model.onnx"
@@ -118,12 +120,6 @@ def split_loader(prepared_dir: PathLike, split: str, spec: FeatureSpec, batch_si
                        task_names=spec.label_names if with_labels else None)
 
 
-def test_score(metrics: Mapping[str, Mapping[str, float]], task_names: Iterable[str]) -> float:
-    """Mean over tasks of AUC (classification) and -RMSE (regression): one higher-is-better number."""
-    values = [m["auc"] if "auc" in m else -m["rmse"] for name, m in metrics.items() if name in set(task_names)]
-    return float(np.mean(values)) if values else math.nan
-
-
 def _trainer(model, params: Mapping[str, Any], out_dir: Path, n_epoch: int, patience: int, device: str, seed: int,
              callbacks: Iterable[Any], progress: bool, task_names: list[str]):
     from mtl_models import MTLTrainer
@@ -180,7 +176,7 @@ def train(prepared_dir: PathLike, model_name: str, out_dir: PathLike, params: Op
 
     result = TrainResult(model_name=model_name, params=p, best_epoch=int(trainer.best_epoch),
                          best_score=float(trainer.best_score), history=list(trainer.history), test_metrics=metrics,
-                         test_score=test_score(metrics, spec.label_names), out_dir=out_dir,
+                         test_score=task_mean(metrics, spec.label_names, spec.task_types), out_dir=out_dir,
                          checkpoint_path=out_dir / WEIGHTS_FILE, n_parameters=sum(x.numel() for x in model.parameters()),
                          train_seconds=seconds, task_names=list(spec.label_names))
     if trainer.dist.is_main:
