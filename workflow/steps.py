@@ -25,11 +25,6 @@ __all__ = ["start_pipeline_run", "prepare_step", "start_model_run", "search_step
 PathLike = str | os.PathLike
 
 
-def _client(work_dir: PathLike, uri: Optional[str]):
-    resolved, _ = tracking.resolve_tracking_uri(work_dir, uri or None)
-    return tracking._client(resolved), resolved
-
-
 @contextlib.contextmanager
 def _marks_failure(client: Any, run_id: str) -> Iterator[None]:
     """A step that fails marks the model run FAILED (a KFP retry may still finish it later)."""
@@ -58,7 +53,7 @@ def prepare_step(dataset: str, out_dir: PathLike, data_dir: Optional[str], seed:
 
     spec = prepare(dataset, out_dir, data_dir=data_dir or None, seed=seed, val_fraction=val_fraction,
                    options=dict(options or {}))
-    client, _ = _client(work_dir, tracking_uri)
+    client, _ = tracking.open_client(work_dir, tracking_uri)
     tags = {"mtlp.dataset": spec.dataset, "mtlp.raw_sha256": json.dumps(spec.raw_sha256, sort_keys=True)}
     tags.update({f"mtlp.raw_sha256.{name}": digest for name, digest in spec.raw_sha256.items()})
     for key, value in tags.items():
@@ -73,7 +68,7 @@ def start_model_run(run_name: str, experiment: str, model_name: str, work_dir: P
     """The model's child run under the pipeline run named ``run_name``: the search's trials nest under it,
     and training logs into it. The parent is found by its run-name tag rather than passed in, so a task
     needs only the pipeline's parameters to find it (from any pod, on any retry)."""
-    client, _ = _client(work_dir, tracking_uri)
+    client, _ = tracking.open_client(work_dir, tracking_uri)
     exp = tracking.retry_call(client.get_experiment_by_name, experiment)
     parent = tracking.find_parent_run(client, exp.experiment_id, run_name) if exp is not None else None
     if parent is None:
@@ -110,7 +105,7 @@ def search_step(prepared_dir: PathLike, model_name: str, work_dir: PathLike, mod
     """Optuna search for one model; returns the best flat hyperparameters (``{}`` when trials are 0)."""
     from .search import search as run_search
 
-    client, uri = _client(work_dir, tracking_uri)
+    client, uri = tracking.open_client(work_dir, tracking_uri)
     with _marks_failure(client, model_run_id):
         result = run_search(prepared_dir, model_name, Path(work_dir) / "search" / model_name,
                             n_trials=int(search["n_trials"]), n_epoch=int(search["n_epoch"]),
@@ -141,7 +136,7 @@ def train_step(prepared_dir: PathLike, model_name: str, out_dir: PathLike, model
 
     if nproc_per_node < 1 or n_nodes < 1:
         raise ValueError(f"nproc_per_node and n_nodes must be >= 1, got {nproc_per_node} and {n_nodes}")
-    client, uri = _client(work_dir, tracking_uri)
+    client, uri = tracking.open_client(work_dir, tracking_uri)
     params = {**dict(best_params or {}), **dict(fixed_params or {})}
     with _marks_failure(client, model_run_id):
         if n_nodes > 1:
@@ -209,7 +204,7 @@ def export_step(trained_dir: PathLike, prepared_dir: PathLike, model_run_id: str
     """ONNX export with the parity check on real test rows; the parity figure is logged on the model run."""
     from .training.train import export
 
-    client, _ = _client(work_dir, tracking_uri)
+    client, _ = tracking.open_client(work_dir, tracking_uri)
     with _marks_failure(client, model_run_id):
         result = export(trained_dir, prepared_dir)
         tracking.retry_call(client.log_metric, model_run_id, "onnx/parity_max_abs_diff", result.parity_max_abs_diff)
@@ -227,7 +222,7 @@ def register_step(trained_dir: PathLike, model_run_id: str, registered_model: st
     from .candidates import test_data_fingerprint
 
     trained_dir = Path(trained_dir)
-    client, _ = _client(work_dir, tracking_uri)
+    client, _ = tracking.open_client(work_dir, tracking_uri)
     saved = json.loads((trained_dir / "metrics.json").read_text())
     spec = FeatureSpec.load(trained_dir / SPEC_FILE)
     with _marks_failure(client, model_run_id):
@@ -248,7 +243,7 @@ def promote_step(versions: Sequence[str], registered_model: str, work_dir: PathL
 
     from . import registry
 
-    client, _ = _client(work_dir, tracking_uri)
+    client, _ = tracking.open_client(work_dir, tracking_uri)
     decision = registry.promote_best(client, registered_model, list(versions), metric=metric, margin=margin,
                                      reason="pipeline promotion")
     return {**asdict(decision), "current_champion": registry.champion_version(client, registered_model)}
@@ -341,7 +336,7 @@ def summary_step(parent_run_id: str, results: Mapping[str, Mapping[str, float]],
                  ceiling: Optional[Mapping[str, Any]] = None) -> str:
     """A Markdown summary (metrics table with the data's ceiling when known, the promotion in plain words, the
     store) on the parent run and in ``out_md``. ``ceiling``: default, the one in the run's feature spec."""
-    client, uri = _client(work_dir, tracking_uri)
+    client, uri = tracking.open_client(work_dir, tracking_uri)
     if ceiling is None:
         ceiling = _load_ceiling(client, parent_run_id, work_dir)
     versions = [decision.get(k) for k in ("candidate_version", "champion_version", "current_champion")]

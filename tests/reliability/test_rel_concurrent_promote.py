@@ -124,8 +124,8 @@ def test_two_concurrent_promotions_leave_one_champion_and_both_records(tmp_path)
 HOLDER = """
 import sys, time
 from workflow.registry import PromotionLock
-from workflow.tracking import _client
-lock = PromotionLock(_client(sys.argv[1]), sys.argv[2]).acquire()
+from workflow.tracking import client_for
+lock = PromotionLock(client_for(sys.argv[1]), sys.argv[2]).acquire()
 print("held", lock.token, flush=True)
 time.sleep(600)
 """

@@ -84,14 +84,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from mlflow.exceptions import MlflowException
 
     from .. import registry
-    from ..tracking import TrackingUnavailable, _client, check_tracking_reachable
+    from ..tracking import TrackingUnavailable, check_tracking_reachable, client_for
 
     try:
         uri, note = resolve_store(args.tracking_uri, args.work_dir)
         if note:
             print(f"mtlp promote: {note}", file=sys.stderr)
         check_tracking_reachable(uri, timeout=args.timeout)
-        client = _client(uri)
+        client = client_for(uri)
         reason = args.reason or "manual via CLI"
         if args.show:
             out = {"model": args.model, "champion": registry.champion_version(client, args.model),

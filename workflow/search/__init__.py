@@ -467,9 +467,9 @@ class _Objective:
         self.parent_run_id = parent_run_id
         self.client = None
         if parent_run_id:
-            from ..tracking import _client
+            from ..tracking import client_for
 
-            self.client = _client(_tracking_uri(tracking_uri))
+            self.client = client_for(_tracking_uri(tracking_uri))
 
     def _check_slot(self, trial: Any) -> None:
         """Surplus when this trial is not among the first ``target`` trials that can still count."""
@@ -844,9 +844,9 @@ def _tracking_uri(tracking_uri: Optional[str]) -> str:
 
 
 def _log_to_mlflow(result: SearchResult, tracking_uri: Optional[str], parent_run_id: str, work_dir: Path) -> None:
-    from ..tracking import _client, log_artifact_files, retry_call
+    from ..tracking import client_for, log_artifact_files, retry_call
 
-    client = _client(_tracking_uri(tracking_uri))
+    client = client_for(_tracking_uri(tracking_uri))
     log_artifact_files(client, parent_run_id, [result.summary_path], "search")
     log_artifact_files(client, parent_run_id, result.plot_paths, "search/plots")
     from mlflow.entities import Metric

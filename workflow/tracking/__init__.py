@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping, Optional, Sequence
 
 __all__ = [
-    "TrackingUnavailable", "Tracking", "use_globally", "client_for", "mask_credentials", "DEFAULT_DB", "DEFAULT_ARTIFACTS", "TAGS",
+    "TrackingUnavailable", "Tracking", "use_globally", "client_for", "open_client", "mask_credentials", "DEFAULT_DB", "DEFAULT_ARTIFACTS", "TAGS",
     "resolve_tracking_uri", "check_tracking_reachable", "setup_tracking", "get_or_create_experiment",
     "git_commit", "flatten_params", "log_params", "start_parent_run", "find_parent_run", "create_child_run",
     "child_run", "end_run", "end_open_runs", "MlflowCallback", "retry_call", "log_train_result", "log_artifact_files",
@@ -224,13 +224,15 @@ def use_globally(uri: str) -> None:
 
 
 def client_for(uri: str):
-    """An ``MlflowClient`` for tracking and registry at ``uri``."""
-    return _client(uri)
-
-
-def _client(uri: str):
+    """An ``MlflowClient`` for tracking and registry at ``uri``: the one way this package makes a client."""
     from mlflow import MlflowClient
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def open_client(work_dir: str | os.PathLike | None, uri: Optional[str] = None) -> tuple[Any, str]:
+    """-> (client, resolved URI) for a step: ``uri`` if given, else the run folder's embedded store."""
+    resolved, _ = resolve_tracking_uri(work_dir, uri or None)
+    return client_for(resolved), resolved
 
 
 def get_or_create_experiment(client: Any, name: str, artifact_location: Optional[str] = None) -> str:
@@ -277,7 +279,7 @@ def setup_tracking(experiment_name: str, work_dir: str | os.PathLike | None = No
     uri, artifact_location = resolve_tracking_uri(work_dir, uri)
     check_tracking_reachable(uri, timeout=timeout)
     use_globally(uri)
-    client = _client(uri)
+    client = client_for(uri)
     try:
         experiment_id = retry_call(get_or_create_experiment, client, experiment_name, artifact_location,
                                    attempts=3, backoff=0.5)
@@ -505,7 +507,7 @@ class MlflowCallback:
                  backoff: float = 0.5, max_backoff: float = 8.0, system_metrics: bool = True,
                  sleep: Callable[[float], None] = time.sleep) -> None:
         self.run_id = run_id
-        self.client = client if client is not None else _client(tracking_uri or _current_uri())
+        self.client = client if client is not None else client_for(tracking_uri or _current_uri())
         self.retries, self.backoff, self.max_backoff = int(retries), float(backoff), float(max_backoff)
         self.system_metrics = system_metrics
         self.sleep = sleep

@@ -88,9 +88,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     client, callbacks = None, []
     if rank == 0 and a.model_run_id:
         from .. import tracking
-        from ..steps import _client
 
-        client, _ = _client(a.work_dir or a.out_dir, a.tracking_uri or None)
+        client, _ = tracking.open_client(a.work_dir or a.out_dir, a.tracking_uri or None)
         callbacks = [tracking.MlflowCallback(a.model_run_id, client=client)]
     try:
         result = train(a.prepared_dir, a.model_name, a.out_dir, params=json.loads(a.params_json), n_epoch=a.n_epoch,
