@@ -42,6 +42,7 @@ def test_retained_memory_stops_the_page_faults() -> None:
 
 
 def test_trainer_applies_it_on_cpu_only_when_asked(monkeypatch) -> None:
+    """Opt-in: a trainer built with the defaults leaves the process's malloc settings alone."""
     import mtl_models.trainer.trainer as trainer_module
     from mtl_models import MMOE, MTLTrainer, SparseFeature
 
@@ -50,4 +51,6 @@ def test_trainer_applies_it_on_cpu_only_when_asked(monkeypatch) -> None:
     model = MMOE([SparseFeature("a", 5, 4)], ["classification"], 2, {"dims": [4]}, [{"dims": [2]}])
     MTLTrainer(model, device="cpu", progress=False)
     MTLTrainer(model, device="cpu", progress=False, retain_cpu_memory=False)
+    assert calls == []
+    MTLTrainer(model, device="cpu", progress=False, retain_cpu_memory=True)
     assert calls == [1]

@@ -82,8 +82,8 @@ class MTLTrainer:
     ``{"mode": "max-autotune"}``; ``{}`` is the same as True); False or None train eagerly. Evaluation, prediction
     and export use the eager model.
 
-    On CPU the trainer raises glibc's mmap and trim thresholds for the process (``retain_cpu_memory=False``
-    leaves them), so freed activations stay mapped between steps instead of page-faulting in again.
+    ``retain_cpu_memory=True`` (opt-in: it changes the whole process) raises glibc's mmap and trim thresholds on
+    CPU, so freed activations stay mapped between steps instead of page-faulting in again (``mtl_models.allocator``).
 
     Under ``torchrun`` (``WORLD_SIZE > 1``) the same code trains data-parallel: the trainer joins the process
     group (``backend``: ``nccl`` on CUDA, ``gloo`` on CPU, unless the caller initialised one), takes
@@ -107,7 +107,7 @@ class MTLTrainer:
                  mixed_precision: Optional[bool] = None,
                  seed: Optional[int] = None, nan_check_every: Optional[int] = None,
                  backend: Optional[str] = None, find_unused_parameters: bool = False,
-                 retain_cpu_memory: bool = True) -> None:
+                 retain_cpu_memory: bool = False) -> None:
         if not isinstance(model, MultiTaskModel):
             raise TypeError(f"model must be a mtl_models MultiTaskModel, got {type(model).__name__}")
         if task_types is not None and list(task_types) != list(model.task_types):

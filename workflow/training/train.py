@@ -139,7 +139,7 @@ def _trainer(model, params: Mapping[str, Any], out_dir: Path, n_epoch: int, pati
                       scheduler_params={"T_max": max(int(n_epoch), 1)} if cosine else None,
                       adaptive_params=adaptive, n_epoch=n_epoch, earlystop_patience=patience, device=device,
                       model_path=out_dir / "checkpoints", callbacks=list(callbacks), progress=progress, seed=seed,
-                      task_names=task_names)
+                      task_names=task_names, retain_cpu_memory=True)  # the step's process trains only: keep freed memory
 
 
 def train(prepared_dir: PathLike, model_name: str, out_dir: PathLike, params: Optional[Mapping[str, Any]] = None,
