@@ -176,13 +176,9 @@ def _separate_mlps(group: ExpertGroup, input_dim: int, params: dict) -> list[MLP
         linears = [m for m in mlp if isinstance(m, nn.Linear)]
         norms = [m for m in mlp if isinstance(m, nn.BatchNorm1d)]
         for lin, bn, layer in zip(linears, norms, group.layers):
-            d = layer.out_dim
             lin.weight.data = layer.weight[e].T.clone()
             lin.bias.data = layer.bias[e, 0].clone()
-            bn.weight.data = layer.batch_norm.weight[e * d:(e + 1) * d].clone()
-            bn.bias.data = layer.batch_norm.bias[e * d:(e + 1) * d].clone()
-            bn.running_mean.copy_(layer.batch_norm.running_mean[e * d:(e + 1) * d])
-            bn.running_var.copy_(layer.batch_norm.running_var[e * d:(e + 1) * d])
+            bn.load_state_dict(layer.norms[e].state_dict())
         mlps.append(mlp)
     return mlps
 
@@ -193,19 +189,20 @@ def test_batchnorm_experts_match_separate_mlps_in_training_and_eval() -> None:
     group = ExpertGroup(3, 6, params)
     with torch.no_grad():  # non-trivial affine parameters
         for layer in group.layers:
-            layer.batch_norm.weight.uniform_(0.5, 1.5)
-            layer.batch_norm.bias.uniform_(-0.5, 0.5)
+            for bn in layer.norms:
+                bn.weight.uniform_(0.5, 1.5)
+                bn.bias.uniform_(-0.5, 0.5)
     mlps = _separate_mlps(group, 6, params)
     x = torch.randn(32, 6)
     outs = group(x)  # training mode: batch statistics, running statistics move
     for e, mlp in enumerate(mlps):
         torch.testing.assert_close(outs[e], mlp(x))
     for layer, i in zip(group.layers, (1, 4)):
-        d = layer.out_dim
         for e, mlp in enumerate(mlps):
-            torch.testing.assert_close(layer.batch_norm.running_mean[e * d:(e + 1) * d], mlp[i].running_mean)
-            torch.testing.assert_close(layer.batch_norm.running_var[e * d:(e + 1) * d], mlp[i].running_var)
-        assert int(layer.batch_norm.num_batches_tracked) == 1
+            torch.testing.assert_close(layer.norms[e].running_mean, mlp[i].running_mean)
+            torch.testing.assert_close(layer.norms[e].running_var, mlp[i].running_var)
+            assert not torch.equal(mlp[i].running_var, torch.ones_like(mlp[i].running_var))  # they moved
+            assert int(layer.norms[e].num_batches_tracked) == 1
     group.eval()
     x2 = torch.randn(4, 6)
     for e, mlp in enumerate(mlps):
@@ -235,10 +232,11 @@ def test_models_export_the_plain_graph_in_eval_mode() -> None:
 
 
 @pytest.mark.parametrize("norm", [None, "batch", "layer"])
-def test_parallel_mlps_on_the_lookup_match_separate_mlps(norm) -> None:
-    """ESMM's towers and AITM's bottoms run their first layers as one grouped product: outputs and gradients equal
-    separate MLPs (and, with no norm, the in-place ReLU after the first Linear must not write into the product)."""
-    from mtl_models.layers import parallel_mlps
+def test_mlp_group_on_the_lookup_matches_separate_mlps(norm) -> None:
+    """AITM's bottoms (``MLPGroup``) and ESMM's towers run their first layers as one grouped product: outputs and
+    gradients equal separate MLPs (and, with no norm, the in-place ReLU after the first Linear must not write into
+    the product)."""
+    from mtl_models.layers import MLPGroup
 
     torch.manual_seed(0)
     emb = FeatureEmbedding(features()).train()
@@ -246,7 +244,7 @@ def test_parallel_mlps_on_the_lookup_match_separate_mlps(norm) -> None:
     x = batch(512, seed=3)
     lookup = emb.lookup(x)
     assert lookup.uses_products()
-    together = parallel_mlps(lookup, mlps)
+    together = MLPGroup(mlps)(lookup)
     params = [*emb.parameters(), *(p for m in mlps for p in m.parameters())]
     loss = sum((h * (i + 1)).sin().sum() for i, h in enumerate(together))
     grads = torch.autograd.grad(loss, params)
@@ -261,7 +259,7 @@ def test_parallel_mlps_on_the_lookup_match_separate_mlps(norm) -> None:
 
 
 def test_mix_experts_gradients_match_autograd_of_the_formula() -> None:
-    from mtl_models.layers import mix_experts
+    from mtl_models.layers.gates import mix_experts
 
     torch.manual_seed(0)
     gates = torch.rand(6, 3, dtype=torch.float64).softmax(1).requires_grad_()
@@ -271,10 +269,39 @@ def test_mix_experts_gradients_match_autograd_of_the_formula() -> None:
     torch.testing.assert_close(mix_experts(gates, experts), expected)
 
 
+def test_task_gates_on_one_shared_input_match_one_product_per_gate() -> None:
+    """PLE's first level gives every task gate the embedding (one Linear over all gates); upper levels give each
+    its own input (one product each). Both must compute ``softmax(x_t @ W_t + b_t)`` and its mixture."""
+    from mtl_models.layers import TaskGates
+
+    torch.manual_seed(0)
+    emb = FeatureEmbedding(features()).train()
+    gates = TaskGates(emb.output_dim, [[0, 2], [1, 2]])
+    x = batch(512, seed=6)
+    experts = [torch.randn(512, 4, requires_grad=True) for _ in range(3)]
+    lookup = emb.lookup(x)
+    assert lookup.uses_products()
+    mixed, weights = gates([lookup, lookup], experts)  # the shared-input path, on the table products
+    dense = emb(x)
+    separate, weights2 = gates([dense, dense.clone()], experts)  # distinct inputs: a product per gate
+    expected = torch.stack([(dense @ gates.weight[t] + gates.bias[t]).softmax(-1) for t in range(2)], dim=1)
+    torch.testing.assert_close(weights, expected, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(weights2, expected, atol=1e-6, rtol=1e-5)
+    for t, ids in enumerate(gates.expert_ids):
+        want = sum(expected[:, t, k:k + 1] * experts[i] for k, i in enumerate(ids))
+        torch.testing.assert_close(mixed[t], want, atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(separate[t], want, atol=1e-6, rtol=1e-5)
+    params = [gates.weight, gates.bias, *experts, *emb.parameters()]
+    g1 = torch.autograd.grad(sum(m.sin().sum() for m in mixed), params)
+    g2 = torch.autograd.grad(sum(m.sin().sum() for m in separate), params)
+    for a, b in zip(g1, g2):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
 @pytest.mark.parametrize("groups,with_bias", [(1, True), (3, True), (3, False)])
 def test_table_product_matches_the_gemm_on_values_and_gradients(groups: int, with_bias: bool) -> None:
     """The fused gather-sum (products, bias in feature 0's rows, H-major backward) against the GEMM it replaces."""
-    from mtl_models.layers.embedding import PaddedRows, _TableProduct
+    from mtl_models.layers.table_product import PaddedRows, TableProduct
 
     torch.manual_seed(0)
     n, vocab, d, width, rows = 3, 5, 2, 4, 7
@@ -285,7 +312,7 @@ def test_table_product_matches_the_gemm_on_values_and_gradients(groups: int, wit
 
     def fused(p, w, *b):
         samples, offsets = PaddedRows(ids, n * vocab).samples_by_row()
-        return _TableProduct.apply(ids, samples, offsets, p, w, b[0] if b else None)
+        return TableProduct.apply(ids, samples, offsets, p, w, b[0] if b else None)
 
     assert torch.autograd.gradcheck(fused, (padded, weight, *bias))
     looked_up = padded.reshape(n * vocab, d)[ids].flatten(1)  # [B, n*d], the concatenated embedding
@@ -295,7 +322,7 @@ def test_table_product_matches_the_gemm_on_values_and_gradients(groups: int, wit
 
 @pytest.mark.parametrize("n_rows", [60, 40_000])  # the 16-bit radix sort, and the general sort above 2**15 rows
 def test_padded_rows_group_every_sample_under_the_rows_it_reads(n_rows: int) -> None:
-    from mtl_models.layers.embedding import PaddedRows
+    from mtl_models.layers.table_product import PaddedRows
 
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(0, n_rows, (50, 3), generator=g)  # [B, n]

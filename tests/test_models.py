@@ -170,13 +170,13 @@ def test_batch_norm_is_the_default_in_bottoms_experts_and_towers_not_in_gates() 
     """Torch-RecHub's MLP has BatchNorm after every hidden Linear; with the same dicts ours has it at the same places."""
     mmoe = MMOE(features=make_features(), task_types=MIXED, n_expert=3, expert_params={"dims": [8, 6]},
                 tower_params_list=[{"dims": [4]}] * 2)
-    assert _batch_norm_widths(mmoe) == [4, 4, 3 * 6, 3 * 8]  # two towers; each expert layer (3 experts, one module)
+    assert _batch_norm_widths(mmoe) == [4, 4] + [6] * 3 + [8] * 3  # two towers; each expert its own, per layer
     assert _batch_norm_widths(build("shared_bottom")) == [8, 8, 16, 32]
     assert _batch_norm_widths(build("aitm")) == [8, 8, 8, 8, 16, 16]  # two bottoms [16, 8], two towers [8]
     ple = build("ple")  # its expert_params say "layer": no BatchNorm in the experts; towers keep the default
     assert _batch_norm_widths(ple) == [8, 8]
-    gates = [ple.levels[0].task_gate_weight, ple.levels[0].shared_gate, mmoe.gates]
-    assert all(not isinstance(g, nn.Module) or isinstance(g, nn.Linear) for g in gates)  # plain linear gates
+    gates = [ple.levels[0].task_gates, ple.levels[0].shared_gate, mmoe.gates]
+    assert not any(isinstance(m, (nn.BatchNorm1d, nn.LayerNorm)) for g in gates for m in g.modules())  # plain linear gates
     for off in (None, "none"):
         model = MMOE(features=make_features(), task_types=MIXED, n_expert=2, expert_params={"dims": [8], "norm": off},
                      tower_params_list=[{"dims": [4], "norm": off}] * 2)

@@ -1,7 +1,11 @@
-"""Building blocks shared by the models: the fused embedding, MLPs and batched expert groups."""
+"""The blocks models are built from: the feature embedding, ``MLP`` / ``MLPGroup`` / towers, ``ExpertGroup`` and
+the gates. Each takes a ``[B, in]`` tensor or the embedding lookup (``FeatureEmbedding.lookup``) alike; how a
+training step is made fast on CPU stays inside them."""
 
-from .embedding import EmbeddedBatch, FeatureEmbedding, linear
-from .experts import ExpertGroup, mix_experts
-from .mlp import MLP, make_activation, build_tower, parallel_mlps
+from .embedding import FeatureEmbedding
+from .experts import ExpertGroup
+from .gates import Gate, TaskGates
+from .mlp import MLP, MLPGroup, build_tower, make_activation
+from .mlp import parallel_mlps  # noqa: F401 - ESMM's towers; new models use MLPGroup
 
-__all__ = ["FeatureEmbedding", "EmbeddedBatch", "linear", "ExpertGroup", "mix_experts", "MLP", "make_activation", "build_tower", "parallel_mlps"]
+__all__ = ["FeatureEmbedding", "MLP", "MLPGroup", "build_tower", "make_activation", "ExpertGroup", "Gate", "TaskGates"]

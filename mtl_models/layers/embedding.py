@@ -1,12 +1,10 @@
 """One fused embedding table per embedding width, looked up once per batch through per-feature offsets.
 
-``FeatureEmbedding.lookup`` returns an ``EmbeddedBatch``: the looked-up rows before they are concatenated. A
-Linear layer that reads the embedding (an MLP's first layer, MMOE's experts and gates) asks it for
-``linear(weight, bias)``. When every feature of a table has few ids next to the batch (small-vocabulary data
-such as binned census columns) that product is computed as a gather-sum over ``table_rows @ weight_slice``:
-exact in real arithmetic, and the ``[B, n*d] x [n*d, H]`` GEMM with its two backward GEMMs shrinks to one
-batched GEMM over each feature's rows (padded to the largest vocabulary) plus the gather-sum and, in the
-backward, its transpose: a second gather-sum over the batch's samples grouped by row.
+``FeatureEmbedding.lookup`` returns an ``EmbeddedBatch``: the looked-up rows before they are concatenated. The
+blocks (``MLP``, ``ExpertGroup``, the gates) take it as their input like a ``[B, input_dim]`` tensor; their first
+Linear asks it for ``linear(weight, bias)``, which takes the table-product path (``table_product.py``) when every
+feature of a table has few ids next to the batch (small-vocabulary data such as binned census columns), and the
+plain GEMM otherwise. Model code never needs to know which.
 """
 
 from __future__ import annotations
@@ -21,100 +19,15 @@ from torch import Tensor, nn
 
 from ..features import DenseFeature, Feature, SparseFeature, validate_features
 from .numeric import NumericEmbeddings
+from .table_product import PaddedRows, TableProduct, eager, grouped_dense, unstack
 
-__all__ = ["FeatureEmbedding", "EmbeddedBatch", "linear", "grouped_linear", "unstack"]
+__all__ = ["FeatureEmbedding", "EmbeddedBatch", "linear", "grouped_linear", "unstack", "PaddedRows"]
 
 # The table-product path needs every feature of the table to have at most batch / ROWS_PER_BATCH ids and an
 # embedding at least MIN_PRODUCT_WIDTH wide (narrower, the direct GEMM is already cheap next to the gather-sum).
-# Measured on one core, Adult (13 features, at most 42 ids each, width 16), training step time of the product
-# path over the plain GEMM: SharedBottom 0.80x at batch 128, 0.95x at 256, 1.12x at 512; MMOE 0.63x, 0.76x,
-# 1.36x: break-even near batch = 8 x the largest vocabulary. With the gather-sum backward (docs/training.md):
-# SharedBottom 0.90x at 128, 0.99x at 256; MMOE 0.82x, 1.07x.
+# Both were set from measured break-evens (docs/performance.md).
 ROWS_PER_BATCH = 8
 MIN_PRODUCT_WIDTH = 8
-
-
-class PaddedRows:
-    """A batch's rows of the padded table (``[B, n]``, feature f's ids in ``f*V .. (f+1)*V``) and, built by the
-    first product that will need a backward and shared by every product on the same lookup, the samples grouped
-    by row."""
-
-    def __init__(self, ids: Tensor, n_rows: int) -> None:
-        self.ids, self.n_rows = ids, n_rows
-        self._by_row: Optional[tuple[Tensor, Tensor]] = None
-
-    def samples_by_row(self) -> tuple[Tensor, Tensor]:
-        """``(samples, offsets)``: the sample of every (sample, feature) pair sorted by the row it reads (``[B*n]``),
-        and where each row's samples start (``[R]``): the bags of a gather-sum that is the lookup's transpose.
-        Both shapes are fixed by ``ids``' shape and ``n_rows`` (no ``bincount``), so ``torch.compile`` traces it."""
-        if self._by_row is None:
-            flat = self.ids.reshape(-1)  # [B*n], sample b's ids at b*n .. b*n + n - 1
-            if (flat.device.type == "cpu" and self.n_rows <= 1 << 15
-                    and not torch.compiler.is_compiling()):  # NumPy sorts 16-bit ints by radix (stable)
-                order = torch.from_numpy(np.argsort(flat.to(torch.int16).numpy(), kind="stable"))
-            else:
-                order = torch.sort(flat, stable=True).indices
-            counts = torch.zeros(self.n_rows, dtype=flat.dtype, device=flat.device)
-            counts.index_add_(0, flat, torch.ones_like(flat))  # [R] samples per row
-            self._by_row = (order.div(self.ids.shape[1], rounding_mode="floor"), counts.cumsum(0) - counts)
-        return self._by_row
-
-
-class _TableProduct(torch.autograd.Function):
-    """``out[g, b] = sum_f P[g, f, ids[b, f]]`` with ``P[g, f] = padded[f] @ W[g, f]`` (+ ``bias[g]`` on f = 0).
-
-    ids: the batch's rows of the padded table (``[B, n]``); samples, offsets: ``PaddedRows.samples_by_row()``, the
-    backward's bags; padded: ``[n, V, D]``; weight: ``[G, n*D, H]``; bias: ``[G, 1, H]`` or None -> ``[G, B, H]``.
-
-    Forward: one batched GEMM for the products, one ``embedding_bag`` sum over the G-major rows. Backward: the
-    H-major ``[R, G*H]`` row gradient as a second ``embedding_bag``, over the batch's ``[B, G*H]`` gradient with
-    the samples grouped by row (``PaddedRows``), then one batched GEMM per input over each feature's ``[V, G*H]``
-    block. G*H-wide rows because the cost is per row (an ``index_add_`` per feature column took 2.1 ms with
-    1024-wide rows against 7.3 ms with 8 groups of 128-wide ones, B=1024, n=13, one thread); a gather-sum over
-    sorted samples instead of that scatter: 1.5 ms against 2.2 ms at that size, 0.12 against 0.5 ms for one
-    128-wide group, plus 0.2 ms once per lookup for NumPy's radix argsort of the 16-bit row ids. One function,
-    so that autograd neither clones the products' gradient for the in-place bias (a ``CopySlices`` node, 1.1 ms
-    per MMOE step at batch 1024) nor copies the transposed gradient to contiguous for the GEMMs' backward."""
-
-    @staticmethod
-    def forward(ctx, ids: Tensor, samples: Tensor, offsets: Tensor, padded: Tensor, weight: Tensor,
-                bias: Optional[Tensor]) -> Tensor:
-        n, n_vocab, d = padded.shape
-        groups, _, width = weight.shape
-        products = torch.matmul(padded, weight.view(groups, n, d, width))  # [G, n, V, H]
-        if bias is not None:  # every row of feature 0 carries the bias: each sample sums exactly one of them
-            products[:, 0] += bias
-        rows = n * n_vocab
-        shifted = ids  # [B, n], or [G, B, n] with group g's rows at g * R of the flattened products
-        if groups > 1:
-            shifted = ids.unsqueeze(0) + torch.arange(0, groups * rows, rows, device=ids.device).view(-1, 1, 1)
-        out = F.embedding_bag(shifted.reshape(-1, n), products.view(groups * rows, width), mode="sum")  # [G*B, H]
-        ctx.save_for_backward(samples, offsets, padded, weight)
-        ctx.has_bias = bias is not None
-        return out.view(groups, -1, width)  # [G, B, H]
-
-    @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[Optional[Tensor], ...]:
-        samples, offsets, padded, weight = ctx.saved_tensors
-        n, n_vocab, d = padded.shape
-        groups, _, width = weight.shape
-        # under bf16 autocast the forward's products, hence this gradient, are bf16 while the saved inputs stay
-        # float32: the backward runs in the inputs' dtype (bmm does not mix dtypes; autocast is off in backward)
-        grad = grad.to(weight.dtype)  # [G, B, H]; keeps unstack's batch-major strides
-        # a view when the gradient came through unstack (batch-major), else a copy
-        by_sample = grad.transpose(0, 1).reshape(grad.shape[1], groups * width).contiguous()  # [B, G*H]
-        rows = F.embedding_bag(samples, by_sample, offsets, mode="sum")  # [R, G*H]: row r sums its samples' rows
-        rows = rows.view(n, n_vocab, groups * width)  # [n, V, G*H]
-        grad_padded = grad_weight = grad_bias = None
-        if ctx.needs_input_grad[3]:
-            w_t = weight.view(groups, n, d, width).permute(1, 0, 3, 2).reshape(n, groups * width, d)  # [n, G*H, D]
-            grad_padded = torch.bmm(rows, w_t)  # [n, V, D]
-        if ctx.needs_input_grad[4]:
-            per_feature = torch.bmm(padded.transpose(1, 2), rows)  # [n, D, G*H]
-            grad_weight = per_feature.view(n, d, groups, width).permute(2, 0, 1, 3).reshape(groups, n * d, width)
-        if ctx.has_bias and ctx.needs_input_grad[5]:
-            grad_bias = rows[0].sum(0).view(groups, 1, width)  # feature 0's rows: one per sample
-        return None, None, None, grad_padded, grad_weight, grad_bias
 
 
 class _FusedTable(nn.Module):
@@ -153,7 +66,7 @@ class _FusedTable(nn.Module):
         """The table laid out ``[n_feature, max_vocab, D]``, so that one batched GEMM multiplies every feature's
         rows by that feature's slice of a weight."""
         weight = self.table.weight
-        if torch.compiler.is_compiling():  # built inside the graph: Dynamo never reads, guards on or fills the cache
+        if not eager():  # built inside the graph: Dynamo never reads, guards on or fills the cache
             pad_rows = self._padded_rows(weight.device)
         else:  # cached in eager
             if self._pad_rows is None or self._pad_rows.device != weight.device:
@@ -175,7 +88,7 @@ class _FusedTable(nn.Module):
             samples, offsets = rows_of.samples_by_row()  # the backward's bags, built once per lookup
         else:
             samples = offsets = rows_of.ids.new_empty(0)
-        return _TableProduct.apply(rows_of.ids, samples, offsets, padded, weight, bias)
+        return TableProduct.apply(rows_of.ids, samples, offsets, padded, weight, bias)
 
 
 class EmbeddedBatch:
@@ -191,6 +104,9 @@ class EmbeddedBatch:
     @property
     def batch_size(self) -> int:
         return (self.ids[0] if self.ids else self.dense).shape[0]
+
+    def __len__(self) -> int:  # the batch's rows, as ``len`` of a [B, input_dim] tensor
+        return self.batch_size
 
     def tensor(self) -> Tensor:
         if self._tensor is None:
@@ -230,11 +146,11 @@ class EmbeddedBatch:
                 part = table.products(rows_of, w, bias, padded)
                 bias = None
             else:
-                part = _grouped_dense(table(ids), w)
+                part = grouped_dense(table(ids), w)
             out = part if out is None else out + part
             start += table.width
         if self.dense is not None:
-            out = out + _grouped_dense(self.dense, weight[:, start:])
+            out = out + grouped_dense(self.dense, weight[:, start:])
         return out + bias if bias is not None else out
 
     def linear(self, weight: Tensor, bias: Optional[Tensor] = None) -> Tensor:
@@ -248,45 +164,19 @@ class EmbeddedBatch:
         """weight: ``[G, input_dim, H]``, bias ``[G, 1, H]`` -> ``[G, B, H]``: G Linears on the same input, group-major."""
         out = self._by_parts(weight, bias)
         if out is None:
-            return _grouped_dense(self.tensor(), weight, bias)
+            return grouped_dense(self.tensor(), weight, bias)
         return out
 
 
 def linear(x: "Tensor | EmbeddedBatch", weight: Tensor, bias: Optional[Tensor] = None) -> Tensor:
-    """``F.linear`` that also accepts the embedding lookup (then through ``EmbeddedBatch.linear``)."""
+    """``F.linear`` that also accepts the embedding lookup (then through ``EmbeddedBatch.linear``): the one place a
+    Linear's input type is asked."""
     return x.linear(weight, bias) if isinstance(x, EmbeddedBatch) else F.linear(x, weight, bias)
-
-
-def _grouped_dense(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None) -> Tensor:
-    # x: [B, in]; weight: [G, in, H] -> [G, B, H] contiguous. A batched GEMM over x broadcast to every group
-    # (a stride-0 view, no copy) writes group-major directly; one GEMM over [in, G*H] would need a transpose after.
-    shared = x.unsqueeze(0).expand(weight.shape[0], -1, -1)  # [G, B, in]
-    return torch.baddbmm(bias, shared, weight) if bias is not None else torch.bmm(shared, weight)
 
 
 def grouped_linear(x: "Tensor | EmbeddedBatch", weight: Tensor, bias: Optional[Tensor] = None) -> Tensor:
     """G Linears over one shared input (``[B, in]`` or the lookup): weight ``[G, in, H]`` -> ``[G, B, H]``."""
-    return x.grouped_linear(weight, bias) if isinstance(x, EmbeddedBatch) else _grouped_dense(x, weight, bias)
-
-
-class _Unstack(torch.autograd.Function):
-    """``[G, B, H]`` -> G views ``[B, H]`` (``unbind``), whose backward writes the G gradients batch-major into one
-    ``[B, G, H]`` block and passes it on as a ``[G, B, H]``-shaped view: the table-product backward, which wants
-    each sample's G*H gradient in one row, then reads it without the transpose copy that ``unbind``'s own
-    backward (a group-major ``stack``) would need."""
-
-    @staticmethod
-    def forward(ctx, h: Tensor) -> tuple[Tensor, ...]:
-        return h.unbind(0)
-
-    @staticmethod
-    def backward(ctx, *grads: Tensor) -> Tensor:
-        return torch.stack(grads, dim=1).transpose(0, 1)  # [G, B, H] view of a [B, G, H] block
-
-
-def unstack(h: Tensor) -> list[Tensor]:
-    """The G outputs of ``grouped_linear`` (``[G, B, H]``) as G tensors ``[B, H]``, gradients gathered batch-major."""
-    return list(_Unstack.apply(h))
+    return x.grouped_linear(weight, bias) if isinstance(x, EmbeddedBatch) else grouped_dense(x, weight, bias)
 
 
 class FeatureEmbedding(nn.Module):

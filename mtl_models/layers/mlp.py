@@ -13,9 +13,10 @@ from typing import Any, Mapping, Optional, Sequence, Union
 import torch
 from torch import Tensor, nn
 
-from .embedding import EmbeddedBatch, linear, unstack
+from .embedding import EmbeddedBatch, linear
+from .table_product import unstack
 
-__all__ = ["MLP", "make_activation", "build_tower", "ACTIVATIONS", "check_mlp_params", "parallel_mlps",
+__all__ = ["MLP", "MLPGroup", "make_activation", "build_tower", "ACTIVATIONS", "check_mlp_params", "parallel_mlps",
            "check_batch_rows", "DEFAULT_NORM"]
 
 ACTIVATIONS = {
@@ -75,8 +76,16 @@ def check_mlp_params(params: Optional[Mapping[str, Any]], argument: str, allow_e
     return {"dims": dims, "dropout": dropout, "activation": activation, "norm": None if norm == "none" else norm}
 
 
+class _InputLinear(nn.Linear):
+    """``nn.Linear`` (same parameters, same init) that also reads the embedding lookup: an MLP's first layer."""
+
+    def forward(self, x: Union[Tensor, EmbeddedBatch]) -> Tensor:
+        return linear(x, self.weight, self.bias)
+
+
 class MLP(nn.Sequential):
-    """``Linear -> [norm] -> activation -> [dropout]`` per entry of ``dims``, plus an optional output unit."""
+    """``Linear -> [norm] -> activation -> [dropout]`` per entry of ``dims``, plus an optional output unit. Its
+    input is ``[B, input_dim]`` or the embedding lookup."""
 
     def __init__(self, input_dim: int, params: Optional[Mapping[str, Any]], output_dim: Optional[int] = None,
                  argument: str = "mlp_params") -> None:
@@ -84,17 +93,11 @@ class MLP(nn.Sequential):
         layers: list[nn.Module] = []
         width = input_dim
         for dim in cfg["dims"]:
-            layers.append(nn.Linear(width, dim))
-            if cfg["norm"] == "batch":
-                layers.append(nn.BatchNorm1d(dim))
-            elif cfg["norm"] == "layer":
-                layers.append(nn.LayerNorm(dim))
-            layers.append(make_activation(cfg["activation"], inplace=True))
-            if cfg["dropout"] > 0:
-                layers.append(nn.Dropout(cfg["dropout"]))
+            layers.append((_InputLinear if not layers else nn.Linear)(width, dim))
+            layers.extend(_after_linear(dim, cfg))
             width = dim
         if output_dim is not None:
-            layers.append(nn.Linear(width, output_dim))
+            layers.append((_InputLinear if not layers else nn.Linear)(width, output_dim))
             width = output_dim
         super().__init__(*layers)
         self.output_dim = width
@@ -103,13 +106,10 @@ class MLP(nn.Sequential):
 
     def forward(self, x: Union[Tensor, EmbeddedBatch]) -> Tensor:  # [B, input_dim] -> [B, output_dim]
         if self.has_batch_norm and self.training:
-            check_batch_rows(x.batch_size if isinstance(x, EmbeddedBatch) else len(x), self.argument)
-        if not isinstance(x, EmbeddedBatch):
-            return super().forward(x)
-        first = self[0]  # an MLP on the embedding: its first Linear reads the lookup directly
-        return self.after_first(linear(x, first.weight, first.bias))  # [B, dims[0]] -> [B, output_dim]
+            check_batch_rows(len(x), self.argument)
+        return super().forward(x)
 
-    def after_first(self, h: Tensor, owns_input: bool = True) -> Tensor:
+    def _after_first(self, h: Tensor, owns_input: bool = True) -> Tensor:
         """Every layer after the first Linear: h ``[B, dims[0]]`` -> ``[B, output_dim]``. ``owns_input=False``: h is
         a view of a grouped product (``unstack``), which an in-place ReLU right after the Linear must not write."""
         for i, layer in enumerate(self):
@@ -124,13 +124,35 @@ class MLP(nn.Sequential):
         return [m for m in self if isinstance(m, nn.Linear)][-1]
 
 
+def _after_linear(dim: int, cfg: dict) -> list[nn.Module]:
+    """A hidden layer's modules after its Linear: norm, activation (in place: right after a Linear or a norm,
+    whose backward does not read their output), dropout."""
+    layers: list[nn.Module] = []
+    if cfg["norm"] == "batch":
+        layers.append(nn.BatchNorm1d(dim))
+    elif cfg["norm"] == "layer":
+        layers.append(nn.LayerNorm(dim))
+    layers.append(make_activation(cfg["activation"], inplace=True))
+    if cfg["dropout"] > 0:
+        layers.append(nn.Dropout(cfg["dropout"]))
+    return layers
+
+
+class MLPGroup(nn.ModuleList):
+    """MLPs that all read the same input (AITM's per-task bottoms): ``forward(x)`` -> one output per MLP, as
+    ``[mlp(x) for mlp in group]`` computes it."""
+
+    def forward(self, x: Union[Tensor, EmbeddedBatch]) -> list[Tensor]:
+        return parallel_mlps(x, list(self))
+
+
 def build_tower(input_dim: int, params: Optional[Mapping[str, Any]], argument: str) -> MLP:
     """A task tower: the configured hidden layers and one output unit (the task's logit or value)."""
     return MLP(input_dim, params, output_dim=1, argument=argument)
 
 
 def parallel_mlps(x: Union[Tensor, EmbeddedBatch], mlps: Sequence[MLP]) -> list[Tensor]:
-    """``[mlp(x) for mlp in mlps]``, for MLPs that read the same embedding lookup (ESMM's towers, AITM's bottoms).
+    """``[mlp(x) for mlp in mlps]``: ``MLPGroup``'s forward (ESMM calls it on its two towers).
 
     When the lookup takes the table-product path and the first Linears have one width, those Linears run as
     one grouped product: one gather-sum over G*H-wide rows, where G separate ones would each pay the per-row
@@ -144,5 +166,5 @@ def parallel_mlps(x: Union[Tensor, EmbeddedBatch], mlps: Sequence[MLP]) -> list[
         return [m(x) for m in mlps]
     weight = torch.stack([f.weight.t() for f in firsts])  # [G, input_dim, H]
     bias = torch.stack([f.bias for f in firsts]).unsqueeze(1)  # [G, 1, H]
-    return [m.after_first(h, owns_input=False)
+    return [m._after_first(h, owns_input=False)
             for m, h in zip(mlps, unstack(x.grouped_linear(weight, bias)))]  # G x [B, out]

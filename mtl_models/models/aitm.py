@@ -11,7 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from ..features import Feature
-from ..layers import MLP, build_tower, parallel_mlps
+from ..layers import MLP, MLPGroup, build_tower
 from .base import MultiTaskModel, check_tower_params_list
 
 __all__ = ["AITM", "AttentionTransfer"]
@@ -67,8 +67,8 @@ class AITM(MultiTaskModel):
             raise ValueError(f"calibration_weight must be >= 0, got {calibration_weight}")
         self.default_auxiliary_weight = float(calibration_weight)
 
-        self.bottoms = nn.ModuleList(MLP(self.input_dim, bottom_params, argument="bottom_params")
-                                     for _ in range(self.n_task))
+        self.bottoms = MLPGroup(MLP(self.input_dim, bottom_params, argument="bottom_params")
+                                for _ in range(self.n_task))  # one per task, all reading the embedding
         dim = self.bottoms[0].output_dim
         self.transfers = nn.ModuleList(nn.Sequential(nn.Linear(dim, dim), nn.ReLU())
                                        for _ in range(self.n_task - 1))
@@ -76,8 +76,7 @@ class AITM(MultiTaskModel):
         self.towers = nn.ModuleList(build_tower(dim, p, f"tower_params_list[{i}]") for i, p in enumerate(towers))
 
     def forward(self, x: Mapping[str, Tensor]) -> Tensor:
-        emb = self.embedding.lookup(x)  # each bottom's first Linear reads it
-        owns = parallel_mlps(emb, self.bottoms)  # T x [B, d]: the bottoms' first layers as one grouped product
+        owns = self.bottoms(self.embedding.lookup(x))  # T x [B, d]: each task's own representation
         z = owns[0]  # [B, d]
         raw = [self.towers[0](z)]  # [B, 1]
         for t in range(1, self.n_task):

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from ..features import Feature
-from ..layers import ExpertGroup, build_tower, linear, mix_experts
+from ..layers import ExpertGroup, Gate, build_tower
 from .base import MultiTaskModel, check_tower_params_list
 
 __all__ = ["MMOE"]
@@ -22,25 +22,22 @@ class MMOE(MultiTaskModel):
         towers = check_tower_params_list(tower_params_list, self.n_task)
         self.experts = ExpertGroup(n_expert, self.input_dim, expert_params)
         self.n_expert = n_expert
-        # all tasks' gates in one Linear: [input_dim] -> [n_task * n_expert]; no BatchNorm inside gates
-        self.gates = nn.Linear(self.input_dim, self.n_task * n_expert)
+        self.gates = Gate(self.input_dim, n_expert, n_gate=self.n_task)  # one softmax gate per task
         self.towers = nn.ModuleList(
             build_tower(self.experts.output_dim, p, f"tower_params_list[{i}]") for i, p in enumerate(towers))
 
     def _forward(self, x: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
-        emb = self.embedding.lookup(x)  # experts and gates read it through their first Linear
+        emb = self.embedding.lookup(x)
         experts = self.experts(emb)  # E x [B, d]
-        logits = linear(emb, self.gates.weight, self.gates.bias)  # [B, T * E]
-        gates = logits.view(-1, self.n_task, self.n_expert).softmax(dim=-1)  # [B, T, E]
-        raw = torch.cat([tower(mix_experts(gates[:, t], experts))  # task t's mixture [B, d] -> [B, 1]
-                         for t, tower in enumerate(self.towers)], dim=1)  # [B, T]
+        mixtures, gates = self.gates(emb, experts)  # T x [B, d]: task t's gated mixture; gates [B, T, E]
+        raw = torch.cat([tower(m) for tower, m in zip(self.towers, mixtures)], dim=1)  # [B, T]
         return self.head(raw), gates
 
     def forward(self, x: Mapping[str, Tensor]) -> Tensor:
         return self._forward(x)[0]
 
     def last_shared_parameters(self) -> list[nn.Parameter]:
-        return [self.experts.layers[-1].weight]  # [E, d_in, d]: every expert's last layer
+        return [self.experts.last_linear_weight]  # [E, d_in, d]: every expert's last layer
 
     def gate_weights(self, x: Mapping[str, Tensor]) -> Tensor:
         """Each task's softmax weights over the experts: ``[B, n_task, n_expert]``."""
