@@ -214,6 +214,10 @@ class FeatureEmbedding(nn.Module):
 
         self.output_dim = sum(f.embed_dim for f in self.features)
 
+    def shared_weights(self) -> list[nn.Parameter]:
+        """The tables and dense projections: what every task's loss flows through when nothing else is shared."""
+        return [table.table.weight for table in self.tables] + list(self.proj_weight)
+
     def _require(self, x: Mapping[str, Tensor], name: str) -> Tensor:
         if name not in x:
             raise ValueError(f"input x is missing feature {name!r} (expected: {self.feature_names})")

@@ -17,6 +17,21 @@ from .base import MultiTaskModel, check_tower_params_list
 __all__ = ["AITM", "AttentionTransfer"]
 
 
+def _attention_settings(params: Optional[Mapping[str, Any]]) -> tuple[int, float]:
+    """``attention_params`` -> ``(attention_dim, dropout)``, defaults 64 and 0; errors name the bad key."""
+    params = dict(params or {})
+    unknown = set(params) - {"attention_dim", "dropout"}
+    if unknown:
+        raise ValueError(f"attention_params has unknown keys {sorted(unknown)}; allowed: attention_dim, dropout")
+    attention_dim = params.get("attention_dim", 64)
+    if isinstance(attention_dim, bool) or not isinstance(attention_dim, int) or attention_dim <= 0:
+        raise ValueError(f"attention_params['attention_dim'] must be a positive int, got {attention_dim!r}")
+    dropout = float(params.get("dropout", 0.0))
+    if not 0.0 <= dropout < 1.0:
+        raise ValueError(f"attention_params['dropout'] must be in [0, 1), got {dropout}")
+    return attention_dim, dropout
+
+
 class AttentionTransfer(nn.Module):
     """The AIT unit: attention over the transferred vector p and the task's own q (both ``[B, d]``).
 
@@ -53,16 +68,7 @@ class AITM(MultiTaskModel):
                              f"'classification' tasks, got {task_types!r}")
         super().__init__(features, task_types)
         towers = check_tower_params_list(tower_params_list, self.n_task)
-        attention_params = dict(attention_params or {})
-        unknown = set(attention_params) - {"attention_dim", "dropout"}
-        if unknown:
-            raise ValueError(f"attention_params has unknown keys {sorted(unknown)}; allowed: attention_dim, dropout")
-        attention_dim = attention_params.get("attention_dim", 64)
-        if isinstance(attention_dim, bool) or not isinstance(attention_dim, int) or attention_dim <= 0:
-            raise ValueError(f"attention_params['attention_dim'] must be a positive int, got {attention_dim!r}")
-        dropout = float(attention_params.get("dropout", 0.0))
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"attention_params['dropout'] must be in [0, 1), got {dropout}")
+        attention_dim, dropout = _attention_settings(attention_params)
         if calibration_weight < 0:
             raise ValueError(f"calibration_weight must be >= 0, got {calibration_weight}")
         self.default_auxiliary_weight = float(calibration_weight)

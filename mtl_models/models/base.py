@@ -81,4 +81,4 @@ class MultiTaskModel(nn.Module):
 
         The embedding tables by default: for AITM, whose bottoms are per task, they are the only shared layer.
         """
-        return [table.table.weight for table in self.embedding.tables] + list(self.embedding.proj_weight)
+        return self.embedding.shared_weights()
