@@ -360,3 +360,21 @@ def test_bf16_autocast_training_step_runs_the_product_path_backward(name: str, p
         return float((g - reference).norm() / reference.norm())
 
     assert 0 < error(fast) < 1.5 * error(plain), (error(fast), error(plain))
+
+
+@pytest.mark.parametrize("module", ["shared_bottom", "mmoe", "ple", "aitm"])
+def test_models_are_built_from_public_blocks_only(module: str) -> None:
+    """A model file imports from ``mtl_models.layers`` only the public blocks (its ``__all__``), never a layers
+    submodule: the fast paths (the lookup's table products, grouped products, mixing) stay inside the blocks."""
+    import ast
+    import importlib
+    import inspect
+
+    import mtl_models.layers as layers
+
+    tree = ast.parse(inspect.getsource(importlib.import_module(f"mtl_models.models.{module}")))
+    imported = [(node.module, alias.name) for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
+                for alias in node.names if node.module and "layers" in node.module]
+    assert imported, module
+    for source, name in imported:
+        assert source == "layers" and name in layers.__all__, (module, source, name)
