@@ -134,7 +134,7 @@ class OursRunner:
         self.clock = _EpochClock()
         self.trainer = MTLTrainer(self.model, optimizer_params={"lr": LR}, n_epoch=1, device=device,
                                   model_path=out, progress=False, compile=compile, callbacks=[self.clock],
-                                  auxiliary_weight=auxiliary_weight, mixed_precision=mixed_precision)
+                                  auxiliary_weight=auxiliary_weight, mixed_precision=mixed_precision, retain_cpu_memory=True)
 
     def run(self, epochs: int, between: Between = None) -> list[float]:
         """One ordinary ``fit`` (checkpoints included); epoch times from a callback's clock."""
