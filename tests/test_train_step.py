@@ -15,9 +15,7 @@ from workflow.data.prepare import prepare
 from workflow.training.train import export, load_trained, predict_prepared, train
 
 SMALL = {"embed_dim": 4, "tower_dims": [8], "batch_size": 512}
-ARCH = {"shared_bottom": {"bottom_dims": [16]}, "esmm": {"bottom_dims": [16]}, "mmoe": {"n_expert": 2, "expert_dims": [16]},
-        "ple": {"n_level": 1, "n_expert_specific": 1, "n_expert_shared": 1, "expert_dims": [16]},
-        "aitm": {"bottom_dims": [16], "attention_dim": 8}}
+ARCH = {"esmm": {"bottom_dims": [16]}, "mmoe": {"n_expert": 2, "expert_dims": [16]}}
 
 
 @pytest.fixture(scope="module")
