@@ -183,3 +183,15 @@ def test_a_sixth_model_goes_through_search_train_and_export(gated_bottom: str, p
     parity = steps.export_step(result.out_dir, prepared, model_run, work_dir)
     assert 0.0 <= parity <= 1e-5 and (result.out_dir / "model.onnx").stat().st_size > 0
     assert client.get_run(model_run).data.metrics["onnx/parity_max_abs_diff"] == pytest.approx(parity)
+
+
+def test_the_bench_builds_any_zoo_model_and_compares_only_what_torch_rechub_has(gated_bottom: str) -> None:
+    from bench import bench_training as bt
+
+    feats, vocab = ["a", "b"], {"a": 5, "b": 7}
+    model = bt.ours("GatedBottom", feats, vocab)
+    assert isinstance(model, GatedBottom) and [m.out_features for m in model.bottom if isinstance(m, nn.Linear)] == bt.DIMS
+    assert any(isinstance(m, nn.BatchNorm1d) for m in model.modules())  # bench_training's MLPs keep BatchNorm
+    assert bt.ours("ESMM", feats, vocab).bottom is None  # as Torch-RecHub's ESMM: towers on the embeddings
+    with pytest.raises(ValueError, match="Torch-RecHub 0.9.0 has no GatedBottom"):
+        bt.rechub("GatedBottom", feats, vocab)
