@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import copy
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Optional, Sequence
 
 from .features import Feature
@@ -40,7 +40,6 @@ class ZooEntry:
     space: Mapping[str, Any]
     builder: Builder
     single_task: Optional[str] = None
-    description: str = field(default="", compare=False)
 
 
 _ENTRIES: dict[str, ZooEntry] = {}
@@ -160,17 +159,14 @@ def _aitm(features: Sequence[Feature], task_types: Sequence[str], p: Mapping[str
 
 
 for _entry in (
-    ZooEntry("shared_bottom", SharedBottom, {"bottom_dims": [128, 64]}, _BOTTOM_SPACE, _shared_bottom,
-             description="one bottom MLP shared by every task's tower"),
-    ZooEntry("esmm", ESMM, {"bottom_dims": [128, 64]}, _BOTTOM_SPACE, _esmm, single_task="shared_bottom",
-             description="click and click-and-conversion towers over the impression space"),
+    ZooEntry("shared_bottom", SharedBottom, {"bottom_dims": [128, 64]}, _BOTTOM_SPACE, _shared_bottom),
+    ZooEntry("esmm", ESMM, {"bottom_dims": [128, 64]}, _BOTTOM_SPACE, _esmm, single_task="shared_bottom"),
     ZooEntry("mmoe", MMOE, {"n_expert": 8, "expert_dims": [128, 64]}, {"n_expert": {"low": 2, "high": 16}, **_EXPERT_SPACE},
-             _mmoe, description="shared experts mixed by one gate per task"),
+             _mmoe),
     ZooEntry("ple", PLE, {"n_level": 2, "n_expert_specific": 2, "n_expert_shared": 2, "expert_dims": [128, 64]},
              {"n_level": {"low": 1, "high": 3}, "n_expert_specific": {"low": 1, "high": 8},
-              "n_expert_shared": {"low": 1, "high": 8}, **_EXPERT_SPACE}, _ple,
-             description="task-specific and shared experts, extracted level by level"),
+              "n_expert_shared": {"low": 1, "high": 8}, **_EXPERT_SPACE}, _ple),
     ZooEntry("aitm", AITM, {"bottom_dims": [128, 64], "attention_dim": 64}, {**_BOTTOM_SPACE, "attention_dim": [16, 32, 64]},
-             _aitm, single_task="shared_bottom", description="each conversion step attends to the previous one"),
+             _aitm, single_task="shared_bottom"),
 ):
     register(_entry)

@@ -171,12 +171,15 @@ def test_a_sixth_model_goes_through_search_train_and_export(gated_bottom: str, p
     assert all(0.0 <= v <= 1.0 for v in objectives), objectives  # each trial's mean validation AUC
 
     result = steps.train_step(prepared, gated_bottom, tmp_path / "trained", model_run, work_dir, best_params=best,
-                              n_epoch=3, patience=1, device="cpu", seed=0)
+                              n_epoch=3, patience=1, device="cpu", seed=0, single_task=True)
     assert result.model_name == gated_bottom and result.params["gate_scale"] == best["gate_scale"]
     aucs = [result.test_metrics[t]["auc"] for t in result.task_names]
     assert result.task_names == ["click", "conversion"] and all(0.0 <= a <= 1.0 for a in aucs)
     assert min(aucs) > 0.55, aucs  # generated clicks and conversions depend on the user and item: it learnt
     assert math.isclose(result.test_score, sum(aucs) / 2)
+    logged = client.get_run(model_run).data.metrics  # the one-task form of a model with no `single_task`: itself
+    assert all(0.0 <= logged[f"single_task/{t}/auc"] <= 1.0 for t in result.task_names)
+    assert load_trained(work_dir / "single-task" / gated_bottom / "click")[2]["model_name"] == gated_bottom
     model, _, meta = load_trained(result.out_dir)
     assert isinstance(model, GatedBottom) and meta["model_name"] == gated_bottom
 
