@@ -29,14 +29,14 @@ import torch
 
 from bench import bench_training as bt
 from bench.environment import load_average
+from mtl_models import zoo
 
 ADULT = Path(__file__).resolve().parents[2] / "shared" / "data" / "adult"
 TASKS = ["income", "never_married"]
 # (label, bench_training model name, auxiliary weight for ours)
-OUR_MODELS = [("SharedBottom", "SharedBottom", None), ("ESMM", "ESMM", None), ("MMOE", "MMOE", None),
-              ("PLE", "PLE", None), ("AITM", "AITM", None), ("AITM (calibration 0)", "AITM", 0.0)]
-RECHUB_MODELS = ["SharedBottom", "ESMM", "MMOE", "PLE", "AITM"]
-PIPELINE_MODELS = ["shared_bottom", "esmm", "mmoe", "ple", "aitm"]
+OUR_MODELS = [(m, m, None) for m in bt.MODELS] + [("AITM (calibration 0)", "AITM", 0.0)]
+RECHUB_MODELS = bt.RECHUB_MODELS
+PIPELINE_MODELS = zoo.names()
 ENCODINGS = ["standard", "bins", "piecewise_linear", "periodic"]
 ADULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "adult.yaml"
 

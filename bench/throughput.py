@@ -157,5 +157,7 @@ def config(quick: bool) -> dict:
     # 7 epochs per runner, the first 2 warm-up (Torch-RecHub speeds up over its first epochs), 5 timed; one build per
     # runner, where separate children per repeat paid a fork and a build every 2 timed epochs
     # MTLTrainer(compile=True) only at the batch: each of its builds compiles for 10-60 s here
-    return {"models": bt.MODELS, "batches": [256, 1024, 4096], "epochs": 7, "warmup": 2, "rows": 16384, "threads": [1, 2],
+    # every zoo model Torch-RecHub also has: this part is the comparison with it
+    models = [m for m in bt.MODELS if m in bt.RECHUB_MODELS]
+    return {"models": models, "batches": [256, 1024, 4096], "epochs": 7, "warmup": 2, "rows": 16384, "threads": [1, 2],
             "compile_batches": [1024], "data_dir": str(ADULT)}

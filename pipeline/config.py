@@ -16,7 +16,7 @@ from typing import Any, Mapping, Optional, Union
 
 import yaml
 
-from workflow.training.model_factory import MODEL_NAMES
+from mtl_models import zoo
 
 __all__ = ["PipelineConfig", "ConfigError", "load_config", "config_to_dict", "DEFAULT_CONFIG"]
 
@@ -98,7 +98,7 @@ class SecretsConfig:
 class PipelineConfig:
     name: str = "mtlp-default"
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
-    models: list = field(default_factory=lambda: list(MODEL_NAMES))
+    models: list = field(default_factory=zoo.names)  # every model in the zoo
     search: SearchConfig = field(default_factory=SearchConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
@@ -108,11 +108,12 @@ class PipelineConfig:
     image: Optional[str] = None  # None: pipeline.image.default_image()
 
     def validate(self) -> "PipelineConfig":
+        known = zoo.names()
         if not self.models:
-            raise ConfigError("models: choose at least one of " + ", ".join(MODEL_NAMES))
+            raise ConfigError("models: choose at least one of " + ", ".join(known))
         for m in self.models:
-            if m not in MODEL_NAMES:
-                raise ConfigError(f"models: unknown model {m!r}; choose from {list(MODEL_NAMES)}")
+            if m not in known:
+                raise ConfigError(f"models: unknown model {m!r}; choose from {known}")
         if len(set(self.models)) != len(self.models):
             raise ConfigError(f"models: listed twice: {self.models}")
         for key in ("search.n_trials", "search.n_epoch", "search.n_workers", "train.n_epoch"):
@@ -127,9 +128,9 @@ class PipelineConfig:
             raise ConfigError("resources.gpus and resources.retries must be >= 0")
         for key, per_model, extra in (("search.space", self.search.space, {"common"}),
                                       ("train.params", self.train.params, set())):
-            unknown = set(per_model) - set(MODEL_NAMES) - extra
+            unknown = set(per_model) - set(known) - extra
             if unknown:
-                raise ConfigError(f"{key}: unknown models {sorted(unknown)}; choose from {list(MODEL_NAMES)}")
+                raise ConfigError(f"{key}: unknown models {sorted(unknown)}; choose from {known}")
         for key, url in (("search.storage", self.search.storage), ("tracking.uri", self.tracking.uri)):
             if url and "://" in url and urllib.parse.urlsplit(url).password:
                 # the config travels as KFP pipeline parameters: a password here shows in the KFP UI and YAML

@@ -8,7 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mtl_models import AITM, ESMM, MMOE, PLE, DenseFeature, SharedBottom, SparseFeature
+from _zoo_helpers import small_params
+from mtl_models import DenseFeature, SparseFeature, zoo
 from mtl_models.layers import MLP, ExpertGroup, FeatureEmbedding, embedding as embedding_module
 from mtl_models.onnx_export import example_inputs
 
@@ -78,18 +79,19 @@ def test_eval_mode_never_takes_the_product_path() -> None:
 
 
 # the default parameter dicts (no "norm" key: BatchNorm in every bottom, expert and tower MLP, as Torch-RecHub's)
-BUILDERS = {
-    "shared_bottom": lambda f: SharedBottom(f, BOTH_CLS, {"dims": [32, 16]}, [{"dims": [8]}] * 2),
-    "esmm": lambda f: ESMM(f, BOTH_CLS, None, [{"dims": [16, 8]}] * 2),
-    "mmoe": lambda f: MMOE(f, BOTH_CLS, 4, {"dims": [16, 8]}, [{"dims": [8]}] * 2),
-    "ple": lambda f: PLE(f, BOTH_CLS, 2, 2, 1, {"dims": [16, 8]}, [{"dims": [8]}] * 2),
-    "aitm": lambda f: AITM(f, BOTH_CLS, {"dims": [16, 8]}, [{"dims": [8]}] * 2),
-}
+def _zoo_model(name: str, **overrides):
+    """Zoo model ``name`` on two classification tasks: bottoms and experts [16, 8], towers [8], no dropout, BatchNorm
+    in every MLP unless ``norm`` says otherwise; ``overrides``: flat hyperparameters."""
+    params = small_params(name, widths=(16, 8), **{"norm": "batch", "dropout": 0.0, **overrides})
+    return lambda f: zoo.build(name, f, BOTH_CLS, params)
+
+
+# BatchNorm in every bottom, expert and tower MLP, as Torch-RecHub's; the sizes these tests' tolerances were set on
+TUNED = {"shared_bottom": {"bottom_dims": [32, 16]}, "mmoe": {"n_expert": 4}, "ple": {"n_expert_shared": 1},
+         "esmm": {"bottom_dims": [], "tower_dims": [16, 8]}}  # ESMM without a bottom: towers on the lookup
+BUILDERS = {name: _zoo_model(name, **TUNED.get(name, {})) for name in zoo.names()}
 # without normalisation the in-place ReLU follows the Linear directly: it must not write into a shared product
-UNNORMALISED = {
-    "mmoe_no_norm": lambda f: MMOE(f, BOTH_CLS, 4, {"dims": [16, 8], "norm": None}, [{"dims": [8], "norm": None}] * 2),
-    "aitm_no_norm": lambda f: AITM(f, BOTH_CLS, {"dims": [16, 8], "norm": "none"}, [{"dims": [8], "norm": "none"}] * 2),
-}
+UNNORMALISED = {"mmoe_no_norm": _zoo_model("mmoe", n_expert=4, norm=None), "aitm_no_norm": _zoo_model("aitm", norm="none")}
 
 
 def test_the_fast_path_models_have_batch_norm_by_default() -> None:

@@ -6,7 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from mtl_models import AITM, ESMM, MMOE, PLE, DenseFeature, SharedBottom, SparseFeature
+from _zoo_helpers import build as zoo_build
+from mtl_models import AITM, ESMM, MMOE, PLE, DenseFeature, SharedBottom, SparseFeature, zoo
 from mtl_models.onnx_export import example_inputs
 
 MIXED = ["classification", "regression"]
@@ -22,22 +23,14 @@ def towers(n: int = 2) -> list[dict]:
     return [{"dims": [8], "dropout": 0.1, "activation": "relu"} for _ in range(n)]
 
 
-# m: applied to every MLP parameter dict (see ``build``)
-BUILDERS = {
-    "shared_bottom": lambda f, t, m: SharedBottom(features=f, task_types=t, bottom_params=m({"dims": [32, 16], "dropout": 0.2, "activation": "relu"}), tower_params_list=[m(p) for p in towers()]),
-    "esmm": lambda f, t, m: ESMM(features=f, task_types=BOTH_CLS, bottom_params=m({"dims": [16]}), tower_params_list=[m(p) for p in towers()]),
-    "mmoe": lambda f, t, m: MMOE(features=f, task_types=t, n_expert=4, expert_params=m({"dims": [16, 8], "activation": "prelu"}), tower_params_list=[m(p) for p in towers()]),
-    "ple": lambda f, t, m: PLE(features=f, task_types=t, n_level=2, n_expert_specific=2, n_expert_shared=2, expert_params=m({"dims": [16], "norm": "layer"}), tower_params_list=[m(p) for p in towers()]),
-    "aitm": lambda f, t, m: AITM(features=f, task_types=BOTH_CLS, bottom_params=m({"dims": [16, 8]}), tower_params_list=[m(p) for p in towers()], attention_params={"attention_dim": 8, "dropout": 0.2}),
-}
+def build(name: str, task_types=MIXED, widths=(16, 8), **overrides) -> nn.Module:
+    """Model ``name`` from the zoo at small sizes (bottoms and experts ``widths``, towers [8], BatchNorm in every
+    MLP, as Torch-RecHub's); flat ``overrides`` (``norm=None``, ``n_expert=4``) on top. A model that takes only
+    classification tasks (ESMM, AITM) gets two of them."""
+    return zoo_build(name, make_features(), task_types, widths=widths, **{"norm": "batch", "dropout": 0.1, **overrides})
 
 
-def build(name: str, task_types=MIXED, **overrides) -> nn.Module:
-    """One of ``BUILDERS``; keyword overrides (``norm=None``) go into every MLP dict: bottoms, experts, towers."""
-    return BUILDERS[name](make_features(), task_types, lambda params: {**params, **overrides})
-
-
-@pytest.mark.parametrize("name", BUILDERS)
+@pytest.mark.parametrize("name", zoo.names())
 def test_output_shape_and_range(name: str) -> None:
     torch.manual_seed(0)
     model = build(name).eval()
@@ -73,7 +66,7 @@ def test_esmm_ctcvr_never_exceeds_ctr_and_cvr_is_available() -> None:
 
 
 def test_mmoe_gates_are_distributions_over_experts() -> None:
-    model = build("mmoe").eval()
+    model = build("mmoe", n_expert=4).eval()
     gates = model.gate_weights(example_inputs(model, batch_size=32))
     assert gates.shape == (32, 2, 4)
     assert torch.all(gates >= 0)
@@ -113,7 +106,7 @@ def test_ple_task_gate_ignores_other_tasks_experts() -> None:
     assert not torch.allclose(before[:, 1], after[:, 1])
 
 
-@pytest.mark.parametrize("name", BUILDERS)
+@pytest.mark.parametrize("name", zoo.names())
 def test_every_parameter_gets_a_finite_gradient(name: str) -> None:
     torch.manual_seed(0)
     model = build(name).train()
@@ -131,7 +124,7 @@ def test_every_parameter_gets_a_finite_gradient(name: str) -> None:
             assert p.grad.abs().sum() > 0, f"{pname} has an all-zero gradient (dead branch)"
 
 
-@pytest.mark.parametrize("name", BUILDERS)
+@pytest.mark.parametrize("name", zoo.names())
 def test_batch_of_one_in_eval_mode_uses_the_running_statistics(name: str) -> None:
     torch.manual_seed(0)
     model = build(name).train()
@@ -143,7 +136,7 @@ def test_batch_of_one_in_eval_mode_uses_the_running_statistics(name: str) -> Non
     torch.testing.assert_close(one, model(x)[:1])  # a row's score does not depend on the rows beside it
 
 
-@pytest.mark.parametrize("name", BUILDERS)
+@pytest.mark.parametrize("name", zoo.names())
 def test_batch_of_one_in_train_mode_is_a_one_line_error_naming_the_mlp(name: str) -> None:
     model = build(name).train()
     with pytest.raises(ValueError, match=r"^\w+_params(_list\[\d\])?: a training batch of 1 row cannot be batch-normalised"
@@ -152,7 +145,7 @@ def test_batch_of_one_in_train_mode_is_a_one_line_error_naming_the_mlp(name: str
     assert "\n" not in str(err.value)
 
 
-@pytest.mark.parametrize("name", BUILDERS)
+@pytest.mark.parametrize("name", zoo.names())
 def test_batch_of_one_trains_without_batch_norm(name: str) -> None:
     model = build(name, norm=None).train()
     assert not any(isinstance(m, nn.BatchNorm1d) for m in model.modules())
@@ -171,9 +164,11 @@ def test_batch_norm_is_the_default_in_bottoms_experts_and_towers_not_in_gates() 
     mmoe = MMOE(features=make_features(), task_types=MIXED, n_expert=3, expert_params={"dims": [8, 6]},
                 tower_params_list=[{"dims": [4]}] * 2)
     assert _batch_norm_widths(mmoe) == [4, 4] + [6] * 3 + [8] * 3  # two towers; each expert its own, per layer
-    assert _batch_norm_widths(build("shared_bottom")) == [8, 8, 16, 32]
+    assert _batch_norm_widths(build("shared_bottom", widths=(32, 16))) == [8, 8, 16, 32]
     assert _batch_norm_widths(build("aitm")) == [8, 8, 8, 8, 16, 16]  # two bottoms [16, 8], two towers [8]
-    ple = build("ple")  # its expert_params say "layer": no BatchNorm in the experts; towers keep the default
+    ple = PLE(features=make_features(), task_types=MIXED, n_level=2, n_expert_specific=2, n_expert_shared=2,
+              expert_params={"dims": [16], "norm": "layer"}, tower_params_list=towers())
+    # its expert_params say "layer": no BatchNorm in the experts; towers keep the default
     assert _batch_norm_widths(ple) == [8, 8]
     gates = [ple.levels[0].task_gates, ple.levels[0].shared_gate, mmoe.gates]
     assert not any(isinstance(m, (nn.BatchNorm1d, nn.LayerNorm)) for g in gates for m in g.modules())  # plain linear gates
@@ -183,7 +178,7 @@ def test_batch_norm_is_the_default_in_bottoms_experts_and_towers_not_in_gates() 
         assert _batch_norm_widths(model) == []
 
 
-@pytest.mark.parametrize("name", BUILDERS)
+@pytest.mark.parametrize("name", zoo.names())
 def test_same_seed_same_output(name: str) -> None:
     outs = []
     for _ in range(2):

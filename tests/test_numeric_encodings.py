@@ -14,8 +14,8 @@ import torch.nn.functional as F
 from workflow.data.encoders import DenseEncoder, TREE_BIN_COUNTS, fit_dense, fit_tree_edges
 from workflow.data.errors import DataError
 from workflow.data.feature_spec import NUMERIC_ENCODINGS, FeatureSpec
-from workflow.training.model_factory import MODEL_NAMES, build_model
-from mtl_models import DenseFeature, SharedBottom, SparseFeature
+from workflow.training.model_factory import build_model
+from mtl_models import DenseFeature, SharedBottom, SparseFeature, zoo
 from mtl_models.features import Periodic, PiecewiseLinear, QuantileBins
 from mtl_models.layers import FeatureEmbedding
 from mtl_models.layers.numeric import QuantileBinEmbeddings
@@ -154,7 +154,7 @@ def test_every_model_builds_and_runs_with_each_encoding(small_prepared, encoding
               "periodic_sigma": 0.5, "norm": "none"}
     x = {"city": torch.tensor([1, 2, 0]), "age": torch.tensor([-1.0, 0.0, 2.0]),
          "gain": torch.tensor([-0.3, 0.1, 3.0]), "flat": torch.zeros(3)}
-    for name in MODEL_NAMES:
+    for name in zoo.names():
         model = build_model(name, spec, params).eval()
         dense = {f.name: f for f in model.features if isinstance(f, DenseFeature)}
         assert dense["flat"].encoding is None  # a constant column stays a plain value

@@ -8,14 +8,14 @@ import numpy as np
 import pytest
 import torch
 
-from workflow.training.model_factory import MODEL_NAMES, build_model, default_params, resolve_params
+from _zoo_helpers import small_params
+from mtl_models import zoo
+from workflow.training.model_factory import build_model, default_params, resolve_params
 from workflow.data.prepare import prepare
 from workflow.training.train import export, load_trained, predict_prepared, train
 
 SMALL = {"embed_dim": 4, "tower_dims": [8], "batch_size": 512}
-ARCH = {"shared_bottom": {"bottom_dims": [16]}, "esmm": {"bottom_dims": [16]}, "mmoe": {"n_expert": 2, "expert_dims": [16]},
-        "ple": {"n_level": 1, "n_expert_specific": 1, "n_expert_shared": 1, "expert_dims": [16]},
-        "aitm": {"bottom_dims": [16], "attention_dim": 8}}
+ARCH = {"esmm": {"bottom_dims": [16]}, "mmoe": {"n_expert": 2, "expert_dims": [16]}}
 
 
 @pytest.fixture(scope="module")
@@ -32,11 +32,11 @@ def test_factory_rejects_unknown_models_and_keys(prepared) -> None:
         resolve_params("mmoe", {"bottom_dims": [8]})
 
 
-@pytest.mark.parametrize("name", MODEL_NAMES)
+@pytest.mark.parametrize("name", zoo.names())
 def test_factory_builds_each_model_for_the_spec(prepared, name: str) -> None:
     from workflow.data.feature_spec import FeatureSpec
     spec = FeatureSpec.load(prepared / "feature_spec.json")
-    model = build_model(name, spec, {**SMALL, **ARCH[name]})
+    model = build_model(name, spec, {**SMALL, **small_params(name)})
     assert model.n_task == len(spec.label_names)
     assert [f.name for f in model.features] == spec.feature_names
     assert all(getattr(f, "embed_dim", 1) in (1, 4) for f in model.features)

@@ -19,9 +19,11 @@ from pathlib import Path
 
 import numpy as np
 
+from mtl_models import zoo
+
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_DATA = Path(os.environ.get("MTLP_SHARED_DATA", REPO.parent / "shared" / "data")) / "adult"
-MODELS = ["SharedBottom", "ESMM", "MMOE", "PLE", "AITM"]
+MODELS = [e.model_class.__name__ for e in zoo.entries()]  # the zoo's models, by class name (bench_training's labels)
 TASKS = ["income", "never_married"]
 
 

@@ -59,6 +59,8 @@ def training(cfg: Config, data: dict, device: torch.device, log=print) -> dict:
             for name in cfg.models:
                 row = {"model": name, "batch": batch, "rows": rows_n, "samples_s": {}}
                 for key, make in runners:
+                    if key == "rechub" and name not in bt.RECHUB_MODELS:
+                        continue  # a zoo model Torch-RecHub does not have
                     with _batch(batch), contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
                         r = make(name, d, data["feats"], data["vocab"], Path(tmp) / f"{name}_{batch}_{key}")
                         times = r.run(max(2, cfg.speed_epochs))[1:]

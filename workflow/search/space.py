@@ -1,7 +1,8 @@
 """Search spaces per model: defaults, overrides from the config file, and sampling into flat hyperparameters.
 
 A space is a mapping from a flat hyperparameter name (the keys of ``model_factory.default_params``) to a
-spec; the spec forms, as they read in the config file::
+spec. The default space is ``DEFAULT_COMMON`` plus the model's zoo entry's ``space`` (``mtl_models.zoo``).
+The spec forms, as they read in the config file::
 
     lr: {low: 1.0e-4, high: 1.0e-2, log: true}   # float range (log scale when ``log``)
     n_expert: {low: 2, high: 16}                  # int range (both bounds ints); ``step`` allowed
@@ -25,12 +26,13 @@ import copy
 import math
 from typing import Any, Mapping, Optional
 
-from ..training.model_factory import MODEL_NAMES, default_params
+from mtl_models import zoo
 
-__all__ = ["DEFAULT_COMMON", "DEFAULT_PER_MODEL", "SearchSpace", "default_space", "build_space", "DIMS_SHAPES"]
+from ..training.model_factory import default_params
+
+__all__ = ["DEFAULT_COMMON", "SearchSpace", "default_space", "build_space", "DIMS_SHAPES"]
 
 DIMS_SHAPES = ("funnel", "constant", "free")
-_WIDTHS = [32, 64, 128, 256]
 
 DEFAULT_COMMON: dict[str, Any] = {
     "lr": {"low": 1e-4, "high": 1e-2, "log": True},
@@ -38,16 +40,6 @@ DEFAULT_COMMON: dict[str, Any] = {
     "embed_dim": [8, 16, 32],
     "weighting": ["equal", "uwl", "gradnorm"],
     "tower_dims": {"depth": [1, 3], "widths": [16, 32, 64], "shape": "funnel"},
-}
-_BOTTOM = {"bottom_dims": {"depth": [1, 4], "widths": list(_WIDTHS), "shape": "funnel"}}
-_EXPERTS = {"expert_dims": {"depth": [1, 4], "widths": list(_WIDTHS), "shape": "funnel"}}
-DEFAULT_PER_MODEL: dict[str, dict[str, Any]] = {
-    "shared_bottom": dict(_BOTTOM),
-    "esmm": dict(_BOTTOM),
-    "mmoe": {"n_expert": {"low": 2, "high": 16}, **_EXPERTS},
-    "ple": {"n_level": {"low": 1, "high": 3}, "n_expert_specific": {"low": 1, "high": 8},
-            "n_expert_shared": {"low": 1, "high": 8}, **_EXPERTS},
-    "aitm": {**_BOTTOM, "attention_dim": [16, 32, 64]},
 }
 
 
@@ -93,9 +85,7 @@ class SearchSpace:
     """One model's resolved space; ``sample(trial)`` -> flat params for ``model_factory``/``train``."""
 
     def __init__(self, model_name: str, specs: Mapping[str, Any]) -> None:
-        if model_name not in MODEL_NAMES:
-            raise ValueError(f"unknown model {model_name!r}; choose from {list(MODEL_NAMES)}")
-        allowed = default_params(model_name)
+        allowed = default_params(model_name)  # an unknown model is an error naming the zoo
         for name, spec in specs.items():
             if name not in allowed:
                 raise ValueError(f"search space for {model_name}: {name!r} is not a hyperparameter of the model; "
@@ -179,9 +169,7 @@ class SearchSpace:
 
 def default_space(model_name: str) -> dict[str, Any]:
     """The default spec mapping for ``model_name`` (a copy)."""
-    if model_name not in MODEL_NAMES:
-        raise ValueError(f"unknown model {model_name!r}; choose from {list(MODEL_NAMES)}")
-    return copy.deepcopy({**DEFAULT_COMMON, **DEFAULT_PER_MODEL[model_name]})
+    return {**copy.deepcopy(DEFAULT_COMMON), **zoo.space(model_name)}
 
 
 def build_space(model_name: str, overrides: Optional[Mapping[str, Any]] = None) -> SearchSpace:
@@ -192,12 +180,13 @@ def build_space(model_name: str, overrides: Optional[Mapping[str, Any]] = None) 
     specs = default_space(model_name)
     allowed = default_params(model_name)
     overrides = dict(overrides or {})
-    sectioned = any(k == "common" or k in MODEL_NAMES for k in overrides)
+    models = zoo.names()
+    sectioned = any(k == "common" or k in models for k in overrides)
     if sectioned:
-        stray = [k for k in overrides if k != "common" and k not in MODEL_NAMES]
+        stray = [k for k in overrides if k != "common" and k not in models]
         if stray:
             raise ValueError(f"search space overrides: keys {stray} are neither 'common' nor a model name "
-                             f"({list(MODEL_NAMES)}); put hyperparameters under one of those")
+                             f"({models}); put hyperparameters under one of those")
         layers = [(dict(overrides.get("common") or {}), False), (dict(overrides.get(model_name) or {}), True)]
     else:
         layers = [(overrides, False)]

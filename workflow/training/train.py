@@ -23,7 +23,7 @@ import torch
 from mtl_models.trainer import task_mean
 
 from ..data.feature_spec import SPEC_FILE, FeatureSpec
-from .model_factory import build_model, resolve_params
+from .model_factory import build_model, resolve_params, single_task_family
 
 __all__ = ["TrainResult", "ExportResult", "train", "export", "load_trained", "predict_prepared", "split_loader",
            "SPEC_FILE"]
@@ -69,12 +69,6 @@ def only_tasks(spec: FeatureSpec, tasks: Sequence[str]) -> FeatureSpec:
     return replace(spec, labels=[by_name[t] for t in tasks])
 
 
-# the single-task model of each family: models that need several tasks (the ESMM funnel, AITM's transfer)
-# are a shared bottom with towers, so their one-task form is SharedBottom with the same bottom
-SINGLE_TASK_FAMILY = {"shared_bottom": "shared_bottom", "esmm": "shared_bottom", "mmoe": "mmoe", "ple": "ple",
-                      "aitm": "shared_bottom"}
-
-
 def single_task_baselines(prepared_dir: PathLike, model_name: str, out_dir: PathLike, params: Mapping[str, Any],
                           n_epoch: int = 10, patience: int = 3, device: str = "auto", seed: int = 42,
                           ) -> dict[str, TrainResult]:
@@ -82,7 +76,7 @@ def single_task_baselines(prepared_dir: PathLike, model_name: str, out_dir: Path
     into ``out_dir/<task>``: what multi-task learning adds is the multi-task model's test metric minus these."""
     from .model_factory import default_params
 
-    family = SINGLE_TASK_FAMILY[model_name]
+    family = single_task_family(model_name)  # the zoo entry's one-task form
     allowed = default_params(family)
     p = {k: v for k, v in resolve_params(model_name, params).items() if k in allowed}
     if family == "shared_bottom" and not p.get("bottom_dims"):
