@@ -208,7 +208,7 @@ def test_journal_trial_of_a_dead_worker_is_failed_and_retried(prepared, tmp_path
     gone.wait()
     trial = study.ask()
     trial.suggest_int("bottom_depth", 1, 2)
-    storage.set_trial_system_attr(trial._trial_id, "mtlp:owner", [socket.gethostname(), gone.pid, trial.number])
+    trial.set_user_attr("mtlp:owner", [socket.gethostname(), gone.pid, trial.number])
 
     result = search(prepared, "shared_bottom", tmp_path, n_trials=3, **kw)
     study = optuna.load_study(study_name=first.study_name, storage=open_storage(None, tmp_path))

@@ -14,7 +14,7 @@ from workflow import steps
 from workflow.search import open_storage, resolve_storage
 from workflow.search.cli import main
 from workflow.search.storage import absolute, describe_storage, journal_path
-from workflow.search.study import HEARTBEAT_ATTR, OWNER_ATTR, fail_stale
+from workflow.search.study import HEARTBEAT_ATTR, OWNER_ATTR, claim, fail_stale
 
 
 def test_env_storage_resolves_from_the_named_variable(monkeypatch) -> None:
@@ -53,20 +53,21 @@ def test_journal_paths_and_masked_urls(tmp_path) -> None:
     assert describe_storage("postgresql://u:secret@h/db") == "postgresql://u:***@h/db"
 
 
-def test_journal_trials_beat_and_name_their_worker(tmp_path) -> None:
+def test_journal_trials_beat_while_they_run(tmp_path) -> None:
     storage = open_storage(None, tmp_path, heartbeat_interval=1)
     study = optuna.create_study(storage=storage, study_name="beat")
     seen = {}
 
     def objective(trial: optuna.Trial) -> float:
+        claim(trial)
         time.sleep(1.3)  # long enough for a second beat
-        seen.update(storage.get_trial(trial._trial_id).system_attrs)
+        seen.update(study.trials[trial.number].system_attrs, owner=study.trials[trial.number].user_attrs[OWNER_ATTR])
         return 0.0
 
     before = time.time()
     study.optimize(objective, n_trials=1)
-    assert seen[OWNER_ATTR] == [socket.gethostname(), os.getpid(), 0]
-    assert before < seen[HEARTBEAT_ATTR] <= time.time()
+    assert seen["owner"] == [socket.gethostname(), os.getpid(), 0]
+    assert before + 0.9 < seen[HEARTBEAT_ATTR] <= time.time()  # the second beat, about 1 s after the first
 
 
 def test_journal_trial_without_a_beat_is_failed_after_the_grace_period_and_retried(tmp_path) -> None:
@@ -74,7 +75,7 @@ def test_journal_trial_without_a_beat_is_failed_after_the_grace_period_and_retri
     study = optuna.create_study(storage=planted, study_name="stale")
     trial = study.ask()  # RUNNING, owned by a worker on another host: only its heartbeat can tell
     trial.suggest_int("x", 1, 9)
-    planted.set_trial_system_attr(trial._trial_id, OWNER_ATTR, ["elsewhere", 1, trial.number])
+    trial.set_user_attr(OWNER_ATTR, ["elsewhere", 1, trial.number])
     reaper = optuna.load_study(study_name="stale", storage=open_storage(None, tmp_path, heartbeat_interval=1,
                                                                        grace_period=1, max_retry=1))
     fail_stale(reaper)

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence, Union
 
 from .space import SearchSpace
-from .study import EPOCHS_ATTR, MONITOR_ATTR, PARAMS_ATTR, SURPLUS_ATTR
+from .study import EPOCHS_ATTR, MONITOR_ATTR, PARAMS_ATTR, SURPLUS_ATTR, claim
 from .trial_run import TrialRuns
 
 Values = Union[float, list[float]]
@@ -115,6 +115,7 @@ class Objective:
     def __call__(self, trial: Any) -> Values:
         import optuna
 
+        claim(trial)
         check_slot(trial, self.target)
         params = self.space.sample(trial)
         trial.set_user_attr(PARAMS_ATTR, params)

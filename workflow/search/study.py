@@ -24,7 +24,7 @@ from typing import Any, Callable, Mapping, Optional
 
 SETTINGS_ATTR = "mtlp:settings"
 SURPLUS_ATTR = "mtlp:surplus"
-HEARTBEAT_ATTR, OWNER_ATTR = "mtlp:heartbeat", "mtlp:owner"  # owner: [host, pid, trial number]
+HEARTBEAT_ATTR, OWNER_ATTR = "mtlp:heartbeat", "mtlp:owner"  # owner (user attr): [host, pid, trial number]
 PARAMS_ATTR, EPOCHS_ATTR, MONITOR_ATTR = "params", "epochs_run", "val_monitor"
 
 
@@ -53,7 +53,7 @@ def _pid_alive(pid: int) -> bool:
 
 def _owner_gone(trial: Any, host: str) -> bool:
     """The trial's worker ran on this host and its process no longer exists (caught before the grace period)."""
-    owner = trial.system_attrs.get(OWNER_ATTR)
+    owner = trial.user_attrs.get(OWNER_ATTR) or trial.system_attrs.get(OWNER_ATTR)
     if not owner or owner[0] != host or int(owner[2]) != trial.number:  # a retry inherits the dead one's owner
         return False
     return int(owner[1]) != os.getpid() and not _pid_alive(int(owner[1]))
@@ -68,8 +68,8 @@ def _make_journal_class() -> type:
     from optuna.trial import TrialState
 
     class _HeartbeatJournalStorage(JournalStorage, BaseHeartbeat):
-        """A journal storage whose trials beat as a system attr (``mtlp:heartbeat``, time) and name their
-        worker (``mtlp:owner``); stale: no beat for ``grace_period`` seconds, or the owner (same host) is gone."""
+        """A journal storage whose trials beat as a system attr (``mtlp:heartbeat``, time); stale: no beat for
+        ``grace_period`` seconds, or the worker named by ``mtlp:owner`` (same host) is gone."""
 
         def __init__(self, backend: Any, heartbeat_interval: Optional[int], grace_period: Optional[int],
                      stale_callback: Optional[Callable[..., None]]) -> None:
@@ -80,10 +80,6 @@ def _make_journal_class() -> type:
 
         def record_heartbeat(self, trial_id: int) -> None:
             try:
-                attrs = self.get_trial(trial_id).system_attrs
-                number = self.get_trial_number_from_id(trial_id)
-                if attrs.get(OWNER_ATTR) != [socket.gethostname(), os.getpid(), number]:
-                    self.set_trial_system_attr(trial_id, OWNER_ATTR, [socket.gethostname(), os.getpid(), number])
                 self.set_trial_system_attr(trial_id, HEARTBEAT_ATTR, time.time())
             except Exception:  # the trial finished meanwhile: nothing left to keep alive
                 return
@@ -241,6 +237,11 @@ def load_study(storage: Any, study_name: str, worker_index: int = 0) -> tuple[An
 # ---------------------------------------------------------------------------------------------------------------
 # counting
 # ---------------------------------------------------------------------------------------------------------------
+
+def claim(trial: Any) -> None:
+    """Name the trial's worker (host, pid): who ran what, and how a dead worker's trial is told on this host."""
+    trial.set_user_attr(OWNER_ATTR, [socket.gethostname(), os.getpid(), trial.number])
+
 
 def is_surplus(trial: Any) -> bool:
     return bool(trial.user_attrs.get(SURPLUS_ATTR) or trial.system_attrs.get(SURPLUS_ATTR))
