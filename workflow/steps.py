@@ -88,15 +88,9 @@ def resolve_storage(storage: Optional[str]) -> Optional[str]:
     """The study storage to use. Empty: ``$OPTUNA_STORAGE`` when set (on the cluster, Kubernetes puts the
     ``optuna-db`` Secret there, so the password never becomes a pipeline parameter), else None (a journal
     file in the work directory). ``"env"`` / ``"env:VAR"`` insist on that variable."""
-    if not storage:
-        return os.environ.get("OPTUNA_STORAGE") or None
-    if not storage.startswith("env"):
-        return storage
-    var = storage.split(":", 1)[1] if ":" in storage else "OPTUNA_STORAGE"
-    value = os.environ.get(var)
-    if not value:
-        raise RuntimeError(f"search storage is {storage!r} but ${var} is not set (is the Secret mounted?)")
-    return value
+    from .search.storage import resolve_storage as resolve
+
+    return resolve(storage)
 
 
 def search_step(prepared_dir: PathLike, model_name: str, work_dir: PathLike, model_run_id: str,

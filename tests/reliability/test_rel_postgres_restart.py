@@ -82,7 +82,7 @@ def test_lost_database_error_is_found_behind_optunas_masking_error() -> None:
     traceback; the CLI now finds the database error behind it and says what happened (exit 3)."""
     import sqlalchemy.exc
 
-    from workflow.search import _storage_failure
+    from workflow.search.cli import storage_failure as _storage_failure
 
     try:
         try:

@@ -119,7 +119,7 @@ def test_search_on_postgres_leaves_no_password_in_mlflow_or_outputs(optuna_url, 
     assert best and "embed_dim" in best
     if workers == 2:  # the trials ran in the worker processes, not here
         import os
-        assert os.getpid() not in {t.system_attrs["mtlp:owner"][1] for t in study.trials}
+        assert os.getpid() not in {t.user_attrs["mtlp:owner"][1] for t in study.trials}
     client = MlflowClient(uri, uri)
     exp = client.get_experiment_by_name("cred-scan")
     trial_runs = client.search_runs([exp.experiment_id], filter_string="tags.`mtlp.role` = 'trial'")

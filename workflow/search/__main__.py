@@ -1,5 +1,5 @@
 """``python -m workflow.search``: the search command line (run a study, or join one as a worker)."""
 
-from . import main
+from .cli import main
 
 raise SystemExit(main())

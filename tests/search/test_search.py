@@ -201,14 +201,14 @@ def test_journal_trial_of_a_dead_worker_is_failed_and_retried(prepared, tmp_path
     kw = dict(n_epoch=1, pruner="none", search_space=TINY_SPACE, device="cpu", threads=1, progress=False,
               plots=False)
     first = search(prepared, "shared_bottom", tmp_path, n_trials=1, **kw)
-    storage = open_storage(None, tmp_path)
+    storage = open_storage(None, tmp_path, heartbeat_interval=None)  # no beats: this process only plants a trial
     study = optuna.load_study(study_name=first.study_name, storage=storage)
     # a trial left RUNNING by a worker process that no longer exists (same host, its pid gone)
     gone = subprocess.Popen(["true"])
     gone.wait()
     trial = study.ask()
     trial.suggest_int("bottom_depth", 1, 2)
-    storage.set_trial_system_attr(trial._trial_id, "mtlp:owner", [socket.gethostname(), gone.pid, trial.number])
+    trial.set_user_attr("mtlp:owner", [socket.gethostname(), gone.pid, trial.number])
 
     result = search(prepared, "shared_bottom", tmp_path, n_trials=3, **kw)
     study = optuna.load_study(study_name=first.study_name, storage=open_storage(None, tmp_path))

@@ -55,8 +55,8 @@ def test_three_workers_on_one_postgres_study_finish_exactly_the_total(postgres, 
     finished = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
     assert len(finished) == 6
     # any extra trial is a surplus one (two workers racing for the last slot), failed at once and marked
-    assert all(t.system_attrs.get("mtlp:surplus") for t in trials if t.state == TrialState.FAIL)
-    pids = Counter(t.system_attrs["mtlp:owner"][1] for t in finished)
+    assert all(t.user_attrs.get("mtlp:surplus") for t in trials if t.state == TrialState.FAIL)
+    pids = Counter(t.user_attrs["mtlp:owner"][1] for t in finished)
     assert len(pids) >= 2, f"trials were not shared between workers: {pids}"
     assert os.getpid() not in pids  # run by the worker processes, not by this one
 
