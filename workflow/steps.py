@@ -152,8 +152,8 @@ def train_step(prepared_dir: PathLike, model_name: str, out_dir: PathLike, model
             return read_result(out_dir)
         callback = tracking.MlflowCallback(model_run_id, client=client)
         result = train(prepared_dir, model_name, out_dir, params=params, n_epoch=n_epoch, patience=patience,
-                       device=device, seed=seed, callbacks=[callback])
-        tracking.log_train_result(client, model_run_id, result, prepared_dir=prepared_dir, log_history=False)
+                       device=device, seed=seed, callbacks=[callback], plots=True)
+        tracking.log_train_result(client, model_run_id, result, log_history=False)  # logs out_dir/plots/*.png
         if single_task:
             _single_task_baselines(client, model_run_id, prepared_dir, model_name, work_dir, params, n_epoch,
                                    patience, device, seed)
@@ -202,7 +202,7 @@ def evaluate_step(trained_dir: PathLike, report_html: PathLike, report_md: Optio
 def export_step(trained_dir: PathLike, prepared_dir: PathLike, model_run_id: str, work_dir: PathLike,
                 tracking_uri: Optional[str] = None) -> float:
     """ONNX export with the parity check on real test rows; the parity figure is logged on the model run."""
-    from .training.train import export
+    from .training.export import export
 
     client, _ = tracking.open_client(work_dir, tracking_uri)
     with _marks_failure(client, model_run_id):
