@@ -53,13 +53,13 @@ def test_storage_resolution(monkeypatch) -> None:
     assert steps.resolve_storage("env:MY_DB") == "postgresql://other@db/optuna"
 
 
-def test_evaluate_report_and_summary(work_dir, tmp_path) -> None:
+def test_report_and_summary(work_dir, tmp_path) -> None:
     trained = tmp_path / "trained"
     trained.mkdir()
     metrics = {"model_name": "mmoe", "best_epoch": 3, "test_score": 0.8,
                "test_metrics": {"click": {"auc": 0.75, "logloss": 0.5}, "conversion": {"auc": 0.85, "logloss": 0.1}}}
     (trained / "metrics.json").write_text(json.dumps(metrics))
-    flat = steps.evaluate_step(trained, tmp_path / "r.html", tmp_path / "r.md")
+    flat = steps.report_step(trained, tmp_path / "r.html", tmp_path / "r.md")
     assert flat == {"click/auc": 0.75, "click/logloss": 0.5, "conversion/auc": 0.85, "conversion/logloss": 0.1,
                     "test_score": 0.8}
     assert "0.8500" in (tmp_path / "r.html").read_text() and "| click/auc | 0.7500 |" in (tmp_path / "r.md").read_text()
