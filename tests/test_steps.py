@@ -119,7 +119,7 @@ def test_summary_shows_the_ceiling_row_when_the_spec_has_one(work_dir, tmp_path)
     assert text.count("true probabilities (ceiling)") == 1
 
 
-@pytest.mark.slow  # a real train step with MLflow logging: about 10 s alone, more on a loaded machine
+@pytest.mark.slow  # a real train step with MLflow logging: 39 s on the shared, loaded 2-core machine
 def test_train_step_leaves_plots_and_val_score_for_the_report(work_dir, tmp_path) -> None:
     from workflow.data.prepare import prepare
 
