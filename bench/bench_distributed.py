@@ -30,7 +30,7 @@ def worker(a: argparse.Namespace) -> None:
     import torch
 
     from workflow.training.model_factory import build_model, resolve_params
-    from workflow.training.train import _spec, split_loader
+    from workflow.training.artifacts import read_spec as _spec, split_loader
     from mtl_models import Callback, MTLTrainer
 
     torch.set_num_threads(a.threads)
@@ -64,7 +64,7 @@ def memory_worker(a: argparse.Namespace) -> None:
     import torch
 
     from workflow.training.model_factory import build_model, resolve_params
-    from workflow.training.train import _spec, split_loader
+    from workflow.training.artifacts import read_spec as _spec, split_loader
     from mtl_models import MTLTrainer
 
     proc = psutil.Process()

@@ -89,7 +89,8 @@ def train_clicked_cvr(prepared: Path, spec, seed: int, cfg: dict, work: Path):
 def run(cfg: dict, log=print) -> dict:
     from workflow.data.feature_spec import FeatureSpec
     from workflow.data.prepare import prepare
-    from workflow.training.train import load_trained, train
+    from workflow.training.artifacts import load_trained
+    from workflow.training.train import train
 
     torch.set_num_threads(cfg.get("threads", 1))
     runs = []

@@ -5,7 +5,7 @@
   from the KFP local runner's own log lines; then the reference: the same ``workflow.steps`` functions called
   directly in one fresh process (its interpreter start and imports included, as the local run's are), in the
   graph's order (start, prepare, per model: model run, search, train,
-  evaluate, export, register; promote; summary), each step timed. Overhead = local runner / direct - 1.
+  report, export, register; promote; summary), each step timed. Overhead = local runner / direct - 1.
   The local runner forks each task from a warm worker (``pipeline.warm_worker``); with ``cold`` the run is
   repeated with KFP's own launcher (a fresh interpreter per task) for comparison.
 - The fixed cost of one cold KFP task: a fresh ``python3`` importing what a task imports (torch, mlflow, the
@@ -55,7 +55,7 @@ def task_durations(events) -> list[dict]:
 
 
 def _step_name(task: str) -> str:
-    for key in ("start-run", "prepare", "start-model-run", "search", "train", "evaluate", "export", "register",
+    for key in ("start-run", "prepare", "start-model-run", "search", "train", "report", "export", "register",
                 "promote", "summarize"):
         if key in task:
             return key
@@ -119,7 +119,7 @@ def run_direct(config, work: Path) -> dict:
         timed("train", steps.train_step, prepared, m, trained, run_id, work_dir, best_params=best, fixed_params=fixed,
               n_epoch=config.train.n_epoch, patience=config.train.patience, device=config.train.device,
               seed=config.train.seed, tracking_uri=uri)
-        flat = timed("evaluate", steps.evaluate_step, trained, Path(work_dir) / f"{m}.html", Path(work_dir) / f"{m}.md")
+        flat = timed("report", steps.report_step, trained, Path(work_dir) / f"{m}.html", Path(work_dir) / f"{m}.md")
         results[m] = flat
         timed("export", steps.export_step, trained, prepared, run_id, work_dir, uri)
         versions.append(timed("register", steps.register_step, trained, run_id, config.registered_model, work_dir,

@@ -55,7 +55,7 @@ def child_train(prepared: str, max_rows: int, batch: int, threads: int) -> dict:
 
     from workflow.data.feature_spec import FeatureSpec
     from workflow.training.model_factory import build_model
-    from workflow.training.train import split_loader
+    from workflow.training.artifacts import split_loader
     from mtl_models import MTLTrainer, TensorLoader
 
     torch.set_num_threads(threads)

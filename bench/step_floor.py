@@ -1,13 +1,13 @@
 """How fast can one training step of each model get on this CPU with the kernels PyTorch has? A floor, next to
-the 3x-Torch-RecHub budget of issue #3.
+the budget of a third of Torch-RecHub's step (docs/training.md has the target, the figures and what they mean).
 
 One real training step of our model (bench_training's config, batch 1024) runs under a dispatch mode that records
 every GEMM over the batch (``mm`` / ``addmm``, with shapes and strides) and every BatchNorm. Each recorded kernel is
 then timed alone, warm, in a tight loop: the GEMMs, and per BatchNorm layer ATen's BatchNorm forward, the in-place
 ReLU, ReLU's backward and BatchNorm's backward, called directly (no autograd). Their sum is a floor for any step
 that keeps the model's arithmetic and uses these kernels: it leaves out the table-product gathers, the expert mixes,
-the loss, Adam, autograd and Python, and times every kernel with its operands in cache. (Inductor's fused
-BatchNorm + ReLU is slower here than these ATen kernels, docs/training.md, so ``torch.compile`` does not lower it.)
+the loss, Adam, autograd and Python, and times every kernel with its operands in cache. (``torch.compile`` does not
+lower BatchNorm + ReLU: docs/training.md says why.)
 
 Both whole steps come from bench_training's runners, fastest epoch over the same rows after one warm-up, per
 batch: ours from the plain loop over our model (part 4's plain runner), and Torch-RecHub's from its trainer, a

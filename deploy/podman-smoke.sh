@@ -125,25 +125,13 @@ smoke() {
 
     run_in_image prepare python -m workflow.data.prepare --dataset adult --data-dir /data/adult --out /out/prepared
     local model="${SMOKE_MODEL:-mmoe}"
-    # The training CLI where workflow.training.train has one; else its Python API (same code, no argv parsing).
-    if podman run "${RUNTIME_ARGS[@]}" --rm --network=none --read-only --tmpfs /tmp "$IMAGE" \
-            python -m workflow.training.train --help 2>/dev/null | grep -q -- '--prepared'; then
-        run_in_image train python -m workflow.training.train --prepared /out/prepared --model "$model" --epochs 1 --out /out/model
-    else
-        log "workflow.training.train has no command line (yet): calling workflow.training.train.train() instead"
-        run_in_image train python -c "
-import sys
-from workflow.training.train import train
-r = train('/out/prepared', sys.argv[1], '/out/model', n_epoch=1, progress=False)
-print(f'trained {r.model_name}: {r.n_parameters} parameters, {r.train_seconds:.1f} s, test score {r.test_score:.4f}')
-print('test metrics:', r.test_metrics)
-" "$model"
-    fi
+    run_in_image train python -m workflow.training.train --prepared /out/prepared --model "$model" --epochs 1 --out /out/model
 
     log "outputs (owned by the container's user):"
     (cd "$SMOKE_OUT" && find . -type f -printf '%u %8s  %p\n' | sort -k3) >&2
     [ -n "$(find "$SMOKE_OUT/prepared" -type f 2>/dev/null | head -1)" ] || die "data prep wrote nothing"
-    [ -n "$(find "$SMOKE_OUT/model" -type f 2>/dev/null | head -1)" ] || die "training wrote nothing"
+    [ -f "$SMOKE_OUT/model/metrics.json" ] || die "training wrote no metrics.json"
+    [ -f "$SMOKE_OUT/model/plots/training_curves.png" ] || die "training drew no plots/training_curves.png"
     log "OK: prepare and train ran in $IMAGE as uid $uid"
 }
 

@@ -1,4 +1,4 @@
-"""The pipeline graph: prepare -> per model (search -> train -> evaluate -> export -> register) -> promote
+"""The pipeline graph: prepare -> per model (search -> train (+ evaluate) -> report -> export -> register) -> promote
 -> summary. Built from a ``PipelineConfig``: what must be known when the YAML is written (the image's
 default, the number of search workers, resources, Secrets) comes from it; the rest are run parameters."""
 
@@ -75,7 +75,7 @@ def build_pipeline(config: PipelineConfig, local: bool = False) -> Callable:
     search_json = json.dumps({k: v for k, v in config_to_dict(config)["search"].items() if k != "storage"})
     n_workers = config.search.n_workers
 
-    @dsl.pipeline(name=PIPELINE_NAME, description="Multi-task ranking: prepare, search, train, evaluate, export, "
+    @dsl.pipeline(name=PIPELINE_NAME, description="Multi-task ranking: prepare, search, train and evaluate, report, export, "
                                                    "register and promote, one branch per model.")
     def mtl_pipeline(
         run_name: str = "run",
@@ -139,9 +139,9 @@ def build_pipeline(config: PipelineConfig, local: bool = False) -> Callable:
             if config.train.shared_pvc:  # the PyTorchJob's pods read and write the training data through it
                 kubernetes.mount_pvc(train, pvc_name=config.train.shared_pvc, mount_path=SHARED_MOUNT)
             train.set_display_name("train")
-            evaluate = _light(ops.evaluate_model(trained=train.outputs["trained"], model_name=model_name),
-                              config, image, cache=local)
-            evaluate.set_display_name("evaluate")
+            report = _light(ops.report_model(trained=train.outputs["trained"], model_name=model_name),
+                            config, image, cache=local)
+            report.set_display_name("report")
             export = _light(ops.export_onnx(trained=train.outputs["trained"], prepared=prepared,
                                             model_run_id=model_run.output, work_dir=work_dir,
                                             tracking_uri=tracking_uri), config, image, cache=local)
@@ -157,7 +157,7 @@ def build_pipeline(config: PipelineConfig, local: bool = False) -> Callable:
                                               margin=config.promotion.margin, work_dir=work_dir,
                                               tracking_uri=tracking_uri), config, image, cache=local)
         promote.set_display_name("compare and promote")
-        summary = _light(ops.summarize_run(parent_run_id=start.output, evaluations=dsl.Collected(evaluate.outputs["Output"]),
+        summary = _light(ops.summarize_run(parent_run_id=start.output, reports=dsl.Collected(report.outputs["Output"]),
                                            decision_json=promote.output, registered_model=registered_model,
                                            work_dir=work_dir, tracking_uri=tracking_uri), config, image, cache=local)
         summary.set_display_name("summary")

@@ -25,7 +25,8 @@ from typing import Iterator, Optional
 
 from .config import ConfigError, PipelineConfig
 from .graph import build_pipeline
-from .warm_worker import LocalTasks, TaskConsole, TaskFailure, warm_local_runner
+from .local_tasks import LocalTasks, warm_local_runner
+from .task_console import TaskConsole, TaskFailure
 
 __all__ = ["LocalRun", "PipelineFailed", "run_local", "new_run_name", "run_folder", "DEFAULT_RUNS_ROOT"]
 

@@ -62,12 +62,12 @@ def train_model(prepared: Input[Dataset], model_name: str, model_run_id: str, be
     return result.test_score
 
 
-def evaluate_model(trained: Input[Model], model_name: str, metrics: Output[Metrics], report: Output[HTML],
-                   report_md: Output[Markdown]) -> str:
+def report_model(trained: Input[Model], model_name: str, metrics: Output[Metrics], report: Output[HTML],
+                 report_md: Output[Markdown]) -> str:
     import json
 
-    from workflow.steps import evaluate_step
-    flat = evaluate_step(trained.path, report.path, report_md.path)
+    from workflow.steps import report_step
+    flat = report_step(trained.path, report.path, report_md.path)
     for key, value in flat.items():
         metrics.log_metric(key.replace("/", "_"), value)
     return json.dumps({"model": model_name, "metrics": flat})
@@ -98,12 +98,12 @@ def promote_champion(versions: List[str], registered_model: str, metric: str, ma
     return json.dumps(promote_step(versions, registered_model, work_dir, metric, margin, tracking_uri or None))
 
 
-def summarize_run(parent_run_id: str, evaluations: List[str], decision_json: str, registered_model: str,
+def summarize_run(parent_run_id: str, reports: List[str], decision_json: str, registered_model: str,
                   work_dir: str, tracking_uri: str, summary: Output[Markdown]) -> str:
     import json
 
     from workflow.steps import summary_step
-    results = {e["model"]: e["metrics"] for e in map(json.loads, evaluations)}
+    results = {e["model"]: e["metrics"] for e in map(json.loads, reports)}
     return summary_step(parent_run_id, results, json.loads(decision_json), registered_model, work_dir, summary.path,
                         tracking_uri or None)
 
@@ -114,7 +114,7 @@ class Components(NamedTuple):
     start_model_run: PythonComponent
     search_model: PythonComponent
     train_model: PythonComponent
-    evaluate_model: PythonComponent
+    report_model: PythonComponent
     export_onnx: PythonComponent
     register_model: PythonComponent
     promote_champion: PythonComponent
@@ -124,5 +124,5 @@ class Components(NamedTuple):
 def make_components(image: str) -> Components:
     """Every step as a KFP component running in ``image`` (which already holds the project and kfp)."""
     wrap = dsl.component(base_image=image, install_kfp_package=False)
-    return Components(*(wrap(fn) for fn in (start_run, prepare_data, start_model_run, search_model, train_model, evaluate_model, export_onnx, register_model,
+    return Components(*(wrap(fn) for fn in (start_run, prepare_data, start_model_run, search_model, train_model, report_model, export_onnx, register_model,
                                             promote_champion, summarize_run)))

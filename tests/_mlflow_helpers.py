@@ -213,7 +213,7 @@ def check_champion_parity(run: PipelineRun, adult_dir: Path) -> None:
     """Champion pyfunc on raw adult.test rows == the trainer's predictions on the prepared test split."""
     import mlflow
 
-    from workflow.training.train import predict_prepared
+    from workflow.training.evaluate import predict_prepared
 
     from workflow.tracking import use_globally
 

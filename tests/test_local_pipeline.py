@@ -112,7 +112,7 @@ def test_mtlp_run_prints_one_line_per_task_and_the_summary_once(tmp_path) -> Non
     out = done.stdout.splitlines()
     assert out[0].endswith("run folder mtlp-runs/q1")
     tasks = [line.split()[:2] for line in out if re.match(r"^  (start|done)  ", line)]
-    functions = ["start_run", "prepare_data", "start_model_run", "search_model", "train_model", "evaluate_model",
+    functions = ["start_run", "prepare_data", "start_model_run", "search_model", "train_model", "report_model",
                  "export_onnx", "register_model", "promote_champion", "summarize_run"]
     assert sorted(t[1] for t in tasks if t[0] == "start") == sorted(functions)
     assert len(tasks) == 2 * len(functions)

@@ -183,7 +183,9 @@ def test_trained_champion_exports_and_serves_raw_rows(small_prepared, tmp_path, 
     pytest.importorskip("mlflow")
     from workflow import serving
     from workflow.serving.pyfunc_model import RawRowsMultiTaskModel
-    from workflow.training.train import export, load_trained, train
+    from workflow.training.artifacts import load_trained
+    from workflow.training.export import export
+    from workflow.training.train import train
 
     prepared, frame = small_prepared
     params = {"numeric_encoding": encoding, "bin_source": bin_source, "n_bins": 8, "numeric_embed_dim": 4,
@@ -213,7 +215,8 @@ def test_trained_champion_exports_and_serves_raw_rows(small_prepared, tmp_path, 
 @pytest.mark.parametrize("model_name, family", [("mmoe", "mmoe"), ("aitm", "shared_bottom")])
 def test_single_task_baselines_train_one_model_of_the_family_per_task(small_prepared, tmp_path, model_name: str,
                                                                        family: str) -> None:
-    from workflow.training.train import load_trained, single_task_baselines, train
+    from workflow.training.artifacts import load_trained
+    from workflow.training.train import single_task_baselines, train
 
     prepared, _ = small_prepared
     params = {"numeric_encoding": "bins", "bin_source": "tree", "n_bins": 8, "embed_dim": 4, "tower_dims": [8],

@@ -37,7 +37,7 @@ def test_dag_edges_follow_the_pipeline(tmp_path) -> None:
     inner = {name: set(task.get("dependentTasks", [])) for name, task in loop_tasks(spec).items()}
     assert inner["search-model"] == {"start-model-run"}
     assert inner["train-model"] >= {"search-model"}
-    assert inner["evaluate-model"] == {"train-model"}
+    assert inner["report-model"] == {"train-model"}
     assert inner["export-onnx"] >= {"train-model"}
     assert inner["register-model"] >= {"export-onnx"}
     # the search's best params feed training

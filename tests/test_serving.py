@@ -81,7 +81,7 @@ def _served_champion_answers_raw_rows(url, proc, adult_dir, tmp_path_factory) ->
     """64 raw test rows (with `?` cells) over HTTP get the trainer's predictions; missing columns get a 400."""
     from mlflow import MlflowClient
 
-    from workflow.training.train import predict_prepared
+    from workflow.training.evaluate import predict_prepared
 
     run = embedded_pipeline(adult_dir, tmp_path_factory.getbasetemp())
     client = MlflowClient(run.tracking.uri, run.tracking.uri)
@@ -142,7 +142,8 @@ def test_numeric_category_ids_score_as_pandas_reads_them(shared_data, tmp_path):
     import pandas as pd
 
     from workflow import tracking
-    from workflow.training.train import export, train
+    from workflow.training.export import export
+    from workflow.training.train import train
 
     sample = pd.read_csv(shared_data / "aliexpress" / "aliexpress_train_sample.csv")
     names = {"categorical_1": "101", "categorical_7": "109_14", "categorical_9": "205"}

@@ -53,13 +53,13 @@ def test_storage_resolution(monkeypatch) -> None:
     assert steps.resolve_storage("env:MY_DB") == "postgresql://other@db/optuna"
 
 
-def test_evaluate_report_and_summary(work_dir, tmp_path) -> None:
+def test_report_and_summary(work_dir, tmp_path) -> None:
     trained = tmp_path / "trained"
     trained.mkdir()
     metrics = {"model_name": "mmoe", "best_epoch": 3, "test_score": 0.8,
                "test_metrics": {"click": {"auc": 0.75, "logloss": 0.5}, "conversion": {"auc": 0.85, "logloss": 0.1}}}
     (trained / "metrics.json").write_text(json.dumps(metrics))
-    flat = steps.evaluate_step(trained, tmp_path / "r.html", tmp_path / "r.md")
+    flat = steps.report_step(trained, tmp_path / "r.html", tmp_path / "r.md")
     assert flat == {"click/auc": 0.75, "click/logloss": 0.5, "conversion/auc": 0.85, "conversion/logloss": 0.1,
                     "test_score": 0.8}
     assert "0.8500" in (tmp_path / "r.html").read_text() and "| click/auc | 0.7500 |" in (tmp_path / "r.md").read_text()
@@ -117,3 +117,25 @@ def test_summary_shows_the_ceiling_row_when_the_spec_has_one(work_dir, tmp_path)
     assert lines[4] == "| true probabilities (ceiling) |  | 0.6812 | 0.7433 |"
     assert "the generator's true click and conversion probabilities, on the same test rows" in text
     assert text.count("true probabilities (ceiling)") == 1
+
+
+@pytest.mark.slow  # a real train step with MLflow logging: 39 s on the shared, loaded 2-core machine
+def test_train_step_leaves_plots_and_val_score_for_the_report(work_dir, tmp_path) -> None:
+    from workflow.data.prepare import prepare
+
+    prepared = tmp_path / "prepared"
+    prepare("synthetic-funnel", prepared, seed=3, options={"n_rows": 6000, "n_users": 300, "n_items": 100})
+    steps.start_pipeline_run({"tracking": {"experiment": "exp-c"}}, work_dir, "r2")
+    run_id = steps.start_model_run("r2", "exp-c", "shared_bottom", work_dir)
+    params = {"embed_dim": 4, "bottom_dims": [8], "tower_dims": [4], "batch_size": 512}
+    result = steps.train_step(prepared, "shared_bottom", tmp_path / "trained", run_id, work_dir, fixed_params=params,
+                              n_epoch=2, patience=1, seed=1)
+    saved = json.loads((tmp_path / "trained" / "metrics.json").read_text())
+    assert saved["val_score"] == pytest.approx(result.val_score) and 0.0 < result.val_score < 1.0
+    plots = sorted(p.name for p in (tmp_path / "trained" / "plots").glob("*.png"))
+    assert plots == ["roc_click.png", "roc_conversion.png", "training_curves.png"]
+    steps.report_step(tmp_path / "trained", tmp_path / "r.html")
+    page = (tmp_path / "r.html").read_text()
+    assert page.count('src="data:image/png;base64,') == 3 and 'alt="roc_click"' in page
+    logged = {a.path for a in client_for(work_dir).list_artifacts(run_id, "plots")}
+    assert "plots/training_curves.png" in logged

@@ -12,7 +12,10 @@ from _zoo_helpers import small_params
 from mtl_models import zoo
 from workflow.training.model_factory import build_model, default_params, resolve_params
 from workflow.data.prepare import prepare
-from workflow.training.train import export, load_trained, predict_prepared, train
+from workflow.training.artifacts import load_trained
+from workflow.training.evaluate import predict_prepared
+from workflow.training.export import export
+from workflow.training.train import train
 
 SMALL = {"embed_dim": 4, "tower_dims": [8], "batch_size": 512}
 ARCH = {"esmm": {"bottom_dims": [16]}, "mmoe": {"n_expert": 2, "expert_dims": [16]}}
@@ -64,6 +67,27 @@ def test_train_writes_a_self_contained_model_folder(prepared, tmp_path) -> None:
     exported = export(out, prepared)
     assert exported.onnx_path.is_file() and exported.parity_max_abs_diff <= 1e-5
     assert exported.n_rows_checked == min(2048, spec.rows["test"])
+
+
+def test_val_score_is_the_restored_checkpoints_validation_mean_and_plots_are_drawn(prepared, tmp_path) -> None:
+    from sklearn.metrics import roc_auc_score
+
+    from workflow.training.artifacts import split_labels
+
+    out = tmp_path / "ple"
+    result = train(prepared, "ple", out, params={**SMALL, **ARCH["ple"]}, n_epoch=3, patience=1, progress=False,
+                   seed=5, plots=True)
+    model, spec, _ = load_trained(out)
+    labels, preds = split_labels(prepared, "val", spec), predict_prepared(out, prepared, "val")  # [N_val, 2]
+    aucs = [roc_auc_score(labels[:, j], preds[:, j]) for j in range(len(spec.label_names))]
+    assert result.val_score == pytest.approx(float(np.mean(aucs)), abs=1e-6)
+    assert result.val_score != pytest.approx(result.test_score, abs=1e-9)
+    assert json.loads((out / "metrics.json").read_text())["val_score"] == pytest.approx(result.val_score)
+    drawn = sorted(p.name for p in (out / "plots").iterdir())
+    assert drawn == ["roc_click.png", "roc_conversion.png", "training_curves.png"]
+    assert all((out / "plots" / name).read_bytes()[:4] == b"\x89PNG" for name in drawn)
+    train(prepared, "ple", tmp_path / "quiet", params={**SMALL, **ARCH["ple"]}, n_epoch=1, progress=False)
+    assert not (tmp_path / "quiet" / "plots").exists()  # search trials and baselines draw nothing
 
 
 def test_same_seed_same_model(prepared, tmp_path) -> None:

@@ -8,7 +8,9 @@ import pytest
 from kfp import dsl, local
 
 from pipeline.ops import make_components
-from pipeline.warm_worker import TaskConsole, launcher_or_reason, parse_launcher, warm_local_runner
+from pipeline.kfp_launcher import launcher_or_reason, parse_launcher
+from pipeline.local_tasks import warm_local_runner
+from pipeline.task_console import TaskConsole
 
 
 @dsl.component(base_image="python:3.11", install_kfp_package=False)  # as pipeline.ops does
@@ -148,7 +150,7 @@ def test_by_default_tasks_of_parallel_branches_take_turns(local_runner) -> None:
 
 
 def test_a_task_is_named_by_its_function_and_model() -> None:
-    from pipeline.warm_worker import _describe
+    from pipeline.task_console import describe as _describe
 
     def args(inputs: dict) -> list:
         return ["--executor_input", json.dumps({"inputs": inputs}), "--function_to_execute", "export_onnx"]

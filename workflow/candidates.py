@@ -51,7 +51,8 @@ def train_candidate(trk: tracking.Tracking, parent_run_id: str, prepared_dir: st
                     config: Optional[Mapping[str, Any]] = None, role: str = "train", run_name: Optional[str] = None,
                     callbacks: Iterable[Any] = (), progress: bool = False, plots: bool = True) -> Candidate:
     """Train ``model_name`` in a child run of ``parent_run_id``, log everything, register it when asked."""
-    from .training.train import export, train
+    from .training.export import export
+    from .training.train import train
 
     client = trk.client
     parent_tags = tracking.retry_call(client.get_run, parent_run_id).data.tags
@@ -60,10 +61,10 @@ def train_candidate(trk: tracking.Tracking, parent_run_id: str, prepared_dir: st
                             tags={tracking.TAGS["model_name"]: model_name}) as run_id:
         callback = tracking.MlflowCallback(run_id, client)
         result = train(prepared_dir, model_name, out_dir, params=params, n_epoch=n_epoch, patience=patience,
-                       device=device, seed=seed, callbacks=[callback, *callbacks], progress=progress)
+                       device=device, seed=seed, callbacks=[callback, *callbacks], progress=progress,
+                       plots=plots)
         exported = export(out_dir, prepared_dir)
-        tracking.log_train_result(client, run_id, result, onnx_path=exported.onnx_path, config=config,
-                                  prepared_dir=prepared_dir if plots else None, plots=plots)
+        tracking.log_train_result(client, run_id, result, onnx_path=exported.onnx_path, config=config, plots=plots)
         tracking.retry_call(client.log_metric, run_id, "onnx/parity_max_abs_diff", exported.parity_max_abs_diff)
         spec_path = Path(out_dir) / "feature_spec.json"
         from .serving import log_candidate_model

@@ -7,9 +7,7 @@ without KFP. Runs nest as: pipeline run (parent) -> one run per model -> one run
 
 from __future__ import annotations
 
-import base64
 import contextlib
-import html
 import json
 import math
 import os
@@ -20,7 +18,7 @@ from . import tracking
 from .data.feature_spec import SPEC_FILE, FeatureSpec
 
 __all__ = ["start_pipeline_run", "prepare_step", "start_model_run", "search_step", "train_step",
-           "evaluate_step", "export_step", "register_step", "promote_step", "summary_step"]
+           "report_step", "export_step", "register_step", "promote_step", "summary_step"]
 
 PathLike = str | os.PathLike
 
@@ -146,8 +144,8 @@ def train_step(prepared_dir: PathLike, model_name: str, out_dir: PathLike, model
             return read_result(out_dir)
         callback = tracking.MlflowCallback(model_run_id, client=client)
         result = train(prepared_dir, model_name, out_dir, params=params, n_epoch=n_epoch, patience=patience,
-                       device=device, seed=seed, callbacks=[callback])
-        tracking.log_train_result(client, model_run_id, result, prepared_dir=prepared_dir, log_history=False)
+                       device=device, seed=seed, callbacks=[callback], plots=True)
+        tracking.log_train_result(client, model_run_id, result, log_history=False)  # logs out_dir/plots/*.png
         if single_task:
             _single_task_baselines(client, model_run_id, prepared_dir, model_name, work_dir, params, n_epoch,
                                    patience, device, seed)
@@ -170,33 +168,18 @@ def _single_task_baselines(client: Any, run_id: str, prepared_dir: PathLike, mod
     tracking.retry_call(client.log_batch, run_id, metrics=metrics)
 
 
-def _img_tag(path: Path) -> str:
-    data = base64.b64encode(path.read_bytes()).decode()
-    return f'<img alt="{html.escape(path.stem)}" src="data:image/png;base64,{data}" style="max-width:720px">'
+def report_step(trained_dir: PathLike, report_html: PathLike, report_md: Optional[PathLike] = None) -> dict[str, float]:
+    """Flat test metrics of a trained model (``<task>/<metric>`` and ``test_score``, read from its ``metrics.json``)
+    plus an HTML/Markdown report with its plots, for the KFP UI. The train step evaluated and drew them."""
+    from .reports.model_report import render
 
-
-def evaluate_step(trained_dir: PathLike, report_html: PathLike, report_md: Optional[PathLike] = None) -> dict[str, float]:
-    """Flat test metrics of a trained model (``<task>/<metric>`` and ``test_score``) plus an HTML/Markdown
-    report with its plots, for the KFP UI; the plots were drawn and logged by the training step."""
-    trained_dir = Path(trained_dir)
-    saved = json.loads((trained_dir / "metrics.json").read_text())
-    flat = {f"{task}/{name}": float(v) for task, ms in saved["test_metrics"].items() for name, v in ms.items()}
-    flat["test_score"] = float(saved["test_score"])
-    rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{v:.4f}</td></tr>" for k, v in flat.items())
-    images = "".join(_img_tag(p) for p in sorted((trained_dir / "plots").glob("*.png")))
-    Path(report_html).write_text(f"<h2>{html.escape(saved['model_name'])}: test metrics</h2>"
-                                 f"<table>{rows}</table><p>best epoch {saved['best_epoch']}</p>{images}")
-    if report_md:
-        lines = [f"## {saved['model_name']}", "", "| metric | value |", "|---|---|"]
-        lines += [f"| {k} | {v:.4f} |" for k, v in flat.items()]
-        Path(report_md).write_text("\n".join(lines) + "\n")
-    return flat
+    return render(trained_dir, report_html, report_md)
 
 
 def export_step(trained_dir: PathLike, prepared_dir: PathLike, model_run_id: str, work_dir: PathLike,
                 tracking_uri: Optional[str] = None) -> float:
     """ONNX export with the parity check on real test rows; the parity figure is logged on the model run."""
-    from .training.train import export
+    from .training.export import export
 
     client, _ = tracking.open_client(work_dir, tracking_uri)
     with _marks_failure(client, model_run_id):

@@ -10,7 +10,9 @@ from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 
-__all__ = ["training_curves", "roc_curves", "roc_curves_for_result", "model_comparison", "search_history",
+from mtl_models.atomic import atomic_path
+
+__all__ = ["training_curves", "roc_curves", "model_comparison", "search_history",
            "pyplot", "save_figure"]
 
 
@@ -23,13 +25,16 @@ def pyplot():
 
 
 def save_figure(fig: Any, path: str | os.PathLike, dpi: int = 100) -> Path:
-    """Lay out, write and close ``fig`` (closing frees it: pyplot keeps every open figure alive)."""
+    """Lay out, write (complete or not at all) and close ``fig`` (closing frees it: pyplot keeps every open figure
+    alive)."""
     plt = pyplot()
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
-    fig.savefig(path, dpi=dpi)
-    plt.close(fig)
+    try:
+        with atomic_path(path, suffix=path.suffix) as tmp:  # matplotlib picks the format from the extension
+            fig.savefig(tmp, dpi=dpi)
+    finally:
+        plt.close(fig)
     return path
 
 
@@ -86,20 +91,6 @@ def roc_curves(y_true: np.ndarray, y_pred: np.ndarray, task_names: Sequence[str]
         ax.legend(loc="lower right")
         paths.append(save_figure(fig, Path(out_dir) / f"roc_{task}.png"))
     return paths
-
-
-def roc_curves_for_result(result: Any, prepared_dir: str | os.PathLike, out_dir: str | os.PathLike) -> list[Path]:
-    """ROC curves of a ``TrainResult`` on the prepared test split (its labels and the trained model's predictions)."""
-    import pyarrow.parquet as pq
-
-    from ..data.feature_spec import FeatureSpec
-    from ..training.train import predict_prepared
-
-    spec = FeatureSpec.load(Path(prepared_dir) / "feature_spec.json")
-    pred = predict_prepared(result.out_dir, prepared_dir, split="test")
-    table = pq.read_table(Path(prepared_dir) / "test.parquet", columns=spec.label_names)
-    y = np.stack([table.column(n).to_numpy() for n in spec.label_names], axis=1)
-    return roc_curves(y, pred, spec.label_names, spec.task_types, out_dir, title=result.model_name)
 
 
 def _key_metric_names(table: Mapping[str, Mapping[str, float]]) -> list[str]:

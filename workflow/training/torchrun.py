@@ -55,7 +55,8 @@ def launch_local(nproc_per_node: int, args: Sequence[str], env: Optional[Mapping
 
 def read_result(out_dir: PathLike):
     """The ``TrainResult`` rank 0 wrote to ``out_dir/metrics.json``."""
-    from .train import METRICS_FILE, WEIGHTS_FILE, TrainResult
+    from .artifacts import METRICS_FILE, WEIGHTS_FILE
+    from .train import TrainResult
 
     d = json.loads((Path(out_dir) / METRICS_FILE).read_text())
     d["out_dir"], d["checkpoint_path"] = Path(out_dir), Path(out_dir) / WEIGHTS_FILE  # where it is now
@@ -93,11 +94,12 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         callbacks = [tracking.MlflowCallback(a.model_run_id, client=client)]
     try:
         result = train(a.prepared_dir, a.model_name, a.out_dir, params=json.loads(a.params_json), n_epoch=a.n_epoch,
-                       patience=a.patience, device=a.device, seed=a.seed, callbacks=callbacks, progress=rank == 0)
+                       patience=a.patience, device=a.device, seed=a.seed, callbacks=callbacks, progress=rank == 0,
+                       plots=True)
         if client is not None:
             from .. import tracking
 
-            tracking.log_train_result(client, a.model_run_id, result, prepared_dir=a.prepared_dir, log_history=False)
+            tracking.log_train_result(client, a.model_run_id, result, log_history=False)
     finally:
         if dist.is_available() and dist.is_initialized():
             dist.destroy_process_group()

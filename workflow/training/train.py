@@ -1,7 +1,9 @@
 """The training step: prepared Parquet + feature spec + flat hyperparameters -> a trained model folder.
 
 The folder it writes is self-contained for the later steps (export, registration, serving):
-``model.pt`` (best weights, plain tensors), ``params.json``, ``metrics.json`` and ``feature_spec.json``.
+``model.pt`` (best weights, plain tensors), ``params.json``, ``metrics.json`` (with the test and validation
+scores, ``evaluate``), ``feature_spec.json`` and, for the pipeline's train step, ``plots/``. The ONNX export is
+``export``; the file names and loaders are ``artifacts``.
 """
 
 from __future__ import annotations
@@ -9,27 +11,23 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Optional, Sequence, Union
 
-import numpy as np
-import pyarrow.parquet as pq
 import torch
 
-from mtl_models.trainer import task_mean
+from mtl_models.atomic import atomic_path
 
 from ..data.feature_spec import SPEC_FILE, FeatureSpec
+from .artifacts import METRICS_FILE, PARAMS_FILE, PLOTS_DIR, WEIGHTS_FILE, read_spec, split_labels, split_loader
+from .evaluate import evaluate, write_plots
 from .model_factory import build_model, resolve_params, single_task_family
 
-__all__ = ["TrainResult", "ExportResult", "train", "export", "load_trained", "predict_prepared", "split_loader",
-           "SPEC_FILE"]
+__all__ = ["TrainResult", "train", "single_task_baselines", "only_tasks", "main"]
 
 PathLike = Union[str, os.PathLike]
-WEIGHTS_FILE, PARAMS_FILE, METRICS_FILE, ONNX_FILE = "model.pt", "params.json", "metrics.json", "model.onnx"
 
 
 @dataclass
@@ -46,18 +44,12 @@ class TrainResult:
     n_parameters: int
     train_seconds: float
     task_names: list[str] = field(default_factory=list)
+    val_score: float = math.nan  # task_mean of the restored best checkpoint's validation metrics: model selection
 
     def to_json(self) -> str:
         d = asdict(self)
         d.update(out_dir=str(self.out_dir), checkpoint_path=str(self.checkpoint_path))
         return json.dumps(d, indent=2)
-
-
-@dataclass
-class ExportResult:
-    onnx_path: Path
-    parity_max_abs_diff: float
-    n_rows_checked: int
 
 
 def only_tasks(spec: FeatureSpec, tasks: Sequence[str]) -> FeatureSpec:
@@ -81,37 +73,9 @@ def single_task_baselines(prepared_dir: PathLike, model_name: str, out_dir: Path
     p = {k: v for k, v in resolve_params(model_name, params).items() if k in allowed}
     if family == "shared_bottom" and not p.get("bottom_dims"):
         p.pop("bottom_dims", None)  # ESMM without a bottom: the family default
-    spec = _spec(prepared_dir)
+    spec = read_spec(prepared_dir)
     return {task: train(prepared_dir, family, Path(out_dir) / task, params=p, n_epoch=n_epoch, patience=patience,
                         device=device, seed=seed, progress=False, tasks=[task]) for task in spec.label_names}
-
-
-def _spec(prepared_dir: PathLike) -> FeatureSpec:
-    path = Path(prepared_dir) / SPEC_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: run the prepare step first")
-    return FeatureSpec.load(path)
-
-
-def _column(table: Any, name: str) -> np.ndarray:
-    # one owned, writable buffer per column (torch refuses to wrap Arrow's read-only memory silently)
-    return table.column(name).combine_chunks().to_numpy(zero_copy_only=False, writable=True)
-
-
-def split_loader(prepared_dir: PathLike, split: str, spec: FeatureSpec, batch_size: int = 1024,
-                 shuffle: bool = False, seed: int = 0, device: str = "cpu", with_labels: bool = True):
-    """A fast in-memory loader over ``<split>.parquet`` (columns read straight into tensors, no row loop)."""
-    from mtl_models import make_loader
-
-    path = Path(prepared_dir) / f"{split}.parquet"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: run the prepare step first")
-    columns = spec.feature_names + (spec.label_names if with_labels else [])
-    table = pq.read_table(path, columns=columns)
-    x = {name: _column(table, name) for name in spec.feature_names}
-    y = {name: _column(table, name) for name in spec.label_names} if with_labels else None
-    return make_loader(x, y, batch_size=batch_size, shuffle=shuffle, seed=seed, device=device,
-                       task_names=spec.label_names if with_labels else None)
 
 
 def _trainer(model, params: Mapping[str, Any], out_dir: Path, n_epoch: int, patience: int, device: str, seed: int,
@@ -139,8 +103,8 @@ def _trainer(model, params: Mapping[str, Any], out_dir: Path, n_epoch: int, pati
 def train(prepared_dir: PathLike, model_name: str, out_dir: PathLike, params: Optional[Mapping[str, Any]] = None,
           n_epoch: int = 10, patience: int = 3, device: str = "auto", seed: int = 42,
           callbacks: Iterable[Any] = (), progress: bool = True, resume: bool = False,
-          tasks: Optional[Sequence[str]] = None) -> TrainResult:
-    """Train ``model_name`` on the prepared train split, early-stop on val, score on test.
+          tasks: Optional[Sequence[str]] = None, plots: bool = False) -> TrainResult:
+    """Train ``model_name`` on the prepared train split, early-stop on val, score on test (``evaluate``).
 
     ``out_dir`` is filled in a temporary sibling folder and renamed into place when complete; checkpoints
     for ``resume`` live in ``out_dir/checkpoints`` (kept across a failed attempt).
@@ -149,8 +113,9 @@ def train(prepared_dir: PathLike, model_name: str, out_dir: PathLike, params: Op
     batch, the test metrics cover the whole test split, and only rank 0 writes ``out_dir``.
 
     ``tasks``: train on these labels only (a single-task baseline), the saved spec listing just them.
+    ``plots``: also draw ``out_dir/plots/`` (the pipeline's train step; search trials and baselines skip it).
     """
-    spec = _spec(prepared_dir)
+    spec = read_spec(prepared_dir)
     if tasks is not None:
         spec = only_tasks(spec, tasks)
     p = resolve_params(model_name, params)
@@ -166,77 +131,35 @@ def train(prepared_dir: PathLike, model_name: str, out_dir: PathLike, params: Op
     start = time.perf_counter()
     trainer.fit(train_dl, val_dl, resume=resume)
     seconds = time.perf_counter() - start
-    metrics = trainer.evaluate(trainer.model, test_dl)
+    scored = evaluate(trainer, test_dl, spec)
 
     result = TrainResult(model_name=model_name, params=p, best_epoch=int(trainer.best_epoch),
-                         best_score=float(trainer.best_score), history=list(trainer.history), test_metrics=metrics,
-                         test_score=task_mean(metrics, spec.label_names, spec.task_types), out_dir=out_dir,
+                         best_score=float(trainer.best_score), history=list(trainer.history),
+                         test_metrics=scored.test_metrics, test_score=scored.test_score, out_dir=out_dir,
                          checkpoint_path=out_dir / WEIGHTS_FILE, n_parameters=sum(x.numel() for x in model.parameters()),
-                         train_seconds=seconds, task_names=list(spec.label_names))
+                         train_seconds=seconds, task_names=list(spec.label_names), val_score=scored.val_score)
     if trainer.dist.is_main:
+        if plots:  # before metrics.json, so a folder with metrics has its plots
+            write_plots(out_dir / PLOTS_DIR, model_name, result.history, split_labels(prepared_dir, "test", spec),
+                        scored.test_predictions, spec)
         _write_outputs(out_dir, trainer.model, spec, result)
     trainer.dist.barrier()  # the other ranks return once the folder is complete
     return result
 
 
-def _write_outputs(out_dir: Path, model, spec: FeatureSpec, result: TrainResult) -> None:
-    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=out_dir))
-    try:
-        torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, staging / WEIGHTS_FILE)
-        (staging / PARAMS_FILE).write_text(json.dumps({"model_name": result.model_name, "params": result.params}, indent=2))
-        (staging / METRICS_FILE).write_text(result.to_json())
-        spec.save(staging / SPEC_FILE)
-        for item in staging.iterdir():  # each file appears complete or not at all
-            os.replace(item, out_dir / item.name)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+def _write_text(path: Path, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
 
 
-def load_trained(out_dir: PathLike) -> tuple[torch.nn.Module, FeatureSpec, dict[str, Any]]:
-    """The trained model (eval mode, CPU), its feature spec and ``{"model_name", "params"}``."""
-    out_dir = Path(out_dir)
-    meta = json.loads((out_dir / PARAMS_FILE).read_text())
-    spec = FeatureSpec.load(out_dir / SPEC_FILE)
-    model = build_model(meta["model_name"], spec, meta["params"])
-    model.load_state_dict(torch.load(out_dir / WEIGHTS_FILE, map_location="cpu", weights_only=True))
-    return model.eval(), spec, meta
-
-
-@torch.no_grad()
-def predict_prepared(out_dir: PathLike, prepared_dir: PathLike, split: str = "test", batch_size: int = 8192) -> np.ndarray:
-    """``[N, n_task]`` predictions of the trained model on a prepared split, in file order."""
-    model, spec, _ = load_trained(out_dir)
-    loader = split_loader(prepared_dir, split, spec, batch_size, with_labels=False)
-    return np.concatenate([model(batch).numpy() for batch in loader])
-
-
-def export(out_dir: PathLike, prepared_dir: Optional[PathLike] = None, split: str = "test", n_check: int = 2048,
-           tolerance: float = 1e-5) -> ExportResult:
-    """Write ``out_dir/model.onnx`` and check onnxruntime against PyTorch on real rows of ``split``.
-
-    Raises ``ValueError`` (and removes the file) when the largest difference exceeds ``tolerance``.
-    """
-    import onnxruntime as ort
-
-    from mtl_models import export_onnx
-
-    out_dir = Path(out_dir)
-    model, spec, _ = load_trained(out_dir)
-    onnx_path = export_onnx(model, out_dir / ONNX_FILE)
-    source = Path(prepared_dir) if prepared_dir is not None else None
-    if source is not None:
-        table = pq.read_table(source / f"{split}.parquet", columns=spec.feature_names).slice(0, n_check)
-        x = {n: torch.from_numpy(_column(table, n)) for n in spec.feature_names}
-    else:
-        from mtl_models.onnx_export import example_inputs
-        x = example_inputs(model, batch_size=n_check)
-    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    (onnx_out,) = session.run(None, {n: v.numpy() for n, v in x.items()})
-    diff = float(np.abs(onnx_out - model(x).detach().numpy()).max())
-    if not diff <= tolerance:
-        onnx_path.unlink(missing_ok=True)
-        raise ValueError(f"ONNX parity check failed: max abs diff {diff:.3g} > {tolerance:g}")
-    return ExportResult(onnx_path=onnx_path, parity_max_abs_diff=diff, n_rows_checked=len(onnx_out))
+def _write_outputs(out_dir: Path, model: torch.nn.Module, spec: FeatureSpec, result: TrainResult) -> None:
+    """The folder's files, each complete or absent (``atomic_path``); ``metrics.json`` last: its presence means
+    the rest is there."""
+    with atomic_path(out_dir / WEIGHTS_FILE) as tmp:
+        torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, tmp)
+    _write_text(out_dir / PARAMS_FILE, json.dumps({"model_name": result.model_name, "params": result.params}, indent=2))
+    spec.save(out_dir / SPEC_FILE)
+    _write_text(out_dir / METRICS_FILE, result.to_json())
 
 
 def main(argv: Optional[Iterable[str]] = None) -> int:
@@ -267,12 +190,12 @@ def main(argv: Optional[Iterable[str]] = None) -> int:
     try:
         result = train(args.prepared, args.model, args.out, params=params, n_epoch=args.epochs,
                        patience=args.patience, device=args.device, seed=args.seed, progress=False,
-                       resume=args.resume)
+                       resume=args.resume, plots=True)
     except (DataError, FileNotFoundError, ValueError) as exc:
         print(f"workflow.training.train: error: {exc}", file=sys.stderr)
         return 2
     print(json.dumps({"best_epoch": result.best_epoch, "best_score": result.best_score,
-                      "test_score": result.test_score, "out_dir": str(result.out_dir)}))
+                      "val_score": result.val_score, "test_score": result.test_score, "out_dir": str(result.out_dir)}))
     return 0
 
 

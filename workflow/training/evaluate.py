@@ -1,0 +1,76 @@
+"""Evaluation of a freshly trained model: its test metrics and predictions, the validation score of the restored
+best checkpoint, and the plots the train step leaves in ``<trained_dir>/plots/`` (training curves, ROC per
+classification task) for the tracking and report steps to pick up."""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Sequence, Union
+
+import numpy as np
+import torch
+
+from mtl_models.trainer import task_mean
+
+from ..data.feature_spec import FeatureSpec
+from .artifacts import load_trained, split_loader
+
+__all__ = ["Evaluation", "evaluate", "val_score", "predict_prepared", "write_plots"]
+
+PathLike = Union[str, os.PathLike]
+
+
+@dataclass
+class Evaluation:
+    test_metrics: dict[str, dict[str, float]]
+    test_score: float
+    val_score: float
+    test_predictions: np.ndarray  # [N_test, n_task], test-file order
+
+
+def val_score(history: Sequence[Mapping[str, float]], best_epoch: int, spec: FeatureSpec) -> float:
+    """``task_mean`` of the best epoch's validation metrics: those of the checkpoint the trainer restores
+    (``best.pt`` holds that epoch's weights, and the history row was measured on them). NaN without validation."""
+    if not 0 <= best_epoch < len(history):
+        return math.nan
+    by_task: dict[str, dict[str, float]] = {}
+    for key, value in history[best_epoch].items():
+        parts = key.split("/")
+        if len(parts) == 3 and parts[0] == "val":
+            by_task.setdefault(parts[1], {})[parts[2]] = float(value)
+    try:
+        return task_mean(by_task, spec.label_names, spec.task_types)
+    except KeyError:
+        return math.nan
+
+
+def evaluate(trainer: Any, test_loader: Any, spec: FeatureSpec) -> Evaluation:
+    """Test metrics and predictions of ``trainer.model`` (the restored best checkpoint) and its validation score.
+    Data-parallel, every rank calls it: both passes cover the whole test split, gathered over the ranks."""
+    metrics = trainer.evaluate(trainer.model, test_loader)
+    predictions = trainer.predict(trainer.model, test_loader)  # [N_test, n_task]
+    return Evaluation(test_metrics=metrics, test_score=task_mean(metrics, spec.label_names, spec.task_types),
+                      val_score=val_score(trainer.history, int(trainer.best_epoch), spec),
+                      test_predictions=predictions)
+
+
+@torch.no_grad()
+def predict_prepared(out_dir: PathLike, prepared_dir: PathLike, split: str = "test", batch_size: int = 8192) -> np.ndarray:
+    """``[N, n_task]`` predictions of a saved trained model on a prepared split, in file order."""
+    model, spec, _ = load_trained(out_dir)
+    loader = split_loader(prepared_dir, split, spec, batch_size, with_labels=False)
+    return np.concatenate([model(batch).numpy() for batch in loader])
+
+
+def write_plots(folder: PathLike, model_name: str, history: Sequence[Mapping[str, float]], labels: np.ndarray,
+                predictions: np.ndarray, spec: FeatureSpec) -> list[Path]:
+    """``training_curves.png`` and one ``roc_<task>.png`` per classification task into ``folder``
+    (``labels`` / ``predictions``: ``[N, n_task]`` of the test split)."""
+    from ..reports import plots
+
+    folder = Path(folder)
+    paths = [plots.training_curves(history, folder / "training_curves.png", title=model_name)]
+    return paths + plots.roc_curves(labels, predictions, spec.label_names, spec.task_types, folder, title=model_name)
