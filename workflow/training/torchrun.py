@@ -97,7 +97,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         if client is not None:
             from .. import tracking
 
-            tracking.log_train_result(client, a.model_run_id, result, prepared_dir=a.prepared_dir, log_history=False)
+            tracking.log_train_result(client, a.model_run_id, result, log_history=False)
     finally:
         if dist.is_available() and dist.is_initialized():
             dist.destroy_process_group()
