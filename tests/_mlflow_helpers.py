@@ -8,17 +8,13 @@ import contextlib
 import json
 import logging
 import os
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
 import pandas as pd
+from _servers import background, free_port, mlflow_bin, wait_http
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL_NAME = "adult-mtl"
@@ -42,7 +38,7 @@ _TEMPLATE_DB: list[Path] = []
 
 
 def seed_store(work_dir: Path) -> Path:
-    """Copy an already-migrated empty ``mlflow.db`` into ``work_dir`` (creating the schema costs ~10 s a time)."""
+    """Copy an already-migrated empty ``mlflow.db`` into ``work_dir`` (creating the schema is slow: docs/mlflow.md)."""
     import shutil
     import tempfile
 
@@ -169,10 +165,17 @@ def check_layout(run: PipelineRun) -> None:
     """Parent/child runs, params, per-epoch history, artifacts, versions with tags, aliases, promotion tags."""
     from mlflow import MlflowClient
 
-    from workflow import registry
+    client = MlflowClient(run.tracking.uri, run.tracking.uri)
+    parent = _check_parent(client, run)
+    for cand in run.candidates:
+        _check_model_run(client, run, parent, cand)
+        _check_version(client, run, cand)
+    _check_promotion(client, run)
+
+
+def _check_parent(client: Any, run: PipelineRun) -> Any:
     from workflow import tracking
 
-    client = MlflowClient(run.tracking.uri, run.tracking.uri)
     parent = client.get_run(run.parent_run_id)
     tags = parent.data.tags
     assert tags[tracking.TAGS["pipeline_run_id"]] == run.pipeline_run_id
@@ -185,52 +188,69 @@ def check_layout(run: PipelineRun) -> None:
     assert parent.info.status == "FINISHED"
     parent_files = _artifact_paths(client, run.parent_run_id)
     assert {"config.json", "comparison/model_comparison.png", "comparison/comparison.json"} <= parent_files
-
     children = client.search_runs([run.tracking.experiment_id],
                                   filter_string=f"tags.mlflow.parentRunId = '{run.parent_run_id}'")
     assert sorted(c.data.tags[tracking.TAGS["model_name"]] for c in children) == sorted(MODELS)
-    for cand in run.candidates:
-        child = client.get_run(cand.run_id)
-        assert child.info.status == "FINISHED"
-        assert child.data.tags["mlflow.parentRunId"] == run.parent_run_id
-        assert child.data.tags[tracking.TAGS["pipeline_run_id"]] == run.pipeline_run_id
-        params = child.data.params
-        for key, value in MODELS[cand.model_name].items():
-            assert params[key] == (json.dumps(value) if isinstance(value, list) else str(value)), key
-        assert params["weighting"] == "equal" and params["model_name"] == cand.model_name  # resolved defaults too
-        # per-epoch history: one point per epoch for losses, validation metrics and weights
-        for key in ("train/loss", "train/income/loss", "train/never_married/loss", "val/income/auc",
-                    "val/never_married/logloss", "val/monitor", "weight/income", "weight/never_married"):
-            history = client.get_metric_history(cand.run_id, key)
-            assert sorted(m.step for m in history) == [h.get("epoch", i) for i, h in enumerate(cand.result.history)]
-            assert len(history) == N_EPOCH, key
-        want = {m.step: m.value for m in client.get_metric_history(cand.run_id, "train/loss")}
-        for i, h in enumerate(cand.result.history):
-            assert want[h.get("epoch", i)] == pytest_approx(h["train/loss"])
-        metrics = child.data.metrics
-        for task in ("income", "never_married"):
-            assert metrics[f"test/{task}/auc"] == pytest_approx(cand.result.test_metrics[task]["auc"])
-            assert f"test/{task}/logloss" in metrics
-        assert metrics["test/score"] == pytest_approx(cand.result.test_score)
-        # the key metrics under short names on the model run, and per model on the parent (the runs table's row)
-        assert metrics["income_auc"] == metrics["test/income/auc"] and metrics["score"] == metrics["test/score"]
-        assert parent.data.metrics[f"income_auc/{cand.model_name}"] == metrics["income_auc"]
-        assert any(k.startswith("system/") for k in metrics)  # psutil is installed here
-        files = _artifact_paths(client, cand.run_id)
-        # the config lives on the parent run (config.json above); the model run holds what its steps wrote
-        assert {"feature_spec.json", "params.json", "metrics.json", "onnx/model.onnx",
-                "plots/training_curves.png", "plots/roc_income.png", "plots/roc_never_married.png"} <= files, files
-        assert metrics["val/score"] == pytest_approx(cand.val_score)
-        # registered version with its tags
-        mv = client.get_model_version(MODEL_NAME, cand.version)
-        assert mv.run_id == cand.run_id
-        assert mv.tags[registry.TAG["architecture"]] == cand.model_name
-        assert mv.tags[registry.TAG["pipeline_run_id"]] == run.pipeline_run_id
-        assert float(mv.tags["metric.test_score"]) == pytest_approx(cand.result.test_score)
-        assert float(mv.tags["metric.val_score"]) == pytest_approx(cand.val_score)
-        assert float(mv.tags["metric.test/income/auc"]) == pytest_approx(cand.result.test_metrics["income"]["auc"])
-        model = client.get_logged_model(cand.model_uri.split("/", 1)[1])
-        assert model.source_run_id == cand.run_id and model.experiment_id == run.tracking.experiment_id
+    return parent
+
+
+def _check_history(client: Any, cand: Candidate) -> None:
+    """One point per epoch for losses, validation metrics and weights, the values the trainer saw."""
+    for key in ("train/loss", "train/income/loss", "train/never_married/loss", "val/income/auc",
+                "val/never_married/logloss", "val/monitor", "weight/income", "weight/never_married"):
+        history = client.get_metric_history(cand.run_id, key)
+        assert sorted(m.step for m in history) == [h.get("epoch", i) for i, h in enumerate(cand.result.history)]
+        assert len(history) == N_EPOCH, key
+    want = {m.step: m.value for m in client.get_metric_history(cand.run_id, "train/loss")}
+    for i, h in enumerate(cand.result.history):
+        assert want[h.get("epoch", i)] == pytest_approx(h["train/loss"])
+
+
+def _check_model_run(client: Any, run: PipelineRun, parent: Any, cand: Candidate) -> None:
+    from workflow import tracking
+
+    child = client.get_run(cand.run_id)
+    assert child.info.status == "FINISHED"
+    assert child.data.tags["mlflow.parentRunId"] == run.parent_run_id
+    assert child.data.tags[tracking.TAGS["pipeline_run_id"]] == run.pipeline_run_id
+    params = child.data.params
+    for key, value in MODELS[cand.model_name].items():
+        assert params[key] == (json.dumps(value) if isinstance(value, list) else str(value)), key
+    assert params["weighting"] == "equal" and params["model_name"] == cand.model_name  # resolved defaults too
+    _check_history(client, cand)
+    metrics = child.data.metrics
+    for task in ("income", "never_married"):
+        assert metrics[f"test/{task}/auc"] == pytest_approx(cand.result.test_metrics[task]["auc"])
+        assert f"test/{task}/logloss" in metrics
+    assert metrics["test/score"] == pytest_approx(cand.result.test_score)
+    assert metrics["val/score"] == pytest_approx(cand.val_score)
+    # the key metrics under short names on the model run, and per model on the parent (the runs table's row)
+    assert metrics["income_auc"] == metrics["test/income/auc"] and metrics["score"] == metrics["test/score"]
+    assert parent.data.metrics[f"income_auc/{cand.model_name}"] == metrics["income_auc"]
+    assert any(k.startswith("system/") for k in metrics)  # psutil is installed here
+    files = _artifact_paths(client, cand.run_id)
+    # the config lives on the parent run (config.json above); the model run holds what its steps wrote
+    assert {"feature_spec.json", "params.json", "metrics.json", "onnx/model.onnx",
+            "plots/training_curves.png", "plots/roc_income.png", "plots/roc_never_married.png"} <= files, files
+
+
+def _check_version(client: Any, run: PipelineRun, cand: Candidate) -> None:
+    from workflow import registry
+
+    mv = client.get_model_version(MODEL_NAME, cand.version)
+    assert mv.run_id == cand.run_id
+    assert mv.tags[registry.TAG["architecture"]] == cand.model_name
+    assert mv.tags[registry.TAG["pipeline_run_id"]] == run.pipeline_run_id
+    assert float(mv.tags["metric.test_score"]) == pytest_approx(cand.result.test_score)
+    assert float(mv.tags["metric.val_score"]) == pytest_approx(cand.val_score)
+    assert float(mv.tags["metric.test/income/auc"]) == pytest_approx(cand.result.test_metrics["income"]["auc"])
+    model = client.get_logged_model(cand.model_uri.split("/", 1)[1])
+    assert model.source_run_id == cand.run_id and model.experiment_id == run.tracking.experiment_id
+
+
+def _check_promotion(client: Any, run: PipelineRun) -> None:
+    """The challenger is the newest version; the champion the best on validation, its test score reported."""
+    from workflow import registry
 
     versions = [c.version for c in run.candidates]
     assert str(client.get_model_version_by_alias(MODEL_NAME, "challenger").version) == max(versions, key=int)
@@ -312,48 +332,7 @@ def check_promotion_rules(run: PipelineRun) -> None:
     assert client.get_model_version(MODEL_NAME, better.version).tags["mtlp.rollback.by"] == "oncall"
 
 
-# ---- servers -------------------------------------------------------------------------------------------------
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_http(url: str, proc: subprocess.Popen, timeout: float, log_path: Path) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}")
-        with contextlib.suppress(OSError):
-            with urllib.request.urlopen(url, timeout=2) as r:
-                if r.status == 200:
-                    return
-        time.sleep(0.5)
-    raise TimeoutError(f"{url} did not answer within {timeout}s:\n{log_path.read_text()[-3000:]}")
-
-
-@contextlib.contextmanager
-def background(cmd: list[str], log_path: Path, env: Optional[dict] = None):
-    """A server process in its own process group; stopped (TERM, then KILL) on exit."""
-    import signal
-
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
-                                cwd=str(REPO))
-    try:
-        yield proc
-    finally:
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=15)
-
+# ---- the champion behind a server ----------------------------------------------------------------------------
 
 @contextlib.contextmanager
 def serve_champion(run: PipelineRun, log_path: Path, timeout: float = 180, plain_mlflow: bool = False):
@@ -370,23 +349,6 @@ def serve_champion(run: PipelineRun, log_path: Path, timeout: float = 180, plain
     with background(cmd, log_path, env=env) as proc:
         wait_http(f"http://127.0.0.1:{port}/ping", proc, timeout, log_path)
         yield f"http://127.0.0.1:{port}", proc
-
-
-def post(url: str, body: bytes, content_type: str = "application/json", timeout: float = 120) -> tuple[int, bytes]:
-    """POST ``body``; ``(status, response body)`` for 2xx and HTTP errors alike."""
-    import urllib.error
-
-    request = urllib.request.Request(url, data=body, headers={"Content-Type": content_type})
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as r:
-            return r.status, r.read()
-    except urllib.error.HTTPError as err:
-        return err.code, err.read()
-
-
-def mlflow_bin() -> list[str]:
-    exe = Path(sys.executable).with_name("mlflow")
-    return [str(exe)] if exe.exists() else [sys.executable, "-m", "mlflow"]
 
 
 _EMBEDDED: list[PipelineRun] = []

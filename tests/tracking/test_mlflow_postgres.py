@@ -8,9 +8,9 @@ import pytest
 pytest.importorskip("mlflow")
 pytest.importorskip("psycopg2")
 
-from _mlflow_helpers import (background, check_champion_parity, check_layout, check_promotion_rules,  # noqa: E402
-                             free_port, mlflow_bin, quiet_mlflow, raw_test_rows, run_pipeline,
-                             wait_http)
+from _mlflow_helpers import (check_champion_parity, check_layout, check_promotion_rules, quiet_mlflow,  # noqa: E402
+                             raw_test_rows, run_pipeline)
+from _servers import background, free_port, mlflow_bin, wait_http  # noqa: E402
 
 from workflow import serving# noqa: E402
 from workflow import tracking# noqa: E402

@@ -17,7 +17,8 @@ import pytest
 pytest.importorskip("mlflow")
 
 from _mlflow_helpers import (REPO, check_champion_parity, check_layout, check_promotion_rules,  # noqa: E402
-                             embedded_pipeline, free_port, prepared_adult, quiet_mlflow, seed_store)
+                             embedded_pipeline, prepared_adult, quiet_mlflow, seed_store)
+from _servers import free_port  # noqa: E402
 
 from workflow.reports import plots# noqa: E402
 from workflow import tracking# noqa: E402

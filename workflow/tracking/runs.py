@@ -39,21 +39,9 @@ def find_parent_run(client: Any, experiment_id: str, pipeline_run_id: str) -> Op
     return runs[0].info.run_id if runs else None
 
 
-def start_parent_run(tracking: Tracking, pipeline_run_id: str, *, dataset: Optional[str] = None,
-                     raw_sha256: Optional[Mapping[str, str]] = None, config: Optional[Mapping[str, Any]] = None,
-                     git_commit_id: Optional[str] = None, run_name: Optional[str] = None,
-                     extra_tags: Optional[Mapping[str, Any]] = None, reuse: bool = True) -> str:
-    """Create (or, with ``reuse``, find) the pipeline run's parent run and return its id.
-
-    The config is stored as a tag (JSON, truncated to MLflow's limit), as flattened ``config.*`` params and as
-    the ``config.json`` artifact; raw-file hashes as one JSON tag and one tag per file.
-    """
-    client = tracking.client
-    if reuse:
-        existing = find_parent_run(client, tracking.experiment_id, pipeline_run_id)
-        if existing:
-            return existing
-    commit = git_commit_id if git_commit_id is not None else git_commit()
+def _parent_tags(pipeline_run_id: str, commit: Optional[str], dataset: Optional[str],
+                 raw_sha256: Optional[Mapping[str, str]], config: Optional[Mapping[str, Any]]) -> dict[str, Any]:
+    """The parent run's tags: pipeline run id, role, commit, dataset, raw-file hashes (JSON + one per file), config."""
     tags: dict[str, Any] = {TAGS["pipeline_run_id"]: pipeline_run_id, TAGS["role"]: "pipeline"}
     if commit:
         tags[TAGS["git_commit"]] = commit
@@ -62,20 +50,36 @@ def start_parent_run(tracking: Tracking, pipeline_run_id: str, *, dataset: Optio
         tags[TAGS["dataset"]] = dataset
     if raw_sha256:
         tags[TAGS["raw_sha256"]] = json.dumps(dict(raw_sha256), sort_keys=True)
-        for name, digest in raw_sha256.items():
-            tags[f"{TAGS['raw_sha256']}.{name}"] = digest
+        tags.update({f"{TAGS['raw_sha256']}.{name}": digest for name, digest in raw_sha256.items()})
     if config is not None:
-        config = mask_credentials(config)
         tags[TAGS["config"]] = json.dumps(config, sort_keys=True, default=str)
-    tags.update(extra_tags or {})
+    return tags
+
+
+def start_parent_run(tracking: Tracking, pipeline_run_id: str, *, dataset: Optional[str] = None,
+                     raw_sha256: Optional[Mapping[str, str]] = None, config: Optional[Mapping[str, Any]] = None,
+                     git_commit_id: Optional[str] = None, run_name: Optional[str] = None,
+                     extra_tags: Optional[Mapping[str, Any]] = None, reuse: bool = True) -> str:
+    """Create (or, with ``reuse``, find) the pipeline run's parent run and return its id.
+
+    The config (passwords masked) is stored as a tag (JSON, truncated to MLflow's limit), as flattened
+    ``config.*`` params and as the ``config.json`` artifact; raw-file hashes as one JSON tag and one tag per file.
+    """
+    client = tracking.client
+    existing = find_parent_run(client, tracking.experiment_id, pipeline_run_id) if reuse else None
+    if existing:
+        return existing
+    config = mask_credentials(config) if config is not None else None
+    commit = git_commit_id if git_commit_id is not None else git_commit()
+    tags = {**_parent_tags(pipeline_run_id, commit, dataset, raw_sha256, config), **(extra_tags or {})}
     tags = {k: str(v)[:MAX_TAG_VALUE] for k, v in tags.items()}
     run = retry_call(client.create_run, tracking.experiment_id, tags=tags,
                      run_name=run_name or f"pipeline-{pipeline_run_id}")
-    run_id = run.info.run_id
     if config is not None:
-        log_params(client, run_id, flatten_params(config, prefix="config"))
-        retry_call(client.log_text, run_id, json.dumps(config, indent=2, sort_keys=True, default=str), "config.json")
-    return run_id
+        log_params(client, run.info.run_id, flatten_params(config, prefix="config"))
+        retry_call(client.log_text, run.info.run_id, json.dumps(config, indent=2, sort_keys=True, default=str),
+                   "config.json")
+    return run.info.run_id
 
 
 def create_child_run(client: Any, parent_run_id: str, run_name: str, role: str = "train",
