@@ -155,7 +155,7 @@ def train_step(prepared_dir: PathLike, model_name: str, out_dir: PathLike, model
         callback = tracking.MlflowCallback(model_run_id, client=client)
         result = train(prepared_dir, model_name, out_dir, params=params, n_epoch=n_epoch, patience=patience,
                        device=device, seed=seed, callbacks=[callback])
-        tracking.log_train_result(client, model_run_id, result, log_history=False)
+        tracking.log_train_result(client, model_run_id, result, log_history=False)  # logs out_dir/plots/*.png
         if single_task:
             _single_task_baselines(client, model_run_id, prepared_dir, model_name, work_dir, params, n_epoch,
                                    patience, device, seed)
