@@ -1,5 +1,5 @@
 """Part 7: scale on synthetic-funnel: ``workflow.data.prepare`` at 1M and 10M rows, then one epoch of MMOE
-(the pipeline's default architecture, ``workflow.training.train.split_loader`` + ``MTLTrainer``, batch 4096): rows/s
+(the pipeline's default architecture, ``workflow.training.artifacts.split_loader`` + ``MTLTrainer``, batch 4096): rows/s
 and peak RSS, each phase in its own process so that its peak (VmHWM) is its own.
 
 Data in memory = rows x bytes per row of the written columns (as bench/bench_prepare.py counts it). With

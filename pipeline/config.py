@@ -74,7 +74,7 @@ class TrackingConfig:
 
 @dataclass
 class PromotionConfig:
-    metric: str = "test_score"
+    metric: str = "val_score"  # validation: what promotion selects and guards on (test is reported)
     margin: float = 0.0
 
 

@@ -1,5 +1,6 @@
 """Shared by the MLflow tests: quiet MLflow, one prepared Adult per test process, a tiny two-model pipeline run
-and the checks of what it left in the tracking store and the registry (the same checks for every backend)."""
+driven through the graph's own step functions (``workflow.steps``) and the checks of what it left in the
+tracking store and the registry (the same checks for every backend)."""
 
 from __future__ import annotations
 
@@ -7,17 +8,13 @@ import contextlib
 import json
 import logging
 import os
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
 import pandas as pd
+from _servers import background, free_port, mlflow_bin, wait_http
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL_NAME = "adult-mtl"
@@ -41,7 +38,7 @@ _TEMPLATE_DB: list[Path] = []
 
 
 def seed_store(work_dir: Path) -> Path:
-    """Copy an already-migrated empty ``mlflow.db`` into ``work_dir`` (creating the schema costs ~10 s a time)."""
+    """Copy an already-migrated empty ``mlflow.db`` into ``work_dir`` (creating the schema is slow: docs/mlflow.md)."""
     import shutil
     import tempfile
 
@@ -85,8 +82,24 @@ def prepared_adult(adult_dir: Path, root: Path) -> Path:
 
 
 def raw_test_rows(adult_dir: Path, nrows: Optional[int] = None) -> pd.DataFrame:
-    from workflow.serving import read_adult_raw
-    return read_adult_raw(adult_dir / "adult.test", nrows=nrows)
+    """Raw ``adult.test`` rows as a client sends them: the data package's reader (strings as the file spells them,
+    ``?`` kept), its numeric columns as numbers."""
+    from workflow.data.datasets import adult
+
+    frame = adult.read_adult_file(adult_dir / "adult.test")
+    frame = frame.head(nrows) if nrows is not None else frame
+    return frame.astype({c: "int64" for c in adult.DENSE})
+
+
+@dataclass
+class Candidate:
+    """One model of the run as the steps left it: its run, training result, version and logged model."""
+    model_name: str
+    run_id: str
+    result: Any          # workflow.training.train.TrainResult, from train_step
+    version: str         # from register_step
+    model_uri: str       # the registered version's source: the logged pyfunc, models:/m-...
+    val_score: float     # metrics.json's val_score (what promotion selected on)
 
 
 @dataclass
@@ -95,31 +108,47 @@ class PipelineRun:
     parent_run_id: str
     pipeline_run_id: str
     candidates: list
-    decision: Any
+    decision: dict       # promote_step's answer
     prepared: Path
     work: Path
+    summary: str
 
 
-def run_pipeline(trk: Any, prepared: Path, work: Path, raw_example: pd.DataFrame,
+def _model_branch(trk: Any, work: Path, prepared: Path, name: str, params: dict, pipeline_run_id: str,
+                  raw_example: pd.DataFrame) -> Candidate:
+    """One per-model branch of the graph: start_model_run -> train -> export -> register (evaluate runs beside)."""
+    from workflow import steps
+
+    run_id = steps.start_model_run(pipeline_run_id, trk.experiment_name, name, work, trk.uri)
+    result = steps.train_step(prepared, name, work / name, run_id, work, fixed_params=params, n_epoch=N_EPOCH,
+                              patience=N_EPOCH, device="cpu", seed=3, tracking_uri=trk.uri)
+    steps.export_step(work / name, prepared, run_id, work, trk.uri)
+    version = steps.register_step(work / name, run_id, MODEL_NAME, work, pipeline_run_id, trk.uri,
+                                  input_example=raw_example)
+    saved = json.loads((work / name / "metrics.json").read_text())
+    source = trk.client.get_model_version(MODEL_NAME, version).source
+    return Candidate(name, run_id, result, version, source, float(saved.get("val_score", float("nan"))))
+
+
+def run_pipeline(trk: Any, adult_dir: Path, work: Path, raw_example: pd.DataFrame,
                  pipeline_run_id: str = "pr-0001") -> PipelineRun:
-    """prepare (given) -> train two tiny models in child runs -> register -> promote the best."""
-    from workflow import candidates
-    from workflow import tracking
-    from workflow.data.feature_spec import FeatureSpec
+    """The graph's steps, in its order, on Adult: start -> prepare -> per model (start_model_run, train, evaluate,
+    export, register) -> promote -> summary; the same functions the KFP components call (pipeline/ops.py)."""
+    from workflow import steps
 
-    spec = FeatureSpec.load(prepared / "feature_spec.json")
-    config = {"experiment": trk.experiment_name, "dataset": spec.dataset, "models": MODELS,
-              "train": {"n_epoch": N_EPOCH, "patience": N_EPOCH}, "promotion": {"metric": "test_score", "margin": 0.0}}
-    parent = tracking.start_parent_run(trk, pipeline_run_id, dataset=spec.dataset, raw_sha256=spec.raw_sha256,
-                                       config=config)
-    cands = []
+    config = {"tracking": {"experiment": trk.experiment_name}, "dataset": {"name": "adult", "seed": 7},
+              "models": MODELS, "train": {"n_epoch": N_EPOCH, "patience": N_EPOCH},
+              "promotion": {"metric": "val_score", "margin": 0.0}}
+    parent = steps.start_pipeline_run(config, work, pipeline_run_id, trk.uri, trk.experiment_name)
+    prepared = work / "prepared"
+    steps.prepare_step("adult", prepared, str(adult_dir), 7, 0.1, {}, parent, work, trk.uri)
+    cands, results = [], {}
     for name, params in MODELS.items():
-        cands.append(candidates.train_candidate(
-            trk, parent, prepared, name, work / name, params=params, n_epoch=N_EPOCH, patience=N_EPOCH,
-            device="cpu", seed=3, registered_model=MODEL_NAME, raw_example=raw_example, config=config))
-    decision = candidates.finish_pipeline_run(trk, parent, cands, work / "comparison", registered_model=MODEL_NAME)
-    tracking.end_run(trk.client, parent)
-    return PipelineRun(trk, parent, pipeline_run_id, cands, decision, prepared, work)
+        cands.append(_model_branch(trk, work, prepared, name, params, pipeline_run_id, raw_example))
+        results[name] = steps.report_step(work / name, work / f"{name}.html")
+    decision = steps.promote_step([c.version for c in cands], MODEL_NAME, work, tracking_uri=trk.uri)
+    summary = steps.summary_step(parent, results, decision, MODEL_NAME, work, work / "summary-out.md", trk.uri)
+    return PipelineRun(trk, parent, pipeline_run_id, cands, decision, prepared, work, summary)
 
 
 def _artifact_paths(client: Any, run_id: str, path: Optional[str] = None) -> set[str]:
@@ -136,10 +165,17 @@ def check_layout(run: PipelineRun) -> None:
     """Parent/child runs, params, per-epoch history, artifacts, versions with tags, aliases, promotion tags."""
     from mlflow import MlflowClient
 
-    from workflow import registry
+    client = MlflowClient(run.tracking.uri, run.tracking.uri)
+    parent = _check_parent(client, run)
+    for cand in run.candidates:
+        _check_model_run(client, run, parent, cand)
+        _check_version(client, run, cand)
+    _check_promotion(client, run)
+
+
+def _check_parent(client: Any, run: PipelineRun) -> Any:
     from workflow import tracking
 
-    client = MlflowClient(run.tracking.uri, run.tracking.uri)
     parent = client.get_run(run.parent_run_id)
     tags = parent.data.tags
     assert tags[tracking.TAGS["pipeline_run_id"]] == run.pipeline_run_id
@@ -152,54 +188,77 @@ def check_layout(run: PipelineRun) -> None:
     assert parent.info.status == "FINISHED"
     parent_files = _artifact_paths(client, run.parent_run_id)
     assert {"config.json", "comparison/model_comparison.png", "comparison/comparison.json"} <= parent_files
-
     children = client.search_runs([run.tracking.experiment_id],
                                   filter_string=f"tags.mlflow.parentRunId = '{run.parent_run_id}'")
     assert sorted(c.data.tags[tracking.TAGS["model_name"]] for c in children) == sorted(MODELS)
-    for cand in run.candidates:
-        child = client.get_run(cand.run_id)
-        assert child.info.status == "FINISHED"
-        assert child.data.tags["mlflow.parentRunId"] == run.parent_run_id
-        assert child.data.tags[tracking.TAGS["pipeline_run_id"]] == run.pipeline_run_id
-        params = child.data.params
-        for key, value in MODELS[cand.model_name].items():
-            assert params[key] == (json.dumps(value) if isinstance(value, list) else str(value)), key
-        assert params["weighting"] == "equal" and params["model_name"] == cand.model_name  # resolved defaults too
-        # per-epoch history: one point per epoch for losses, validation metrics and weights
-        for key in ("train/loss", "train/income/loss", "train/never_married/loss", "val/income/auc",
-                    "val/never_married/logloss", "val/monitor", "weight/income", "weight/never_married"):
-            history = client.get_metric_history(cand.run_id, key)
-            assert sorted(m.step for m in history) == [h.get("epoch", i) for i, h in enumerate(cand.result.history)]
-            assert len(history) == N_EPOCH, key
-        want = {m.step: m.value for m in client.get_metric_history(cand.run_id, "train/loss")}
-        for i, h in enumerate(cand.result.history):
-            assert want[h.get("epoch", i)] == pytest_approx(h["train/loss"])
-        metrics = child.data.metrics
-        for task in ("income", "never_married"):
-            assert metrics[f"test/{task}/auc"] == pytest_approx(cand.result.test_metrics[task]["auc"])
-            assert f"test/{task}/logloss" in metrics
-        assert metrics["test/score"] == pytest_approx(cand.result.test_score)
-        # the key metrics under short names on the model run, and per model on the parent (the runs table's row)
-        assert metrics["income_auc"] == metrics["test/income/auc"] and metrics["score"] == metrics["test/score"]
-        assert parent.data.metrics[f"income_auc/{cand.model_name}"] == metrics["income_auc"]
-        assert any(k.startswith("system/") for k in metrics)  # psutil is installed here
-        files = _artifact_paths(client, cand.run_id)
-        assert {"feature_spec.json", "params.json", "metrics.json", "onnx/model.onnx", "config.json",
-                "plots/training_curves.png", "plots/roc_income.png", "plots/roc_never_married.png"} <= files, files
-        # registered version with its tags
-        mv = client.get_model_version(MODEL_NAME, cand.version)
-        assert mv.run_id == cand.run_id
-        assert mv.tags[registry.TAG["architecture"]] == cand.model_name
-        assert mv.tags[registry.TAG["pipeline_run_id"]] == run.pipeline_run_id
-        assert float(mv.tags["metric.test_score"]) == pytest_approx(cand.result.test_score)
-        assert float(mv.tags["metric.test/income/auc"]) == pytest_approx(cand.result.test_metrics["income"]["auc"])
-        model = client.get_logged_model(cand.model_uri.split("/", 1)[1])
-        assert model.source_run_id == cand.run_id and model.experiment_id == run.tracking.experiment_id
+    return parent
+
+
+def _check_history(client: Any, cand: Candidate) -> None:
+    """One point per epoch for losses, validation metrics and weights, the values the trainer saw."""
+    for key in ("train/loss", "train/income/loss", "train/never_married/loss", "val/income/auc",
+                "val/never_married/logloss", "val/monitor", "weight/income", "weight/never_married"):
+        history = client.get_metric_history(cand.run_id, key)
+        assert sorted(m.step for m in history) == [h.get("epoch", i) for i, h in enumerate(cand.result.history)]
+        assert len(history) == N_EPOCH, key
+    want = {m.step: m.value for m in client.get_metric_history(cand.run_id, "train/loss")}
+    for i, h in enumerate(cand.result.history):
+        assert want[h.get("epoch", i)] == pytest_approx(h["train/loss"])
+
+
+def _check_model_run(client: Any, run: PipelineRun, parent: Any, cand: Candidate) -> None:
+    from workflow import tracking
+
+    child = client.get_run(cand.run_id)
+    assert child.info.status == "FINISHED"
+    assert child.data.tags["mlflow.parentRunId"] == run.parent_run_id
+    assert child.data.tags[tracking.TAGS["pipeline_run_id"]] == run.pipeline_run_id
+    params = child.data.params
+    for key, value in MODELS[cand.model_name].items():
+        assert params[key] == (json.dumps(value) if isinstance(value, list) else str(value)), key
+    assert params["weighting"] == "equal" and params["model_name"] == cand.model_name  # resolved defaults too
+    _check_history(client, cand)
+    metrics = child.data.metrics
+    for task in ("income", "never_married"):
+        assert metrics[f"test/{task}/auc"] == pytest_approx(cand.result.test_metrics[task]["auc"])
+        assert f"test/{task}/logloss" in metrics
+    assert metrics["test/score"] == pytest_approx(cand.result.test_score)
+    assert metrics["val/score"] == pytest_approx(cand.val_score)
+    # the key metrics under short names on the model run, and per model on the parent (the runs table's row)
+    assert metrics["income_auc"] == metrics["test/income/auc"] and metrics["score"] == metrics["test/score"]
+    assert parent.data.metrics[f"income_auc/{cand.model_name}"] == metrics["income_auc"]
+    assert any(k.startswith("system/") for k in metrics)  # psutil is installed here
+    files = _artifact_paths(client, cand.run_id)
+    # the config lives on the parent run (config.json above); the model run holds what its steps wrote
+    assert {"feature_spec.json", "params.json", "metrics.json", "onnx/model.onnx",
+            "plots/training_curves.png", "plots/roc_income.png", "plots/roc_never_married.png"} <= files, files
+
+
+def _check_version(client: Any, run: PipelineRun, cand: Candidate) -> None:
+    from workflow import registry
+
+    mv = client.get_model_version(MODEL_NAME, cand.version)
+    assert mv.run_id == cand.run_id
+    assert mv.tags[registry.TAG["architecture"]] == cand.model_name
+    assert mv.tags[registry.TAG["pipeline_run_id"]] == run.pipeline_run_id
+    assert float(mv.tags["metric.test_score"]) == pytest_approx(cand.result.test_score)
+    assert float(mv.tags["metric.val_score"]) == pytest_approx(cand.val_score)
+    assert float(mv.tags["metric.test/income/auc"]) == pytest_approx(cand.result.test_metrics["income"]["auc"])
+    model = client.get_logged_model(cand.model_uri.split("/", 1)[1])
+    assert model.source_run_id == cand.run_id and model.experiment_id == run.tracking.experiment_id
+
+
+def _check_promotion(client: Any, run: PipelineRun) -> None:
+    """The challenger is the newest version; the champion the best on validation, its test score reported."""
+    from workflow import registry
 
     versions = [c.version for c in run.candidates]
     assert str(client.get_model_version_by_alias(MODEL_NAME, "challenger").version) == max(versions, key=int)
-    best = max(run.candidates, key=lambda c: c.result.test_score)
-    assert run.decision.promoted and run.decision.decision == "no_champion"
+    best = max(run.candidates, key=lambda c: c.val_score)  # selected on validation
+    assert run.decision["promoted"] and run.decision["decision"] == "no_champion"
+    assert run.decision["metric"] == "val_score" and run.decision["candidate_score"] == pytest_approx(best.val_score)
+    assert run.decision["candidate_test_score"] == pytest_approx(best.result.test_score)  # reported
+    assert f"(test_score, reported: candidate {best.result.test_score:.4f})" in run.summary
     assert str(client.get_model_version_by_alias(MODEL_NAME, "champion").version) == best.version
     assert client.get_model_version(MODEL_NAME, best.version).tags[registry.TAG["decision"]] == "no_champion"
 
@@ -246,15 +305,15 @@ def check_promotion_rules(run: PipelineRun) -> None:
     from workflow import registry
 
     client = MlflowClient(run.tracking.uri, run.tracking.uri)
-    worse, better = sorted(run.candidates, key=lambda c: c.result.test_score)
-    assert worse.result.test_score < better.result.test_score
+    worse, better = sorted(run.candidates, key=lambda c: c.val_score)  # the guard compares on validation
+    assert worse.val_score < better.val_score
     assert registry.champion_version(client, MODEL_NAME) == better.version
     d = registry.promote(client, MODEL_NAME, worse.version, user="ci")
     assert not d.promoted and d.decision == "rejected"
     assert registry.champion_version(client, MODEL_NAME) == better.version
     tags = client.get_model_version(MODEL_NAME, worse.version).tags
-    assert float(tags[registry.TAG["candidate_score"]]) == pytest_approx(worse.result.test_score)
-    assert float(tags[registry.TAG["champion_score"]]) == pytest_approx(better.result.test_score)
+    assert float(tags[registry.TAG["candidate_score"]]) == pytest_approx(worse.val_score)
+    assert float(tags[registry.TAG["champion_score"]]) == pytest_approx(better.val_score)
     assert tags[registry.TAG["decision"]] == "rejected" and tags[registry.TAG["by"]] == "ci"
 
     # make the worse one champion by hand, then the better one wins the guarded promotion
@@ -273,48 +332,7 @@ def check_promotion_rules(run: PipelineRun) -> None:
     assert client.get_model_version(MODEL_NAME, better.version).tags["mtlp.rollback.by"] == "oncall"
 
 
-# ---- servers -------------------------------------------------------------------------------------------------
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_http(url: str, proc: subprocess.Popen, timeout: float, log_path: Path) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}")
-        with contextlib.suppress(OSError):
-            with urllib.request.urlopen(url, timeout=2) as r:
-                if r.status == 200:
-                    return
-        time.sleep(0.5)
-    raise TimeoutError(f"{url} did not answer within {timeout}s:\n{log_path.read_text()[-3000:]}")
-
-
-@contextlib.contextmanager
-def background(cmd: list[str], log_path: Path, env: Optional[dict] = None):
-    """A server process in its own process group; stopped (TERM, then KILL) on exit."""
-    import signal
-
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
-                                cwd=str(REPO))
-    try:
-        yield proc
-    finally:
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=15)
-
+# ---- the champion behind a server ----------------------------------------------------------------------------
 
 @contextlib.contextmanager
 def serve_champion(run: PipelineRun, log_path: Path, timeout: float = 180, plain_mlflow: bool = False):
@@ -333,23 +351,6 @@ def serve_champion(run: PipelineRun, log_path: Path, timeout: float = 180, plain
         yield f"http://127.0.0.1:{port}", proc
 
 
-def post(url: str, body: bytes, content_type: str = "application/json", timeout: float = 120) -> tuple[int, bytes]:
-    """POST ``body``; ``(status, response body)`` for 2xx and HTTP errors alike."""
-    import urllib.error
-
-    request = urllib.request.Request(url, data=body, headers={"Content-Type": content_type})
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as r:
-            return r.status, r.read()
-    except urllib.error.HTTPError as err:
-        return err.code, err.read()
-
-
-def mlflow_bin() -> list[str]:
-    exe = Path(sys.executable).with_name("mlflow")
-    return [str(exe)] if exe.exists() else [sys.executable, "-m", "mlflow"]
-
-
 _EMBEDDED: list[PipelineRun] = []
 
 
@@ -358,10 +359,9 @@ def embedded_pipeline(adult_dir: Path, root: Path) -> PipelineRun:
     if not _EMBEDDED:
         from workflow import tracking
 
-        prepared = prepared_adult(adult_dir, root)
         work = seed_store(root / "embedded-work")
         trk = tracking.setup_tracking("adult-mtl-embedded", work_dir=work)
-        _EMBEDDED.append(run_pipeline(trk, prepared, work, raw_test_rows(adult_dir, nrows=5)))
+        _EMBEDDED.append(run_pipeline(trk, adult_dir, work, raw_test_rows(adult_dir, nrows=5)))
     from workflow.tracking import use_globally
     use_globally(_EMBEDDED[0].tracking.uri)  # other tests may have pointed MLflow elsewhere meanwhile
     return _EMBEDDED[0]

@@ -77,7 +77,7 @@ def test_report_and_summary(work_dir, tmp_path) -> None:
     client = client_for(work_dir)
     assert client.get_run(parent).info.status == "FINISHED"
     logged = {a.path for a in client.list_artifacts(parent, "comparison")}
-    assert logged == {"comparison/model_comparison.png"}
+    assert logged == {"comparison/model_comparison.png", "comparison/comparison.json"}
 
 
 def test_the_decision_in_plain_words() -> None:

@@ -149,7 +149,7 @@ def test_a_sixth_model_goes_through_search_train_and_export(gated_bottom: str, p
     from mlflow import MlflowClient
 
     from workflow import steps
-    from workflow.training.train import load_trained
+    from workflow.training.artifacts import load_trained
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.delenv("OPTUNA_STORAGE", raising=False)

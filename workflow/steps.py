@@ -14,6 +14,8 @@ import os
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Optional, Sequence
 
+from mtl_models.atomic import atomic_path
+
 from . import tracking
 from .data.feature_spec import SPEC_FILE, FeatureSpec
 
@@ -191,12 +193,13 @@ def export_step(trained_dir: PathLike, prepared_dir: PathLike, model_run_id: str
 
 def register_step(trained_dir: PathLike, model_run_id: str, registered_model: str, work_dir: PathLike,
                   pipeline_run_id: str, tracking_uri: Optional[str] = None, input_example: Any = None) -> str:
-    """Log the raw-rows pyfunc (ONNX inside) on the model run and register it as a candidate version.
+    """Log the raw-rows pyfunc (ONNX inside) on the model run and register it as a candidate version, tagged with
+    ``metric.val_score`` (what promotion selects on; only when the train step recorded it, never a stand-in) and
+    the test scores (reported).
 
     ``input_example``: a few raw rows as the raw data spells them (else made up from the feature spec).
     """
     from . import registry, serving
-    from .candidates import test_data_fingerprint
 
     trained_dir = Path(trained_dir)
     client, _ = tracking.open_client(work_dir, tracking_uri)
@@ -205,17 +208,18 @@ def register_step(trained_dir: PathLike, model_run_id: str, registered_model: st
     with _marks_failure(client, model_run_id):
         info = serving.log_candidate_model(client, model_run_id, trained_dir / "model.onnx", trained_dir / SPEC_FILE,
                                            input_example=input_example)
-        version = registry.register_candidate(client, registered_model, info.model_uri, run_id=model_run_id,
-                                              architecture=saved["model_name"], test_metrics=saved["test_metrics"],
-                                              test_score=saved["test_score"], pipeline_run_id=pipeline_run_id,
-                                              test_data_id=test_data_fingerprint(spec))
+        version = registry.register_candidate(
+            client, registered_model, info.model_uri, run_id=model_run_id, architecture=saved["model_name"],
+            test_metrics=saved["test_metrics"], test_score=saved["test_score"], val_score=saved.get("val_score"),
+            pipeline_run_id=pipeline_run_id, eval_data_id=registry.data_fingerprint(spec))
     tracking.end_run(client, model_run_id, "FINISHED")  # the model run's last step
     return str(version.version)
 
 
-def promote_step(versions: Sequence[str], registered_model: str, work_dir: PathLike, metric: str = "test_score",
+def promote_step(versions: Sequence[str], registered_model: str, work_dir: PathLike, metric: str = "val_score",
                  margin: float = 0.0, tracking_uri: Optional[str] = None) -> dict[str, Any]:
-    """The run's best candidate against the champion; returns the decision as a dict."""
+    """The run's best candidate by ``metric`` (validation) against the champion on the same validation data;
+    returns the decision as a dict, the test scores of both reported in it."""
     from dataclasses import asdict
 
     from . import registry
@@ -245,14 +249,18 @@ def _score(value: Any) -> str:
     return f"{value:.4f}" if isinstance(value, (int, float)) else "?"
 
 
-def describe_decision(decision: Mapping[str, Any], architectures: Mapping[str, str]) -> str:
-    """The promotion in plain words, models named by architecture and version, e.g. ``ple (v5) is now champion:
-    there was none`` or ``kept mmoe (v3): ple (v5) scored 0.6710 < 0.6750 + margin 0.002``."""
-    def name(version: Any) -> str:
-        return f"{architectures.get(str(version), 'version')} (v{version})"
+def _test_note(decision: Mapping[str, Any]) -> str:
+    """The test scores the decision reports (never compared): `` (test_score: candidate 0.7012, champion 0.6990)``."""
+    cand, champ = decision.get("candidate_test_score"), decision.get("champion_test_score")
+    if not isinstance(cand, (int, float)) or decision.get("metric") == "test_score":
+        return ""
+    return f" (test_score, reported: candidate {_score(cand)}" + (
+        f", champion {_score(champ)})" if isinstance(champ, (int, float)) else ")")
 
+
+def _decision_words(decision: Mapping[str, Any], name: Any) -> str:
     cand, champ = decision.get("candidate_version"), decision.get("champion_version")
-    metric, margin = decision.get("metric", "test_score"), float(decision.get("margin") or 0.0)
+    metric, margin = decision.get("metric", "val_score"), float(decision.get("margin") or 0.0)
     cs, hs = _score(decision.get("candidate_score")), _score(decision.get("champion_score"))
     kind = decision.get("decision")
     if kind == "no_champion":
@@ -264,10 +272,21 @@ def describe_decision(decision: Mapping[str, Any], architectures: Mapping[str, s
     if kind == "rejected":
         return f"kept {name(champ)}: {name(cand)} scored {metric} {cs} < {hs} + margin {margin:g}"
     if kind == "not_comparable":
-        return (f"kept {name(champ)}: {name(cand)} was tested on other data and the champion was not re-scored "
-                "on it")
+        return f"kept {name(champ)}: {name(cand)} was scored on other data and the champion was not re-scored on it"
     current = decision.get("current_champion")
     return f"champion: {name(current)}" if current else "no champion"
+
+
+def describe_decision(decision: Mapping[str, Any], architectures: Mapping[str, str]) -> str:
+    """The promotion in plain words, models named by architecture and version, e.g. ``ple (v5) is now champion:
+    there was none`` or ``kept mmoe (v3): ple (v5) scored val_score 0.6710 < 0.6750 + margin 0.002``, followed by
+    the test scores the decision reports (selection and the guard use validation only)."""
+    def name(version: Any) -> str:
+        return f"{architectures.get(str(version), 'version')} (v{version})"
+
+    words = _decision_words(decision, name)
+    return words + (_test_note(decision) if decision.get("decision") in ("promoted", "rejected", "no_champion",
+                                                                         "not_comparable") else "")
 
 
 def _load_ceiling(client: Any, parent_run_id: str, work_dir: PathLike) -> Optional[Mapping[str, Any]]:
@@ -322,11 +341,11 @@ def summary_step(parent_run_id: str, results: Mapping[str, Mapping[str, float]],
     lines += ["", f"Champion of `{registered_model}`: {words}.",
               "", f"MLflow store: `{tracking.mask_credentials(uri)}`"]
     text = "\n".join(lines) + "\n"
-    Path(out_md).write_text(text)
-    (Path(work_dir) / "summary.md").write_text(text)  # where `mtlp run` finds it
+    for path in (Path(out_md), Path(work_dir) / "summary.md"):  # the second is where `mtlp run` finds it
+        with atomic_path(path) as tmp:
+            tmp.write_text(text)
     tracking.retry_call(client.log_text, parent_run_id, text, "summary.md")
-    from .reports.plots import model_comparison
-    png = model_comparison(results, Path(work_dir) / "model_comparison.png", reference=_ceiling_metrics(ceiling) or None)
-    tracking.log_artifact_files(client, parent_run_id, [png], "comparison")
+    tracking.log_comparison(client, parent_run_id, results, Path(work_dir) / "comparison",
+                            reference=_ceiling_metrics(ceiling) or None)
     tracking.end_run(client, parent_run_id, "FINISHED")
     return text

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from _mlflow_helpers import background, free_port, mlflow_bin, quiet_mlflow, store_with_versions, wait_http
+from _mlflow_helpers import quiet_mlflow, store_with_versions
+from _servers import background, free_port, mlflow_bin, wait_http
 from _rel import PY, REPO, env
 
 pytestmark = [pytest.mark.reliability, pytest.mark.slow]

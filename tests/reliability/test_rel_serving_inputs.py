@@ -16,7 +16,8 @@ import pytest
 
 pytest.importorskip("mlflow")
 
-from _mlflow_helpers import post, quiet_mlflow, raw_test_rows  # noqa: E402
+from _mlflow_helpers import quiet_mlflow, raw_test_rows  # noqa: E402
+from _servers import post  # noqa: E402
 
 pytestmark = [pytest.mark.reliability, pytest.mark.slow]
 quiet_mlflow()
@@ -183,7 +184,8 @@ def test_number_where_a_string_is_expected_is_an_unseen_category(champion_server
 def test_the_cap_is_configurable_through_the_environment(champion_server, good, tmp_path):
     """A second server of the same champion with ``MTLP_MAX_REQUEST_BYTES=4096``: the 8-row request (under 4 KiB)
     is served, the same request padded to 5000 bytes gets the 413, plain and chunked."""
-    from _mlflow_helpers import MODEL_NAME, background, free_port, wait_http
+    from _mlflow_helpers import MODEL_NAME
+    from _servers import background, free_port, wait_http
 
     from workflow import serving
 

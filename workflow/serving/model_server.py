@@ -26,10 +26,11 @@ import json
 import logging
 import os
 import sys
+from pathlib import Path
 from typing import Any, Awaitable, Callable, Optional
 
 __all__ = ["DEFAULT_MAX_REQUEST_BYTES", "MAX_BYTES_ENV", "BodySizeLimit", "max_request_bytes", "build_app",
-           "app_from_env", "main"]
+           "app_from_env", "main", "serve_command", "serve_environment"]
 
 DEFAULT_MAX_REQUEST_BYTES = 16 * 1024 * 1024
 MAX_BYTES_ENV = "MTLP_MAX_REQUEST_BYTES"
@@ -200,6 +201,29 @@ def main(argv: Optional[list[str]] = None) -> int:
     uvicorn.run("workflow.serving.model_server:app_from_env", factory=True, host=args.host, port=args.port,
                 workers=args.workers)
     return 0
+
+
+def serve_command(model_uri: str, port: int, host: str = "127.0.0.1", workers: int = 1,
+                  max_request_bytes: Optional[int] = None) -> list[str]:
+    """The model server in this environment: ``python -m workflow.serving.model_server``, MLflow's scoring app (what
+    ``mlflow models serve --env-manager local`` runs) behind a request body cap (413 above it; default
+    ``$MTLP_MAX_REQUEST_BYTES`` or 16 MiB)."""
+    cmd = [sys.executable, "-m", "workflow.serving.model_server", "-m", model_uri, "--host", host, "-p", str(port),
+           "-w", str(workers)]
+    if max_request_bytes is not None:
+        cmd += ["--max-request-bytes", str(max_request_bytes)]
+    return cmd
+
+
+def serve_environment(base: Optional[dict] = None, tracking_uri: Optional[str] = None) -> dict:
+    """Environment for the serve command: this interpreter's ``bin`` first on PATH (as ``mlflow models serve``
+    needs to find ``uvicorn``); ``tracking_uri`` for ``models:/`` URIs."""
+    env = dict(os.environ if base is None else base)
+    bindir = str(Path(sys.executable).parent)
+    env["PATH"] = bindir + os.pathsep + env.get("PATH", "")
+    if tracking_uri:
+        env["MLFLOW_TRACKING_URI"] = tracking_uri
+    return env
 
 
 if __name__ == "__main__":

@@ -17,7 +17,8 @@ import pytest
 pytest.importorskip("mlflow")
 
 from _mlflow_helpers import (REPO, check_champion_parity, check_layout, check_promotion_rules,  # noqa: E402
-                             embedded_pipeline, free_port, prepared_adult, quiet_mlflow, seed_store)
+                             embedded_pipeline, prepared_adult, quiet_mlflow, seed_store)
+from _servers import free_port  # noqa: E402
 
 from workflow.reports import plots# noqa: E402
 from workflow import tracking# noqa: E402
@@ -272,7 +273,7 @@ def test_model_metrics_under_short_names_on_the_model_run_and_its_parent(trk, tm
                                  test_metrics={"click": {"auc": click, "logloss": 0.3}, "conversion": {"auc": conv}},
                                  test_score=(click + conv) / 2, best_epoch=2, best_score=0.7, n_parameters=10,
                                  train_seconds=1.0, history=[], out_dir=tmp_path / name)
-        final = tracking.log_train_result(client, run_id, result, plots=False, log_history=False)
+        final = tracking.log_train_result(client, run_id, result, log_history=False)
         child = client.get_run(run_id).data.metrics
         assert child["click_auc"] == final["click_auc"] == click and child["score"] == pytest.approx((click + conv) / 2)
         assert "click_logloss" not in child and child["test/click/logloss"] == 0.3
@@ -289,6 +290,36 @@ def test_model_metrics_under_short_names_on_the_model_run_and_its_parent(trk, tm
     view = json.loads(client.get_experiment(trk.experiment_id).tags[tracking.VIEW_TAG])
     assert view["selectedColumns"][:3] == ["metrics.`click_auc`", "metrics.`conversion_auc`", "metrics.`score`"]
     assert "metrics.`score/ple`" in view["selectedColumns"] and view["runsExpanded"] == {parent: True}
+
+
+def test_train_result_logs_the_plots_the_train_step_drew_and_draws_none(trk, tmp_path, monkeypatch):
+    """Only the PNG files in ``<out_dir>/plots/`` are logged (under ``plots/``); nothing is drawn or inferred."""
+    from types import SimpleNamespace
+
+    from workflow.reports import plots as plotting
+
+    def no_drawing(*args, **kwargs):
+        raise AssertionError("log_train_result drew a figure")
+
+    for name in ("training_curves", "roc_curves", "model_comparison"):
+        monkeypatch.setattr(plotting, name, no_drawing)
+    out = tmp_path / "trained"
+    (out / "plots").mkdir(parents=True)
+    for name in ("training_curves.png", "roc_click.png"):
+        (out / "plots" / name).write_bytes(b"\x89PNG\r\n\x1a\n" + name.encode())
+    (out / "plots" / "notes.txt").write_text("not a plot")
+    (out / "metrics.json").write_text("{}")
+    before = sorted(p.relative_to(out) for p in out.rglob("*"))
+    result = SimpleNamespace(model_name="mmoe", params={"lr": 0.01}, test_metrics={"click": {"auc": 0.7}},
+                             test_score=0.7, val_score=0.72, best_epoch=1, best_score=0.72, n_parameters=10,
+                             train_seconds=1.0, history=[{"epoch": 0, "train/loss": 0.5}], out_dir=out)
+    run_id = trk.client.create_run(trk.experiment_id).info.run_id
+    final = tracking.log_train_result(trk.client, run_id, result)
+    logged = sorted(a.path for a in trk.client.list_artifacts(run_id, "plots"))
+    assert logged == ["plots/roc_click.png", "plots/training_curves.png"]
+    assert sorted(p.relative_to(out) for p in out.rglob("*")) == before  # nothing written beside them
+    assert final["val/score"] == 0.72 and final["test/score"] == 0.7
+    assert [m.value for m in trk.client.get_metric_history(run_id, "train/loss")] == [0.5]  # no callback ran
 
 
 def test_comparison_figure_shows_key_metrics_at_ui_width(tmp_path):

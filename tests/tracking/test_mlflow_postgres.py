@@ -8,9 +8,9 @@ import pytest
 pytest.importorskip("mlflow")
 pytest.importorskip("psycopg2")
 
-from _mlflow_helpers import (background, check_champion_parity, check_layout, check_promotion_rules,  # noqa: E402
-                             free_port, mlflow_bin, prepared_adult, quiet_mlflow, raw_test_rows, run_pipeline,
-                             wait_http)
+from _mlflow_helpers import (check_champion_parity, check_layout, check_promotion_rules, quiet_mlflow,  # noqa: E402
+                             raw_test_rows, run_pipeline)
+from _servers import background, free_port, mlflow_bin, wait_http  # noqa: E402
 
 from workflow import serving# noqa: E402
 from workflow import tracking# noqa: E402
@@ -20,7 +20,7 @@ quiet_mlflow()
 
 @pytest.mark.postgres
 @pytest.mark.slow
-def test_pipeline_run_against_mlflow_server_on_postgres(postgres, adult_dir, tmp_path, tmp_path_factory):
+def test_pipeline_run_against_mlflow_server_on_postgres(postgres, adult_dir, tmp_path):
     import mlflow
 
     db_uri = postgres.create_database("mlflow_e2e")
@@ -34,9 +34,8 @@ def test_pipeline_run_against_mlflow_server_on_postgres(postgres, adult_dir, tmp
     try:
         with background(cmd, tmp_path / "server.log", env=serving.serve_environment()) as proc:
             wait_http(url + "/health", proc, 240, tmp_path / "server.log")
-            prepared = prepared_adult(adult_dir, tmp_path_factory.getbasetemp())
             trk = tracking.setup_tracking("adult-mtl-server", uri=url, work_dir=tmp_path / "work")
-            run = run_pipeline(trk, prepared, tmp_path / "work", raw_test_rows(adult_dir, nrows=5),
+            run = run_pipeline(trk, adult_dir, tmp_path / "work", raw_test_rows(adult_dir, nrows=5),
                                pipeline_run_id="pr-pg-1")
             # the runs live in PostgreSQL, the artifacts went through the server into its destination folder
             assert trk.client.get_run(run.parent_run_id).info.artifact_uri.startswith("mlflow-artifacts:/")

@@ -1,5 +1,5 @@
-"""Registry rules on the embedded store: candidate versions and tags, challenger, guarded promotion (metric,
-margin, direction, same test data), manual promotion, rollback with who/when/why, the CLI, concurrency."""
+"""Registry rules on the embedded store: candidate versions and tags, challenger, guarded promotion (selected and
+compared on validation, test reported; margin, direction, same data), manual promotion, rollback with who/when/why, the CLI, concurrency."""
 
 from __future__ import annotations
 
@@ -30,13 +30,18 @@ def env(tmp_path, monkeypatch):
     return trk, str(source), tmp_path
 
 
-def add(trk, source, score, *, arch="mmoe", test_data="td-1", logloss=None, pipeline="pr-1"):
-    """A candidate version whose recorded metrics are ``score`` (a registry-only test: no model behind it)."""
+_SAME = object()
+
+
+def add(trk, source, score, *, val=_SAME, arch="mmoe", test_data="td-1", logloss=None, pipeline="pr-1"):
+    """A candidate version whose recorded test metrics are ``score`` and validation score ``val`` (default: the
+    same number; None: not recorded). A registry-only test: no model behind it."""
     metrics = {"income": {"auc": score, "logloss": logloss if logloss is not None else 1 - score}}
     run = trk.client.create_run(trk.experiment_id)
     return registry.register_candidate(trk.client, NAME, source, run_id=run.info.run_id, architecture=arch,
-                                       test_metrics=metrics, test_score=score, pipeline_run_id=pipeline,
-                                       test_data_id=test_data).version
+                                       test_metrics=metrics, test_score=score,
+                                       val_score=score if val is _SAME else val, pipeline_run_id=pipeline,
+                                       eval_data_id=test_data).version
 
 
 def champion(trk):
@@ -50,7 +55,8 @@ def test_register_tags_and_challenger(env):
     mv = trk.client.get_model_version(NAME, v2)
     assert mv.tags["mtlp.architecture"] == "ple" and mv.tags["mtlp.pipeline_run_id"] == "pr-7"
     assert float(mv.tags["metric.test_score"]) == 0.72 and float(mv.tags["metric.test/income/auc"]) == 0.72
-    assert mv.tags["mtlp.test_data"] == "td-1" and mv.run_id == mv.tags["mtlp.run_id"]
+    assert float(mv.tags["metric.val_score"]) == 0.72
+    assert mv.tags["mtlp.eval_data"] == "td-1" and mv.run_id == mv.tags["mtlp.run_id"]
     assert str(trk.client.get_model_version_by_alias(NAME, "challenger").version) == str(v2) != str(v1)
     assert champion(trk) is None  # registering never moves the champion
 
@@ -116,6 +122,55 @@ def test_promote_best_of_a_pipeline_run(env):
     versions = [add(trk, src, s) for s in (0.71, 0.74, 0.72)]
     d = registry.promote_best(trk.client, NAME, versions)
     assert d.promoted and d.candidate_version == str(versions[1]) and champion(trk) == str(versions[1])
+
+
+def test_selection_is_on_validation_and_test_is_only_reported(env):
+    """Of one run's candidates the better validation score wins though its test score is worse; the decision
+    reports both test scores."""
+    trk, src, _ = env
+    good_val = add(trk, src, 0.70, val=0.80)   # better validation, worse test
+    good_test = add(trk, src, 0.78, val=0.75)  # worse validation, better test
+    d = registry.promote_best(trk.client, NAME, [good_test, good_val])
+    assert d.metric == "val_score" and d.candidate_version == str(good_val) and champion(trk) == str(good_val)
+    assert (d.candidate_score, d.candidate_test_score) == (0.80, 0.70)
+
+
+def test_the_guard_compares_validation_scores(env):
+    """Against the champion: a better test but worse validation score loses, the reverse wins."""
+    trk, src, _ = env
+    champ = add(trk, src, 0.70, val=0.80)
+    registry.promote(trk.client, NAME, champ)
+    worse_val = add(trk, src, 0.90, val=0.78)
+    d = registry.promote(trk.client, NAME, worse_val)
+    assert not d.promoted and d.decision == "rejected" and champion(trk) == str(champ)
+    assert (d.candidate_score, d.champion_score) == (0.78, 0.80)
+    assert (d.candidate_test_score, d.champion_test_score) == (0.90, 0.70)  # reported, not compared
+    better_val = add(trk, src, 0.60, val=0.82)
+    d = registry.promote(trk.client, NAME, better_val)
+    assert d.promoted and champion(trk) == str(better_val) and d.champion_test_score == 0.70
+    audit = json.loads(trk.client.get_registered_model(NAME).tags["mtlp.audit"])
+    assert audit[-1]["metric"] == "val_score" and audit[-1]["candidate_test_score"] == 0.60
+
+
+def test_a_missing_validation_score_is_never_replaced_by_test(env):
+    trk, src, _ = env
+    v = add(trk, src, 0.9, val=None)
+    assert "metric.val_score" not in trk.client.get_model_version(NAME, v).tags
+    with pytest.raises(registry.RegistryError, match="metric.val_score"):
+        registry.promote(trk.client, NAME, v)
+    assert champion(trk) is None
+
+
+def test_data_fingerprint_covers_validation_and_test_rows():
+    from types import SimpleNamespace
+
+    def spec(val_rows, test_rows=100):
+        return SimpleNamespace(dataset="adult", raw_sha256={"a": "1"}, split={"val_fraction": 0.1}, options={},
+                               seed=7, rows={"train": 900, "val": val_rows, "test": test_rows}, labels=[])
+
+    assert registry.data_fingerprint(spec(10)) == registry.data_fingerprint(spec(10))
+    assert registry.data_fingerprint(spec(10)) != registry.data_fingerprint(spec(11))
+    assert registry.data_fingerprint(spec(10)) != registry.data_fingerprint(spec(10, test_rows=99))
 
 
 def test_manual_promotion_and_rollback_record_who_when_why(env):

@@ -133,7 +133,7 @@ labels:
 """
 
 
-@pytest.mark.slow  # trains, exports and logs a model (95 s measured on the shared, loaded 2-core machine)
+@pytest.mark.slow  # trains, exports and logs a model (timing in docs/mlflow.md)
 def test_numeric_category_ids_score_as_pandas_reads_them(shared_data, tmp_path):
     """Columns named 101 / 109_14 / 205 holding integer ids (the AliExpress sample's values), named unquoted in the
     schema: the prepare step records them as ``long``, and the logged pyfunc scores the rows ``pd.read_csv`` gives
