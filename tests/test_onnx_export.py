@@ -8,13 +8,13 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from mtl_models import export_onnx
+from mtl_models import export_onnx, zoo
 from mtl_models.onnx_export import OUTPUT_NAME, example_inputs
 
-from test_models import BUILDERS, build
+from test_models import build
 
 
-@pytest.fixture(scope="module", params=list(BUILDERS))
+@pytest.fixture(scope="module", params=zoo.names())
 def exported(request, tmp_path_factory):
     torch.manual_seed(0)
     model = build(request.param).eval()

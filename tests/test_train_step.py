@@ -18,7 +18,8 @@ from workflow.training.export import export
 from workflow.training.train import train
 
 SMALL = {"embed_dim": 4, "tower_dims": [8], "batch_size": 512}
-ARCH = {"esmm": {"bottom_dims": [16]}, "mmoe": {"n_expert": 2, "expert_dims": [16]}}
+ARCH = {"esmm": {"bottom_dims": [16]}, "mmoe": {"n_expert": 2, "expert_dims": [16]},
+        "ple": {"n_level": 1, "n_expert_specific": 1, "n_expert_shared": 1, "expert_dims": [16]}}
 
 
 @pytest.fixture(scope="module")
