@@ -93,6 +93,8 @@ def test_the_decision_in_plain_words() -> None:
         "ple (v5) is now champion: test_score 0.6900 >= mmoe (v3)'s 0.6750 + margin 0.002"
     assert steps.describe_decision({**base, "decision": "rejected", "champion_version": "5", "candidate_score": 0.69,
                                     "champion_score": 0.69}, names).startswith("kept ple (v5): the run's best")
+    assert steps.describe_decision({**base, "metric": "val_score", "decision": "unscored", "champion_version": None},
+                                   names) == "no champion: ple (v5) has no val_score (a validation metric is undefined, e.g. one class only)"
 
 
 def test_summary_shows_the_ceiling_row_when_the_spec_has_one(work_dir, tmp_path) -> None:

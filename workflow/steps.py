@@ -273,6 +273,9 @@ def _decision_words(decision: Mapping[str, Any], name: Any) -> str:
         return f"kept {name(champ)}: {name(cand)} scored {metric} {cs} < {hs} + margin {margin:g}"
     if kind == "not_comparable":
         return f"kept {name(champ)}: {name(cand)} was scored on other data and the champion was not re-scored on it"
+    if kind == "unscored":
+        kept = f"kept {name(champ)}" if champ else "no champion"
+        return f"{kept}: {name(cand)} has no {metric} (a validation metric is undefined, e.g. one class only)"
     current = decision.get("current_champion")
     return f"champion: {name(current)}" if current else "no champion"
 

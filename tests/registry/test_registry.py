@@ -156,9 +156,13 @@ def test_a_missing_validation_score_is_never_replaced_by_test(env):
     trk, src, _ = env
     v = add(trk, src, 0.9, val=None)
     assert "metric.val_score" not in trk.client.get_model_version(NAME, v).tags
-    with pytest.raises(registry.RegistryError, match="metric.val_score"):
-        registry.promote(trk.client, NAME, v)
+    decision = registry.promote(trk.client, NAME, v)  # no champion yet, and still not promoted on test
+    assert (decision.promoted, decision.decision) == (False, "unscored") and "metric.val_score" in decision.reason
     assert champion(trk) is None
+    scored = add(trk, src, 0.7)
+    assert registry.promote(trk.client, NAME, scored).promoted and champion(trk) == str(scored)
+    assert registry.promote(trk.client, NAME, add(trk, src, 0.95, val=None)).decision == "unscored"
+    assert champion(trk) == str(scored)
 
 
 def test_data_fingerprint_covers_validation_and_test_rows():

@@ -65,13 +65,11 @@ def _set_champion(client: Any, name: str, version: str, *, action: str, user: st
 
 
 def _scored(client: Any, name: str, version: str, metric: str, evaluate: Evaluate) -> tuple[Any, float]:
-    """The candidate version and its recorded ``metric`` (re-scored by ``evaluate`` when it has none)."""
+    """The candidate version and its recorded ``metric`` (re-scored by ``evaluate`` when it has none; NaN
+    when it has none and there is no evaluator, e.g. a validation split where a task has one class)."""
     candidate = get_version(client, name, version)
     score = candidate_score(candidate, metric)
-    if math.isnan(score):
-        if evaluate is None:
-            raise RegistryError(f"version {version} of {name!r} has no tag {TAG['metric_prefix']}{metric} and no "
-                                "evaluator was given")
+    if math.isnan(score) and evaluate is not None:
         score = float(evaluate(f"models:/{name}/{version}"))
     return candidate, score
 
@@ -99,6 +97,9 @@ def _compare(metric: str, cand: float, champ: float, up: bool, margin: float) ->
 def _judge(client: Any, name: str, candidate: Any, cand_score: float, metric: str, up: bool, margin: float,
            evaluate: Evaluate) -> _Verdict:
     champ = champion_version(client, name)
+    if math.isnan(cand_score):  # never replaced by test: an unscored candidate is not promoted
+        return _Verdict("unscored", False, f"the candidate has no {metric} (tag {TAG['metric_prefix']}{metric}) and "
+                        "no evaluator was given; the champion stays", champ)
     if champ is None:
         return _Verdict("no_champion", True, "no champion yet: the candidate becomes champion")
     if champ == str(candidate.version):
