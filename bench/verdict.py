@@ -33,7 +33,18 @@ def verdict(values: dict[str, Sequence[float]], lower_is_better: bool = False,
     lo, hi = stats[winner][1:]
     separated = all(not math.isnan(lo) and (hi < s[1] or lo > s[2]) for a, s in stats.items() if a != winner)
     raw = {a: t_interval(v) for a, v in values.items()}  # what the page shows: the values themselves
-    return {"values": {a: [float(x) for x in v] for a, v in values.items()},
-            "lower_is_better": lower_is_better, "target": target,
-            "mean": {a: s[0] for a, s in raw.items()}, "ci95": {a: [s[1], s[2]] for a, s in raw.items()},
-            "winner": winner, "separated": bool(separated)}
+    out = {"values": {a: [float(x) for x in v] for a, v in values.items()},
+           "lower_is_better": lower_is_better, "target": target,
+           "mean": {a: s[0] for a, s in raw.items()}, "ci95": {a: [s[1], s[2]] for a, s in raw.items()},
+           "winner": winner, "separated": bool(separated)}
+    return out | _paired(score, winner, sign) if len(score) == 2 else out
+
+
+def _paired(score: dict[str, list[float]], winner: str, sign: float) -> dict:
+    """Two arms on the same seeds: the interval of the winner's per-seed lead (> 0: better). Seed-to-seed spread
+    shared by both arms cancels here, so it can exclude 0 where the arms' own intervals overlap."""
+    loser = next(a for a in score if a != winner)
+    if len(score[winner]) != len(score[loser]):
+        return {}
+    mean, low, high = t_interval([sign * (w - lo) for w, lo in zip(score[winner], score[loser])])
+    return {"paired_lead": {"mean": mean, "ci95": [low, high], "excludes_zero": bool(low > 0)}}

@@ -96,4 +96,15 @@ def test_the_published_verdicts_follow_from_their_stored_per_seed_values():
     for where, v in stored:
         again = verdict(v["values"], lower_is_better=v["lower_is_better"], target=v["target"])
         assert (again["winner"], again["separated"]) == (v["winner"], v["separated"]), where
+        assert again.get("paired_lead", {}).get("excludes_zero") == v.get("paired_lead", {}).get("excludes_zero"), where
         assert min(len(x) for x in v["values"].values()) >= (20 if where.startswith("part 2") else 10), where
+
+
+def test_paired_lead_can_separate_what_the_arms_intervals_cannot():
+    # a seed effect shared by both arms (0.6 .. 0.7) hides a steady lead of 0.01 in the arms' own intervals
+    base = [0.60, 0.65, 0.70, 0.62, 0.68]
+    v = verdict({"esmm": [b + 0.01 for b in base], "clicked_only": base})
+    assert v["winner"] == "esmm" and v["separated"] is False
+    assert v["paired_lead"]["mean"] == pytest.approx(0.01) and v["paired_lead"]["excludes_zero"] is True
+    v = verdict({"a": [0.3, 0.31, 0.29], "b": [0.5, 0.52, 0.49]}, lower_is_better=True)
+    assert v["winner"] == "a" and v["paired_lead"]["mean"] == pytest.approx(0.2033333, rel=1e-5)
