@@ -127,4 +127,4 @@ BASE = {"ps": [0.5, 0.9, 1.0], "models": ["SharedBottom", "MMOE", "PLE"], "lr": 
 def config(quick: bool) -> dict:
     if quick:
         return {**BASE, "seeds": list(range(3)), "epochs": 4, "n_train": 2_000, "n_test": 1_000}
-    return {**BASE, "seeds": list(range(20)), "epochs": 25}
+    return {**BASE, "seeds": list(range(20)), "epochs": 15}
