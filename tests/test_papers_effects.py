@@ -108,3 +108,43 @@ def test_paired_lead_can_separate_what_the_arms_intervals_cannot():
     assert v["paired_lead"]["mean"] == pytest.approx(0.01) and v["paired_lead"]["excludes_zero"] is True
     v = verdict({"a": [0.3, 0.31, 0.29], "b": [0.5, 0.52, 0.49]}, lower_is_better=True)
     assert v["winner"] == "a" and v["paired_lead"]["mean"] == pytest.approx(0.2033333, rel=1e-5)
+
+
+def _esmm():
+    import torch
+
+    from mtl_models import ESMM, DenseFeature, SparseFeature
+
+    torch.manual_seed(0)
+    features = [SparseFeature("user", 300, 8), SparseFeature("item", 200, 8), DenseFeature("price")]
+    model = ESMM(features, ["classification"] * 2, None, [{"dims": [16, 8]}, {"dims": [16, 8]}])
+    x = {"user": torch.randint(0, 300, (512,)), "item": torch.randint(0, 200, (512,)), "price": torch.randn(512)}
+    return model, x
+
+
+def test_esmm_towers_read_the_shared_embeddings_and_output_ctr_and_ctr_times_cvr():
+    import torch
+
+    model, x = _esmm()
+    for training in (True, False):
+        model.train(training)
+        flat = model.embedding.lookup(x).tensor()  # [B, 17]: the lookup both towers read
+        out = model(x)  # [B, 2]
+        p_ctr, p_cvr = torch.sigmoid(model.ctr_tower(flat)), torch.sigmoid(model.cvr_tower(flat))
+        assert torch.allclose(out[:, :1], p_ctr, atol=1e-6) and torch.allclose(out[:, 1:], p_ctr * p_cvr, atol=1e-6)
+        assert torch.allclose(model.predict_cvr(x), p_cvr[:, 0], atol=1e-6)
+
+
+def test_esmm_cvr_tower_learns_only_through_the_ctcvr_product():
+    import torch
+    import torch.nn.functional as F
+
+    model, x = _esmm()
+    y = torch.stack([torch.ones(512), (torch.arange(512) % 2).float()], dim=1)  # clicked; converted on odd rows
+    target = model.training_targets(y)  # [B, 2] = (click, click * conversion)
+    pred = model(x)
+    F.binary_cross_entropy(pred[:, 0], target[:, 0]).backward(retain_graph=True)  # the CTR loss alone
+    assert all(p.grad is None or not p.grad.any() for p in model.cvr_tower.parameters())
+    F.binary_cross_entropy(pred[:, 1], target[:, 1]).backward()  # the CTCVR loss reaches the CVR tower
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.cvr_tower.parameters())
+    assert torch.equal(target[:, 1], y[:, 1])  # every row clicked: CTCVR label = conversion

@@ -21,7 +21,7 @@ def _part1(head: dict) -> list[str]:
 def _part2(head: dict) -> list[str]:
     if "p2_gaps" not in head:
         return []
-    return [f"| MMOE synthetic: SharedBottom − MMOE test MSE by correlation p, low to high (20 seeds, 95% intervals) | "
+    return [f"| MMOE synthetic: SharedBottom − MMOE test MSE by correlation p, low to high ({head.get('p2_seeds')} seeds) | "
             f"{', '.join(f'{g:+.3f}' for g in head['p2_gaps'])} | paper's trend "
             f"{'reproduced' if head['p2_reproduced'] else 'not reproduced'} |"]
 

@@ -88,4 +88,5 @@ def part2(rec: dict, img: Path) -> tuple[list[str], dict]:
     t = trend(rows)
     lines = (_setup(res["config"], rows) + _table(rows, models)
              + ["", "![MMOE synthetic](benchmarks/mmoe_synthetic.png)", "", _sentence(t, rows)])
-    return lines, {"p2_gaps": t["gaps"], "p2_monotone": t["monotone"], "p2_reproduced": t["reproduced"]}
+    return lines, {"p2_gaps": t["gaps"], "p2_monotone": t["monotone"], "p2_reproduced": t["reproduced"],
+                   "p2_seeds": len(res["config"]["seeds"])}
