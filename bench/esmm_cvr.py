@@ -181,4 +181,4 @@ BASE = {"cells": CELLS, "data": {"n_rows": 100_000, "n_users": 1_000, "n_items":
 def config(quick: bool) -> dict:
     if quick:
         return {**BASE, "seeds": [0, 1], "epochs": 3, "cells": [CELLS[0], CELLS[3]], "data": {**BASE["data"], "n_rows": 40_000}}
-    return {**BASE, "seeds": list(range(20))}
+    return {**BASE, "seeds": list(range(50))}

@@ -141,6 +141,7 @@ def part3(rec: dict, img: Path) -> tuple[list[str], dict]:
     lines = (_setup(res["config"], cells) + _auc_table(cells) + _calibration_table(cells)
              + ["", "![ESMM sweep](benchmarks/esmm_sweep.png)"] + _conclusion(cells) + _hidden(cells)
              + _ablations(cells) + INVESTIGATION)
+    main = [c for c in cells if not c.get("train")]  # the headline leaves the ablations to the page
     head = {"p3_cells": [(n, s, v["mean"]["esmm"], v["mean"]["clicked_only"], v["winner"], v["separated"],
-                          v.get("paired_lead", {}).get("excludes_zero")) for n, s, v in _wins(cells)]}
+                          v.get("paired_lead", {}).get("excludes_zero")) for n, s, v in _wins(main)]}
     return lines, head

@@ -30,9 +30,12 @@ def _part3(head: dict) -> list[str]:
     cells = [c for c in head.get("p3_cells", []) if c[1] == "all"]
     if not cells:
         return []
-    text = "; ".join(f"{n}: {e:.4f} vs {c:.4f}" + (" (separated)" if sep else " (paired lead excl. 0)" if paired else "")
-                     for n, _, e, c, _, sep, paired in cells)
-    return [f"| ESMM vs clicked-only CVR, AUC vs true pCVR over all impressions, per generator setting | {text} | — |"]
+    def cell(n, e, c, winner, sep, paired) -> str:
+        how = "intervals separate" if sep else "paired lead excludes 0" if paired else "within noise"
+        return f"{n}: {e:.3f} vs {c:.3f}, {'ESMM' if winner == 'esmm' else 'clicked-only'} ({how})"
+
+    text = "; ".join(cell(n, e, c, w, sep, paired) for n, _, e, c, w, sep, paired in cells)
+    return [f"| ESMM vs clicked-only CVR: AUC vs true pCVR over all impressions, ESMM vs clicked-only, per setting | {text} | — |"]
 
 
 def _per_model(at: list, i: int) -> str:
