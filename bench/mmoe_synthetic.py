@@ -4,7 +4,8 @@ Data (``components.datasets.synthetic_mmoe``): two unit weight vectors whose cos
 w_i.x + a sum of m = 10 sinusoids of it plus N(0, 0.1^2) noise; fresh data and initialisation for every seed.
 Models of (about) the paper's equal size: MMOE with 8 single-layer experts of 16 units and towers of 8, PLE
 with the same 8 experts (2 per task, 4 shared) in one extraction level, SharedBottom with one hidden layer as wide
-as makes its parameter count match MMOE's. Adam (lr in the config), MSE per task, equal weights, no early stopping; the
+as makes its parameter count match MMOE's; no normalisation layers (the paper's plain ReLU layers, where the library
+defaults to BatchNorm in every layer; ``norm`` in the config). Adam (lr in the config), MSE per task, equal weights, no early stopping; the
 test MSE (mean of the two tasks) is recorded every epoch, and the final value is the mean over the last
 ``final_epochs`` epochs. The paper's claim: the lower the task correlation, the larger MMOE's lead over
 SharedBottom.
@@ -49,13 +50,14 @@ def n_params(model: torch.nn.Module) -> int:
 def build(name: str, features, cfg: dict, bottom_width: int = 0):
     from mtl_models import MMOE, PLE, SharedBottom
 
-    tt, towers = ["regression"] * 2, [{"dims": cfg["tower"]}] * 2
+    norm = cfg.get("norm", "batch")  # the paper's layers are plain ReLU layers: "none"
+    tt, towers, expert = ["regression"] * 2, [{"dims": cfg["tower"], "norm": norm}] * 2, {"dims": cfg["expert"], "norm": norm}
     if name == "SharedBottom":
-        return SharedBottom(features, tt, {"dims": [bottom_width]}, towers)
+        return SharedBottom(features, tt, {"dims": [bottom_width], "norm": norm}, towers)
     if name == "MMOE":
-        return MMOE(features, tt, cfg["n_expert"], {"dims": cfg["expert"]}, towers)
+        return MMOE(features, tt, cfg["n_expert"], expert, towers)
     n_specific = cfg["n_expert"] // 4  # one extraction level: per-task and shared experts, as many as MMOE's in all
-    return PLE(features, tt, 1, n_specific, cfg["n_expert"] - 2 * n_specific, {"dims": cfg["expert"]}, towers)
+    return PLE(features, tt, 1, n_specific, cfg["n_expert"] - 2 * n_specific, expert, towers)
 
 
 def matched_width(features, cfg: dict) -> int:
@@ -121,7 +123,7 @@ def run(cfg: dict, log=print) -> dict:
 
 
 BASE = {"ps": [0.5, 0.9, 1.0], "models": ["SharedBottom", "MMOE", "PLE"], "lr": 5e-3, "batch": 128, "expert": [16],
-        "n_expert": 8, "tower": [8], "n_train": 5_000, "n_test": 2_000, "final_epochs": 3, "threads": 1}
+        "n_expert": 8, "tower": [8], "norm": "none", "n_train": 5_000, "n_test": 2_000, "final_epochs": 3, "threads": 1}
 
 
 def config(quick: bool) -> dict:

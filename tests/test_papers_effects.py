@@ -148,3 +148,32 @@ def test_esmm_cvr_tower_learns_only_through_the_ctcvr_product():
     F.binary_cross_entropy(pred[:, 1], target[:, 1]).backward()  # the CTCVR loss reaches the CVR tower
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.cvr_tower.parameters())
     assert torch.equal(target[:, 1], y[:, 1])  # every row clicked: CTCVR label = conversion
+
+
+def test_part2_models_have_the_papers_equal_size_and_plain_layers():
+    import torch
+
+    from bench import mmoe_synthetic as part2
+    from mtl_models import DenseFeature
+
+    features, cfg = [DenseFeature(f"x_{i}") for i in range(100)], part2.config(False)
+    width = part2.matched_width(features, cfg)
+    sizes = {m: part2.n_params(part2.build(m, features, cfg, width)) for m in cfg["models"]}
+    assert abs(sizes["SharedBottom"] - sizes["MMOE"]) / sizes["MMOE"] < 0.01 and abs(sizes["PLE"] - sizes["MMOE"]) / sizes["MMOE"] < 0.05
+    model = part2.build("MMOE", features, cfg)
+    assert not any(isinstance(x, torch.nn.BatchNorm1d) for x in model.modules())  # the paper's plain ReLU layers
+
+
+def test_mmoe_trend_is_reproduced_only_when_the_gap_falls_and_its_ends_separate():
+    from bench.report.mmoe import GAP, trend
+
+    def row(p, gaps):
+        return {"p": p, "gap": verdict({GAP: gaps})}
+
+    falling = [row(0.5, [0.30, 0.32, 0.31]), row(0.9, [0.10, 0.12, 0.11]), row(1.0, [0.0, 0.01, 0.02])]
+    assert trend(falling)["reproduced"] is True
+    noisy = [row(0.5, [0.3, -0.3, 0.31]), row(0.9, [0.10, 0.12, 0.11]), row(1.0, [0.0, 0.01, 0.02])]
+    assert trend(noisy) == {**trend(noisy), "monotone": False, "reproduced": False}
+    overlapping = [row(0.5, [0.3, -0.1, 0.2]), row(1.0, [0.0, 0.01, 0.02])]
+    t = trend(overlapping)
+    assert t["monotone"] is True and t["separated"] is False and t["reproduced"] is False

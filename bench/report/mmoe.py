@@ -23,7 +23,8 @@ def _setup(cfg: dict, rows: list[dict]) -> list[str]:
             f"seeds 0–{len(cfg['seeds']) - 1} ({len(cfg['seeds'])} per p). Models of equal size ({params} parameters): "
             f"MMOE {cfg['n_expert']} experts {cfg['expert']}, PLE one level with the same {cfg['n_expert']} experts "
             f"(per-task and shared), SharedBottom one hidden layer as wide as matches MMOE's count; towers "
-            f"{cfg['tower']}. Adam lr {cfg['lr']}, batch {cfg['batch']}, {cfg['epochs']} epochs "
+            f"{cfg['tower']}; normalisation layers: {cfg.get('norm', 'batch')} (the paper's layers are plain ReLU "
+            f"layers; the library's default is BatchNorm). Adam lr {cfg['lr']}, batch {cfg['batch']}, {cfg['epochs']} epochs "
             f"({cfg['epochs'] * -(-cfg['n_train'] // cfg['batch']):,} steps), no early stopping; final = test MSE (mean "
             f"of the two tasks) over the last {cfg['final_epochs']} epochs. Mean with its 95% t-interval over seeds."]
 
