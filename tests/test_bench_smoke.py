@@ -27,6 +27,35 @@ def _auc(i, n):
     return {"income": 0.90 + 0.001 * i, "never_married": 0.95 + 0.001 * n}
 
 
+def _part2_result() -> dict:
+    """Part 2's shape, summarised by the part's own code: MMOE leads by 0.1 at p = 0.5 and ties at p = 1."""
+    from bench.mmoe_synthetic import BASE, summarise
+
+    cfg = {**BASE, "ps": [0.5, 1.0], "seeds": [0, 1, 2], "epochs": 5}
+    runs = []
+    for p in cfg["ps"]:
+        for seed in cfg["seeds"]:
+            for m in cfg["models"]:
+                final = 0.3 + 0.01 * seed + (0.1 if (m == "SharedBottom" and p == 0.5) else 0.0)
+                curve = [{"step": 40 * (k + 1), "mse": [final + 0.1 / (k + 1)] * 2} for k in range(5)]
+                runs.append({"p": p, "seed": seed, "model": m, "curve": curve, "final_mse": final, "label_corr": p,
+                             "n_params": 100})
+    return {"config": cfg, "runs": runs, "summary": summarise(runs, cfg)}
+
+
+def _part3_result() -> dict:
+    """Part 3's shape, summarised by the part's own code: ESMM ahead by 0.02 AUC on every seed."""
+    from bench.esmm_cvr import BASE, summarise
+
+    def scope(auc):
+        return {"soft_auc": auc, "logloss": 0.3, "pred_over_true": 1.1, "ece": 0.01, "curve": [[0.1, 0.1]]}
+
+    runs = [{"seed": s, "n_train_clicks": 9000, "tail_share": 0.1, "esmm": {"all": scope(0.7 + 0.01 * s), "tail": scope(0.65)},
+             "clicked_only": {"all": scope(0.68 + 0.01 * s), "tail": scope(0.6 + 0.001 * s)}} for s in range(3)]
+    cell = {"name": "correlated", "options": {"effect_corr": 0.9}}
+    return {"config": {**BASE, "seeds": [0, 1, 2], "cells": [cell]}, "cells": [{**cell, "runs": runs, "summary": summarise(runs)}]}
+
+
 def synthetic_results() -> dict:
     """Results of every part in the shape the part modules write, with made-up numbers."""
     rows1 = []
@@ -44,19 +73,7 @@ def synthetic_results() -> dict:
     p1 = {"config": {"seeds": [0, 1], "epochs": 1, "tuned_trials": 3, "tuned_search_epochs": 1, "tuned_train_epochs": 2},
           "fixed_config": {"embed": 16, "mlp": [128, 64], "tower": [32], "batch": 1024, "lr": 0.001, "numeric": "bins"},
           "rows": rows1, "tuned": tuned}
-    curve = [{"step": 10 * (k + 1), "mse": [1.0 / (k + 1), 1.2 / (k + 1)]} for k in range(5)]
-    cfg2 = {"ps": [0.5, 1.0], "models": ["SharedBottom", "MMOE"], "n_rows": 3000, "n_test": 500, "bottom": [64],
-            "n_expert": 8, "expert": [16], "tower": [8], "lr": 0.002, "batch": 256, "epochs": 5, "seeds": [0]}
-    runs2 = [{"p": p, "seed": 0, "model": m, "curve": curve, "label_corr": p, "n_params": 100} for p in (0.5, 1.0)
-             for m in ("SharedBottom", "MMOE")]
-    summ2 = [{"p": p, "label_corr": p, "SharedBottom": {"final_mse_mean": 0.3 + g, "final_mse_std": 0.0, "n_params": 100},
-              "MMOE": {"final_mse_mean": 0.3, "final_mse_std": 0.0, "n_params": 100}, "mmoe_gain": g}
-             for p, g in ((0.5, 0.05), (1.0, 0.01))]
-    cal = {"mean_pred": 0.01, "mean_true": 0.01, "pred_over_true": 1.0, "ece": 0.001, "curve": [[0.01, 0.01], [0.02, 0.02]]}
-    arm = {"soft_auc_all": 0.7, "spearman_all": 0.5, "logloss_vs_true_all": 0.05, "calibration_all": cal,
-           "calibration_clicked": cal, "auc_clicked_observed": 0.6, "soft_auc_clicked": 0.6}
-    p3 = {"config": {"seeds": [0], "n_rows": 1000, "n_users": 10, "n_items": 5, "epochs": 1},
-          "runs": [{"seed": 0, "n_train_clicked": 40, "n_test": 100, "esmm": arm, "cvr_clicked_only": arm}]}
+    p2, p3 = _part2_result(), _part3_result()
     tp = {"ours": 3e4, "plain": 2.9e4, "rechub": 7e3}
     p4 = {"config": {"threads": 1, "epochs": 2}, "rows": [
         {"model": "SharedBottom", "batch": 1024, "rows": 8192, "samples_s": tp, "median_samples_s": tp, "vs_rechub": 4.3,
@@ -81,7 +98,7 @@ def synthetic_results() -> dict:
          "prepare": {"seconds": 1.0, "rows_per_s": 1000, "peak_rss_bytes": 2**28, "data_bytes": 2**20},
          "train": {"train_rows_total": 800, "rows_trained": 500, "load_seconds": 0.1, "epoch_seconds": 1.0,
                    "rows_per_s": 500, "peak_rss_bytes": 2**29}}]}
-    return {n: _rec(n, r) for n, r in zip(range(1, 8), (p1, {"config": cfg2, "runs": runs2, "summary": summ2}, p3, p4, p5, p6, p7))}
+    return {n: _rec(n, r) for n, r in zip(range(1, 8), (p1, p2, p3, p4, p5, p6, p7))}
 
 
 def test_report_renders_every_part_from_results(tmp_path):
@@ -100,7 +117,10 @@ def test_report_renders_every_part_from_results(tmp_path):
     assert "load average" in text and "test cpu" in text
     # targets are judged from the numbers: ours/TRH 4.3x met, local runner +50 % missed with its cause
     assert "≥ 3× **met**" in text and "(target ≤ 15 %: **missed**)" in text
-    for png in ("quality_adult.png", "mmoe_synthetic.png", "esmm_calibration.png", "throughput.png", "inference.png",
+    # parts 2 and 3 state their verdicts from the per-seed values: MMOE ahead at p = 0.5 only, ESMM ahead on every seed
+    assert "The paper's trend **reproduces**" in text and "p = 0.5: 0.100 [0.100, 0.100], p = 1.0: 0.000 [0.000, 0.000]" in text
+    assert "| correlated | all impressions (100.0%) | 0.7100 [" in text and "paired lead 0.0200 [0.0200, 0.0200] (excludes 0)" in text
+    for png in ("quality_adult.png", "mmoe_synthetic.png", "esmm_sweep.png", "throughput.png", "inference.png",
                 "pipeline_steps.png"):
         assert (tmp_path / "docs" / "benchmarks" / png).stat().st_size > 1000
     merged = json.loads((tmp_path / "docs" / "benchmarks" / "results.json").read_text())

@@ -3,7 +3,10 @@
 Users and items are Zipf-distributed; pCTR and pCVR of each impression come from a logistic model of user,
 item and dense features whose intercepts are calibrated (on the first 100k rows) to the requested rates; the true probabilities are
 kept in ``true_pctr`` / ``true_pcvr`` / ``true_pctcvr`` (never features), so CVR can be evaluated over the
-whole impression space; the AUC they reach on the test rows is the spec's ``ceiling``. Generated with numpy only, already as ids, so encoding is an addition: rows are
+whole impression space; the AUC they reach on the test rows is the spec's ``ceiling``. Three knobs carry the
+mechanisms of the ESMM paper (all off by default): ``effect_corr`` correlates a user's and an item's CVR effect
+with its CTR effect (shared taste / quality), ``item_zipf`` steepens item popularity so that most items get few
+or no clicks, ``hidden_std`` adds an unobserved per-impression cause to both logits. Generated with numpy only, already as ids, so encoding is an addition: rows are
 i.i.d. draws from the seed, so contiguous train/val/test slices are a seeded random split without copies.
 """
 
@@ -20,7 +23,8 @@ from ..feature_spec import FeatureSpec
 from .base import PreparedData, check_options, fill_statistics, split_fractions
 
 OPTIONS: dict[str, Any] = {"n_rows": 100_000, "ctr": 0.05, "cvr": 0.1, "n_users": 10_000, "n_items": 5_000,
-                           "n_categories": 100, "zipf": 1.1, "n_dense": 4, "test_fraction": 0.1}
+                           "n_categories": 100, "zipf": 1.1, "n_dense": 4, "test_fraction": 0.1,
+                           "effect_corr": 0.0, "item_zipf": None, "hidden_std": 0.0}
 GROUND_TRUTH = ["true_pctr", "true_pcvr", "true_pctcvr"]
 
 
@@ -110,6 +114,23 @@ def _check(opts: Mapping[str, Any]) -> None:
             raise DataError(f"synthetic-funnel: {key} must be in (0, 1), got {v!r}")
     if isinstance(opts["zipf"], bool) or not isinstance(opts["zipf"], (int, float)) or opts["zipf"] <= 0:
         raise DataError(f"synthetic-funnel: zipf exponent must be > 0, got {opts['zipf']!r}")
+    z = opts["item_zipf"]
+    if z is not None and (isinstance(z, bool) or not isinstance(z, (int, float)) or z <= 0):
+        raise DataError(f"synthetic-funnel: item_zipf must be null (= zipf) or > 0, got {z!r}")
+    r = opts["effect_corr"]
+    if isinstance(r, bool) or not isinstance(r, (int, float)) or not -1 <= r <= 1:
+        raise DataError(f"synthetic-funnel: effect_corr must be in [-1, 1], got {r!r}")
+    h = opts["hidden_std"]
+    if isinstance(h, bool) or not isinstance(h, (int, float)) or h < 0:
+        raise DataError(f"synthetic-funnel: hidden_std must be >= 0, got {h!r}")
+
+
+def _correlate(ctr: np.ndarray, own: np.ndarray, rho: float) -> np.ndarray:
+    """CVR effects with correlation rho to the CTR effects and the same spread: a shared latent taste / quality.
+    rho = 0 returns ``own`` unchanged, so the default draws stay what they were."""
+    if rho == 0:
+        return own
+    return (rho * ctr + np.sqrt(1.0 - rho * rho) * own).astype(np.float32)
 
 
 def generate(seed: int, opts: Mapping[str, Any]) -> dict[str, np.ndarray]:
@@ -120,12 +141,15 @@ def generate(seed: int, opts: Mapping[str, Any]) -> dict[str, np.ndarray]:
     # the "world": per-user/per-item effects, item categories and feature weights
     user_ctr, user_cvr = world_rng.normal(0, 0.6, (2, opts["n_users"])).astype(np.float32)
     item_ctr, item_cvr = world_rng.normal(0, 0.6, (2, opts["n_items"])).astype(np.float32)
+    rho = float(opts["effect_corr"])
+    user_cvr, item_cvr = _correlate(user_ctr, user_cvr, rho), _correlate(item_ctr, item_cvr, rho)
     item_category = world_rng.integers(0, opts["n_categories"], opts["n_items"])
     w_ctr, w_cvr = world_rng.normal(0, 0.3, (2, max(n_dense, 1))).astype(np.float32)
 
     columns: dict[str, np.ndarray] = {}
     columns["user_id"] = users = zipf_ids(row_rng, n, opts["n_users"], opts["zipf"])
-    columns["item_id"] = items = zipf_ids(row_rng, n, opts["n_items"], opts["zipf"])
+    item_zipf = opts["zipf"] if opts["item_zipf"] is None else opts["item_zipf"]  # larger: a longer, emptier tail
+    columns["item_id"] = items = zipf_ids(row_rng, n, opts["n_items"], item_zipf)
     columns["item_category"] = item_category[items]
     logit_ctr = user_ctr[users]
     logit_ctr += item_ctr[items]
@@ -138,6 +162,11 @@ def generate(seed: int, opts: Mapping[str, Any]) -> dict[str, np.ndarray]:
         if j == 0:  # one heavy-tailed, price-like column: exp of the latent value
             np.exp(x, out=x)
         columns[f"dense_{j + 1}"] = x
+    if opts["hidden_std"] > 0:  # a hidden cause of both clicking and converting (mood, intent): never a feature
+        hidden = row_rng.standard_normal(n, dtype=np.float32) * np.float32(opts["hidden_std"])
+        logit_ctr += hidden
+        logit_cvr += hidden
+        del hidden
     sample = slice(0, min(n, 100_000))
     logit_ctr += np.float32(_calibrate(logit_ctr[sample], float(opts["ctr"])))
     pctr = _sigmoid(logit_ctr)
