@@ -9,7 +9,7 @@ import math
 import optuna
 import pytest
 
-from workflow.data.prepare import prepare
+from _data_helpers import prepare_small_funnel
 from workflow.search import SUMMARY_FILE, dominates, search
 from workflow.search.space import SearchSpace, build_space, default_space
 from workflow.training.train import train
@@ -26,10 +26,7 @@ TINY_SPACE = {
 
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory):
-    out = tmp_path_factory.mktemp("search-data") / "prepared"
-    prepare("synthetic-funnel", out, seed=7, options={"n_rows": 2500, "ctr": 0.3, "cvr": 0.3, "n_users": 200,
-                                                     "n_items": 100, "n_categories": 10})
-    return out
+    return prepare_small_funnel(tmp_path_factory.mktemp("search-data") / "prepared", seed=7)
 
 
 # ----------------------------------------------------------------------------------------------- search spaces

@@ -17,7 +17,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from workflow.data.prepare import prepare
+from _data_helpers import prepare_small_funnel
 from workflow.search import search, study_counts
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
@@ -30,10 +30,7 @@ SPACE = {"common": {"embed_dim": [4, 8], "tower_dims": {"depth": 1, "widths": [8
 
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory):
-    out = tmp_path_factory.mktemp("search-par-data") / "prepared"
-    prepare("synthetic-funnel", out, seed=5, options={"n_rows": 2500, "ctr": 0.3, "cvr": 0.3, "n_users": 200,
-                                                     "n_items": 100, "n_categories": 10})
-    return out
+    return prepare_small_funnel(tmp_path_factory.mktemp("search-par-data") / "prepared", seed=5)
 
 
 def _load(url: str, name: str):
