@@ -86,3 +86,56 @@ def test_journal_trial_without_a_beat_is_failed_after_the_grace_period_and_retri
     assert states == [TrialState.FAIL, TrialState.WAITING]
     assert reaper.trials[1].params == reaper.trials[0].params
     assert reaper.trials[1].system_attrs["failed_trial"] == 0
+
+
+def test_rdb_heartbeat_outlives_a_failed_beat(tmp_path, monkeypatch) -> None:
+    """Optuna's heartbeat thread ends at a beat's first exception; one beat lost to a database restart used to
+    leave the trial without beats, so another worker failed it while it still trained."""
+    import sqlalchemy.exc
+
+    beats = []
+    original = optuna.storages.RDBStorage.record_heartbeat
+
+    def flaky(self, trial_id: int) -> None:
+        beats.append(time.time())
+        if len(beats) == 2:  # the database is restarting
+            raise sqlalchemy.exc.OperationalError("INSERT INTO trial_heartbeats", {}, Exception("connection refused"))
+        original(self, trial_id)
+
+    monkeypatch.setattr(optuna.storages.RDBStorage, "record_heartbeat", flaky)
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    study = optuna.create_study(storage=open_storage(url, heartbeat_interval=1, grace_period=2), study_name="rdb")
+    reaper = optuna.load_study(study_name="rdb", storage=open_storage(url, heartbeat_interval=1, grace_period=2))
+
+    def objective(trial: optuna.Trial) -> float:
+        time.sleep(3.5)  # past the grace period after the lost beat
+        fail_stale(reaper)
+        return 1.0
+
+    study.optimize(objective, n_trials=1)
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE]
+    assert len(beats) >= 4  # the thread went on beating after the failed one
+
+
+def test_a_worker_whose_trial_was_failed_meanwhile_goes_on(tmp_path) -> None:
+    """Another worker failed this worker's trial as stale: the result cannot be stored (Optuna raises), the
+    queued retry runs it again, and this worker carries on with the next trial."""
+    import subprocess
+    import sys
+
+    from workflow.search.workers import reaped_while_running, run_one_trial
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    study = optuna.create_study(storage=open_storage(None, tmp_path, heartbeat_interval=1), study_name="reaped")
+    reaper = optuna.load_study(study_name="reaped", storage=open_storage(None, tmp_path, heartbeat_interval=1))
+
+    def objective(trial: optuna.Trial) -> float:
+        trial.suggest_int("x", 1, 9)
+        trial.set_user_attr(OWNER_ATTR, [socket.gethostname(), int(gone.stdout), trial.number])  # a dead owner
+        fail_stale(reaper)
+        return 1.0
+
+    run_one_trial(study, objective, [])
+    assert [t.state for t in study.trials] == [TrialState.FAIL, TrialState.WAITING]
+    assert study.trials[1].params == study.trials[0].params
+    assert not reaped_while_running(ValueError("unrelated")) and not reaped_while_running(AssertionError())

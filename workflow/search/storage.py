@@ -91,12 +91,12 @@ def _rdb_kwargs(url: str, heartbeat_interval: Optional[int], grace_period: Optio
 
 def _open_rdb(url: str, kwargs: dict[str, Any], attempts: int) -> Any:
     """Creating the tables is retried: workers that start together race on it."""
-    from optuna.storages import RDBStorage
+    from .study import rdb_storage
 
     delay = 0.5
     for attempt in range(1, attempts + 1):
         try:
-            return RDBStorage(url, **kwargs)
+            return rdb_storage(url, **kwargs)
         except Exception as e:
             if attempt >= attempts:
                 raise

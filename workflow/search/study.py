@@ -5,7 +5,9 @@ This is the only module of ``workflow.search`` allowed Optuna's private API (pin
 heartbeat but not the journal file storage, so :class:`HeartbeatJournalStorage` adds one through Optuna's own
 ``BaseHeartbeat`` interface. With it both backends use the public machinery: ``Study.optimize`` beats from its
 own thread and calls ``fail_stale_trials``, which fails stale trials and hands them to
-``RetryHeartbeatStaleTrialCallback`` (one retry with the same params by default).
+``RetryHeartbeatStaleTrialCallback`` (one retry with the same params by default). Optuna's heartbeat thread ends
+at the first exception a beat raises, so both storages here log a failed beat and try the next one: a database
+restart must not leave a live trial without beats, to be failed under its worker's feet.
 
 Trials beyond the study's total (two workers raced for the last slot) are failed at once and carry the
 ``mtlp:surplus`` user attr; they are not counted as failed.
@@ -14,6 +16,7 @@ Trials beyond the study's total (two workers raced for the last slot) are failed
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
 import time
@@ -26,6 +29,8 @@ SETTINGS_ATTR = "mtlp:settings"
 SURPLUS_ATTR = "mtlp:surplus"
 HEARTBEAT_ATTR, OWNER_ATTR = "mtlp:heartbeat", "mtlp:owner"  # owner (user attr): [host, pid, trial number]
 PARAMS_ATTR, EPOCHS_ATTR, MONITOR_ATTR = "params", "epochs_run", "val_monitor"
+
+log = logging.getLogger(__name__)
 
 
 def quiet_optuna() -> None:
@@ -105,6 +110,32 @@ def _last_beat(trial: Any, now: float) -> float:
 
 
 _JOURNAL_CLASS: Optional[type] = None
+_RDB_CLASS: Optional[type] = None
+
+
+def _make_rdb_class() -> type:
+    from optuna.storages import RDBStorage
+
+    class _SteadyHeartbeatRDBStorage(RDBStorage):
+        """Optuna's RDB storage whose failed beat (the database restarting, a dropped connection) is logged, not
+        raised: raising would end the trial's heartbeat thread for good."""
+
+        def record_heartbeat(self, trial_id: int) -> None:
+            try:
+                super().record_heartbeat(trial_id)
+            except Exception as e:  # noqa: BLE001 - the next beat retries; the trial's own calls report errors
+                log.warning("heartbeat of trial id %d failed (%s); retrying in %ss", trial_id,
+                            str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__,
+                            self.heartbeat_interval)
+
+    return _SteadyHeartbeatRDBStorage
+
+
+def rdb_storage(url: str, **kwargs: Any) -> Any:
+    """Optuna's RDB storage (``RDBStorage(url, **kwargs)``) with a heartbeat that outlives a failed beat."""
+    global _RDB_CLASS
+    _RDB_CLASS = _RDB_CLASS or _make_rdb_class()
+    return _RDB_CLASS(url, **kwargs)
 
 
 def heartbeat_journal(path: Path, heartbeat_interval: Optional[int], grace_period: Optional[int],

@@ -7,6 +7,7 @@ and need a re-run). Other processes or pods join with ``python -m workflow.searc
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
@@ -21,6 +22,7 @@ from .storage import PathLike, absolute, is_url, open_storage
 from .study import fail_stale, load_study, quiet_optuna, stored_settings, study_counts
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+log = logging.getLogger(__name__)
 
 
 def set_threads(threads: Optional[int]) -> None:
@@ -78,12 +80,40 @@ def work_loop(study: Any, settings: Mapping[str, Any], prepared_dir: PathLike, w
         if c.waiting == 0 and c.done + c.running >= target:
             time.sleep(poll_interval)  # the last slots are running elsewhere; they may still fail
             continue
-        study.optimize(objective, n_trials=1, catch=(Exception,), callbacks=callbacks, gc_after_trial=True)
+        run_one_trial(study, objective, callbacks)
         ran += 1
         failures = failures + 1 if study_counts(study).failed > c.failed else 0
         if failures >= max_consecutive_failures:
             raise RuntimeError(f"{failures} trials in a row failed in this worker; see the log above "
                                f"(study {study.study_name!r})")
+
+
+def reaped_while_running(exc: BaseException) -> bool:
+    """Whether ``exc`` says this worker's trial had already been failed by another worker (it went stale while
+    it ran): Optuna refuses the result (``ValueError: Cannot tell a FAIL trial``, in Optuna 5.1 masked by an
+    ``AssertionError`` when the objective had succeeded), or a report to it (``UpdateFinishedTrialError``)."""
+    from optuna.exceptions import UpdateFinishedTrialError
+
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, UpdateFinishedTrialError) or (isinstance(exc, ValueError)
+                                                         and str(exc).startswith("Cannot tell a FAIL trial")):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def run_one_trial(study: Any, objective: Any, callbacks: list[Any]) -> None:
+    """One trial. If another worker failed it as stale meanwhile, its queued retry will run it again: this
+    worker logs that and goes on instead of dying."""
+    try:
+        study.optimize(objective, n_trials=1, catch=(Exception,), callbacks=callbacks, gc_after_trial=True)
+    except (ValueError, AssertionError) as e:
+        if not reaped_while_running(e):
+            raise
+        log.warning("a trial of this worker was failed as stale by another worker while it ran (its heartbeat "
+                    "was lost); its retry runs it again")
 
 
 def worker_cmd(storage: str, study_name: str, prepared_dir: PathLike, work_dir: PathLike, n_trials: int,
