@@ -104,3 +104,26 @@ def test_same_seed_same_model(prepared, tmp_path) -> None:
 def test_missing_prepared_data_is_a_clear_error(tmp_path) -> None:
     with pytest.raises(FileNotFoundError, match="run the prepare step first"):
         train(tmp_path / "nothing", "mmoe", tmp_path / "out", n_epoch=1, progress=False)
+
+
+def test_esmm_off_a_funnel_is_refused_before_its_search_or_training(adult_dir, tmp_path) -> None:
+    """ESMM trains and is scored on income x never_married, a question other models are not asked: its
+    val_score would win or lose the champion on a different label. The search and the train step refuse it."""
+    from workflow.search.run import search
+    from workflow.training.artifacts import read_spec, split_labels
+
+    prep = tmp_path / "adult"
+    prepare("adult", prep, data_dir=adult_dir, seed=7)
+    labels = split_labels(prep, "train", read_spec(prep))  # [N, 2]: income, never_married
+    off_funnel = int(((labels[:, 1] == 1) & (labels[:, 0] == 0)).sum())
+    assert 0 < off_funnel < len(labels)
+    expected = (rf"esmm trains on targets derived from the labels, which differ from label 'never_married' on "
+                rf"{off_funnel:,} of {len(labels):,} train rows of dataset 'adult'.*leave esmm out of models")
+    with pytest.raises(ValueError, match=expected):
+        search(prep, "esmm", tmp_path / "search", n_trials=2, n_epoch=1, progress=False, plots=False)
+    assert list((tmp_path / "search").iterdir()) == []  # refused before a study or a trial existed
+    with pytest.raises(ValueError, match=expected):
+        train(prep, "esmm", tmp_path / "out", n_epoch=1, progress=False)
+    assert not (tmp_path / "out" / "model.pt").exists()
+    result = train(prep, "aitm", tmp_path / "aitm", params={**SMALL, "bottom_dims": [16]}, n_epoch=1, progress=False)
+    assert set(result.test_metrics) == {"income", "never_married"}  # the other funnel-shaped model trains on the labels

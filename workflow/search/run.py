@@ -19,13 +19,17 @@ from .workers import launch_workers, set_threads, work_loop
 log = logging.getLogger(__name__)
 
 
-def _spec_tasks(prepared_dir: PathLike) -> tuple[list[str], list[str]]:
+def _spec_tasks(prepared_dir: PathLike, model_name: str) -> tuple[list[str], list[str]]:
+    """The prepared data's tasks, once ``model_name`` is known to be scored on its labels (before any trial)."""
     from ..data.feature_spec import FeatureSpec
+    from ..training.evaluate import check_scored_on_labels
+    from ..training.model_factory import build_model
 
     path = Path(prepared_dir) / "feature_spec.json"
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: run the prepare step first")
     spec = FeatureSpec.load(path)
+    check_scored_on_labels(build_model(model_name, spec), model_name, prepared_dir, spec)
     return list(spec.label_names), list(spec.task_types)
 
 
@@ -46,7 +50,7 @@ def _shareable(pruner: Any) -> bool:
 def _settings(model_name: str, objective: str, multi_objective: bool, prepared_dir: PathLike, space: SearchSpace,
               **rest: Any) -> dict[str, Any]:
     """What the study stores about itself, so that any worker can join it with nothing else."""
-    task_names, task_types = _spec_tasks(prepared_dir)
+    task_names, task_types = _spec_tasks(prepared_dir, model_name)
     if multi_objective and len(task_names) < 2:
         raise ValueError("multi_objective needs at least two tasks")
     keys, directions = objective_target(objective, multi_objective, task_names, task_types)

@@ -16,9 +16,9 @@ import torch
 from mtl_models.trainer import task_mean
 
 from ..data.feature_spec import FeatureSpec
-from .artifacts import load_trained, split_loader
+from .artifacts import load_trained, split_labels, split_loader
 
-__all__ = ["Evaluation", "evaluate", "val_score", "predict_prepared", "write_plots"]
+__all__ = ["Evaluation", "evaluate", "val_score", "check_scored_on_labels", "predict_prepared", "write_plots"]
 
 PathLike = Union[str, os.PathLike]
 
@@ -45,6 +45,24 @@ def val_score(history: Sequence[Mapping[str, float]], best_epoch: int, spec: Fea
         return task_mean(by_task, spec.label_names, spec.task_types)
     except KeyError:
         return math.nan
+
+
+def check_scored_on_labels(model: torch.nn.Module, model_name: str, prepared_dir: PathLike, spec: FeatureSpec) -> None:
+    """A model that trains on targets derived from the labels (ESMM: click x conversion) is validated and tested
+    on them too, so its scores compare with other models' only where those targets equal the labels (funnel data:
+    a later task positive only where the earlier one is). Elsewhere (Adult's income / never_married) selection
+    would compare different questions: a one-line error naming the label, before any training."""
+    if not hasattr(model, "training_targets"):
+        return
+    labels = torch.from_numpy(split_labels(prepared_dir, "train", spec).astype(np.float32))  # [N, n_task]
+    differs = model.training_targets(labels) != labels  # [N, n_task]
+    tasks = [name for name, bad in zip(spec.label_names, differs.any(dim=0).tolist()) if bad]
+    if tasks:
+        rows = int(differs.any(dim=1).sum())
+        raise ValueError(f"{model_name} trains on targets derived from the labels, which differ from label "
+                         f"{tasks[0]!r} on {rows:,} of {len(labels):,} train rows of dataset {spec.dataset!r}: its "
+                         f"scores would not compare with other models'; use it on funnel labels (each task "
+                         f"positive only where the one before is) or leave {model_name} out of models")
 
 
 def evaluate(trainer: Any, test_loader: Any, spec: FeatureSpec) -> Evaluation:

@@ -22,7 +22,7 @@ from mtl_models.atomic import atomic_path
 
 from ..data.feature_spec import SPEC_FILE, FeatureSpec
 from .artifacts import METRICS_FILE, PARAMS_FILE, PLOTS_DIR, WEIGHTS_FILE, read_spec, split_labels, split_loader
-from .evaluate import evaluate, write_plots
+from .evaluate import check_scored_on_labels, evaluate, write_plots
 from .model_factory import build_model, resolve_params, single_task_family
 
 __all__ = ["TrainResult", "train", "single_task_baselines", "only_tasks", "main"]
@@ -123,6 +123,7 @@ def train(prepared_dir: PathLike, model_name: str, out_dir: PathLike, params: Op
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
     model = build_model(model_name, spec, p)
+    check_scored_on_labels(model, model_name, prepared_dir, spec)
     bs = int(p["batch_size"])
     train_dl = split_loader(prepared_dir, "train", spec, bs, shuffle=True, seed=seed)
     val_dl = split_loader(prepared_dir, "val", spec, max(bs, 4096))
