@@ -45,7 +45,7 @@ def _table(rows: list[dict], cfg: dict) -> list[str]:
     lines = [f"bench/bench_training.py's runners (Adult, every column sparse, BatchNorm MLPs) on the first "
              f"{rows[0]['rows']:,} training rows, torch threads {cfg['threads']}, " + _part4_schedule(cfg)
              + "; samples/s of the fastest timed epoch (median in brackets). *TRH, our allocator* is Torch-RecHub's trainer in a process "
-             "where `mtl_models.allocator.retain_freed_memory()` (which MTLTrainer applies on CPU) was called first.", "",
+             "where `mtl_models.allocator.retain_freed_memory()` (what `MTLTrainer(retain_cpu_memory=True)` applies on CPU: the pipeline's train step and these runners opt in; the default is off) was called first.", "",
              "| model | threads | batch | MTLTrainer | plain loop | Torch-RecHub | TRH model, plain loop | TRH, our allocator "
              "| ours / TRH (target ≥ 3×, aim 5×) | ours / plain (target ≥ 1.0×) | MTLTrainer, compile=True: samples/s, / TRH | load |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
