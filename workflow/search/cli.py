@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
+from ..errors import chain, first_line
 from .run import search
 from .storage import resolve_storage
 from .workers import run_worker
@@ -77,13 +78,7 @@ def load_space(text: Optional[str]) -> Optional[dict]:
 def storage_failure(exc: Optional[BaseException]) -> Optional[BaseException]:
     """The database error behind ``exc``, if any (Optuna can mask it, e.g. with an UnboundLocalError raised
     while it handles the lost connection)."""
-    seen: set[int] = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        if type(exc).__module__.startswith(("sqlalchemy", "psycopg2")):
-            return exc
-        exc = exc.__cause__ or exc.__context__
-    return None
+    return next((e for e in chain(exc) if type(e).__module__.startswith(("sqlalchemy", "psycopg2"))), None)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -94,9 +89,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         db = storage_failure(exc)
         if db is None:
             raise
-        first = (str(db).strip().splitlines() or [type(db).__name__])[0]
         print(f"workflow.search: error: lost the connection to the study database ({type(db).__name__}: "
-              f"{first[:200]}). Finished trials are saved; the interrupted trial is failed and retried when the "
+              f"{first_line(db, 200)}). Finished trials are saved; the interrupted trial is failed and retried when the "
               "study is re-run with the same --study-name.", file=sys.stderr)
         return 3
 

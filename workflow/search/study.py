@@ -6,8 +6,9 @@ heartbeat but not the journal file storage, so :class:`HeartbeatJournalStorage` 
 ``BaseHeartbeat`` interface. With it both backends use the public machinery: ``Study.optimize`` beats from its
 own thread and calls ``fail_stale_trials``, which fails stale trials and hands them to
 ``RetryHeartbeatStaleTrialCallback`` (one retry with the same params by default). Optuna's heartbeat thread ends
-at the first exception a beat raises, so both storages here log a failed beat and try the next one: a database
-restart must not leave a live trial without beats, to be failed under its worker's feet.
+at the first exception a beat raises, so both storages here survive a failed beat and try the next one (the RDB
+one logs it; the journal's fails only for a finished trial): a database restart must not leave a live trial
+without beats, to be failed under its worker's feet.
 
 Trials beyond the study's total (two workers raced for the last slot) are failed at once and carry the
 ``mtlp:surplus`` user attr; they are not counted as failed.
@@ -24,6 +25,8 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional
+
+from ..errors import first_line
 
 SETTINGS_ATTR = "mtlp:settings"
 SURPLUS_ATTR = "mtlp:surplus"
@@ -124,8 +127,7 @@ def _make_rdb_class() -> type:
             try:
                 super().record_heartbeat(trial_id)
             except Exception as e:  # noqa: BLE001 - the next beat retries; the trial's own calls report errors
-                log.warning("heartbeat of trial id %d failed (%s); retrying in %ss", trial_id,
-                            str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__,
+                log.warning("heartbeat of trial id %d failed (%s); retrying in %ss", trial_id, first_line(e, 200),
                             self.heartbeat_interval)
 
     return _SteadyHeartbeatRDBStorage

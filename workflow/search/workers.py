@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
+from ..errors import chain
 from .objective import Objective
 from .progress import Progress
 from .storage import PathLike, absolute, is_url, open_storage
@@ -94,14 +95,8 @@ def reaped_while_running(exc: BaseException) -> bool:
     ``AssertionError`` when the objective had succeeded), or a report to it (``UpdateFinishedTrialError``)."""
     from optuna.exceptions import UpdateFinishedTrialError
 
-    seen: set[int] = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        if isinstance(exc, UpdateFinishedTrialError) or (isinstance(exc, ValueError)
-                                                         and str(exc).startswith("Cannot tell a FAIL trial")):
-            return True
-        exc = exc.__cause__ or exc.__context__
-    return False
+    return any(isinstance(e, UpdateFinishedTrialError)
+               or (isinstance(e, ValueError) and str(e).startswith("Cannot tell a FAIL trial")) for e in chain(exc))
 
 
 def run_one_trial(study: Any, objective: Any, callbacks: list[Any]) -> None:

@@ -14,6 +14,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
+from ..errors import first_line
+
 __all__ = ["DEFAULT_DB", "DEFAULT_ARTIFACTS", "TrackingUnavailable", "resolve_tracking_uri", "mask_credentials",
            "mask_url", "check_tracking_reachable"]
 
@@ -152,5 +154,4 @@ def _check_database(uri: str, scheme: str, timeout: float) -> None:
         with engine.connect() as conn:
             conn.execute(sqlalchemy.text("SELECT 1"))
     except Exception as e:  # driver errors differ per database
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise TrackingUnavailable(f"tracking database {mask_url(uri)} is unreachable: {first}") from None
+        raise TrackingUnavailable(f"tracking database {mask_url(uri)} is unreachable: {first_line(e)}") from None

@@ -13,6 +13,7 @@ from typing import Any, Mapping, Sequence, Union
 import numpy as np
 import torch
 
+from mtl_models.models import MultiTaskModel
 from mtl_models.trainer import task_mean
 
 from ..data.feature_spec import FeatureSpec
@@ -52,8 +53,8 @@ def check_scored_on_labels(model: torch.nn.Module, model_name: str, prepared_dir
     on them too, so its scores compare with other models' only where those targets equal the labels (funnel data:
     a later task positive only where the earlier one is). Elsewhere (Adult's income / never_married) selection
     would compare different questions: a one-line error naming the label, before any training."""
-    if not hasattr(model, "training_targets"):
-        return
+    if type(model).training_targets is MultiTaskModel.training_targets:
+        return  # the labels themselves: nothing to read
     labels = torch.from_numpy(split_labels(prepared_dir, "train", spec).astype(np.float32))  # [N, n_task]
     differs = model.training_targets(labels) != labels  # [N, n_task]
     tasks = [name for name, bad in zip(spec.label_names, differs.any(dim=0).tolist()) if bad]
