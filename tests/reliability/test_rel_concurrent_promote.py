@@ -35,8 +35,10 @@ def _store(tmp_path: Path) -> tuple[Path, str]:
 
 
 # Each promoter is `mtlp promote`'s main() in its own process, started behind a barrier: the imports are done
-# first, then both are released at once, so the two promotions really overlap (MLflow's import alone takes
-# seconds on a busy machine). INFO from workflow.registry shows who had to wait for the lock.
+# first, then both are released at once (MLflow's import alone takes seconds on a busy machine). Released
+# together, the first could still finish before the second reaches the lock, so the one that takes the lock
+# holds it until the other has found it held (the `<barrier>.waited` file; at most 30 s): every round overlaps.
+# INFO from workflow.registry shows who had to wait for the lock.
 PROMOTER = """
 import logging, pathlib, sys, time
 logging.basicConfig(level=logging.WARNING, format="%(name)s: %(levelname)s: %(message)s")
@@ -45,8 +47,24 @@ import mlflow
 from workflow.registry import cli as promote
 from workflow import registry
 from workflow import tracking
-print("ready", flush=True)
 go = pathlib.Path(sys.argv[1])
+waited = go.with_name(go.name + ".waited")
+note_holder, acquire = registry.PromotionLock._note_holder, registry.PromotionLock.acquire
+
+def noting(self, state, first):
+    note_holder(self, state, first)
+    if first and state:
+        waited.touch()
+
+def holding(self):
+    lock = acquire(self)
+    deadline = time.monotonic() + 30
+    while not waited.exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return lock
+
+registry.PromotionLock._note_holder, registry.PromotionLock.acquire = noting, holding
+print("ready", flush=True)
 while not go.exists():
     time.sleep(0.002)
 sys.exit(promote.main(sys.argv[2:]))
@@ -58,6 +76,7 @@ def _run_pair(pair: tuple[str, str], where: list[str], tag: str, barrier: Path, 
     """Both promotions at once; both must succeed. ``({version: (stdout, stderr)}, seconds from the release
     of the barrier until both finished)``."""
     barrier.unlink(missing_ok=True)
+    barrier.with_name(barrier.name + ".waited").unlink(missing_ok=True)
     procs = {v: subprocess.Popen([PY, "-c", PROMOTER, str(barrier), "--model", MODEL, "--version", v,
                                   "--reason", f"{tag} user {v}", "--user", f"user-{v}", *where],
                                  cwd=REPO, env=env(**extra_env), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -119,7 +138,7 @@ def test_two_concurrent_promotions_leave_one_champion_and_both_records(tmp_path)
         waits.append(_waited(_run_pair(pair, ["--work-dir", str(work)], tag, tmp_path / "go")[0]))
     _check_records(MlflowClient(uri, uri), pairs)
     print(f"embedded: promoters that waited for the lock, per round: {waits}")
-    assert any(waits)  # the promotions did overlap
+    assert [len(w) for w in waits] == [1] * ROUNDS, waits  # every round overlapped: one promoter waited for the other
 
 
 HOLDER = """
@@ -172,7 +191,7 @@ def test_concurrent_promotions_against_an_mlflow_server(server, tmp_path) -> Non
         outs, elapsed = _run_pair(pair, where, tag, tmp_path / "go")
         waits.append(_waited(outs))
         timings.append(elapsed)
-    assert any(waits)  # the promotions did overlap
+    assert [len(w) for w in waits] == [1] * ROUNDS, waits  # every round overlapped: one promoter waited for the other
 
     # a promoter dies (SIGKILL) while it holds the lock
     holder = subprocess.Popen([PY, "-c", HOLDER, url, MODEL], cwd=REPO,
