@@ -6,6 +6,5 @@ from .embedding import FeatureEmbedding
 from .experts import ExpertGroup
 from .gates import Gate, TaskGates
 from .mlp import MLP, MLPGroup, build_tower, make_activation
-from .mlp import parallel_mlps  # noqa: F401 - ESMM's towers; new models use MLPGroup
 
 __all__ = ["FeatureEmbedding", "MLP", "MLPGroup", "build_tower", "make_activation", "ExpertGroup", "Gate", "TaskGates"]

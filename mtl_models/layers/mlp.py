@@ -139,8 +139,8 @@ def _after_linear(dim: int, cfg: dict) -> list[nn.Module]:
 
 
 class MLPGroup(nn.ModuleList):
-    """MLPs that all read the same input (AITM's per-task bottoms): ``forward(x)`` -> one output per MLP, as
-    ``[mlp(x) for mlp in group]`` computes it."""
+    """MLPs that all read the same input (AITM's per-task bottoms, ESMM's towers): ``forward(x)`` -> one output
+    per MLP, as ``[mlp(x) for mlp in group]`` computes it."""
 
     def forward(self, x: Union[Tensor, EmbeddedBatch]) -> list[Tensor]:
         return parallel_mlps(x, list(self))
@@ -152,7 +152,7 @@ def build_tower(input_dim: int, params: Optional[Mapping[str, Any]], argument: s
 
 
 def parallel_mlps(x: Union[Tensor, EmbeddedBatch], mlps: Sequence[MLP]) -> list[Tensor]:
-    """``[mlp(x) for mlp in mlps]``: ``MLPGroup``'s forward (ESMM calls it on its two towers).
+    """``[mlp(x) for mlp in mlps]``: ``MLPGroup``'s forward.
 
     When the lookup takes the table-product path and the first Linears have one width, those Linears run as
     one grouped product: one gather-sum over G*H-wide rows, where G separate ones would each pay the per-row

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from ..features import Feature
-from ..layers import MLP, build_tower, parallel_mlps
+from ..layers import MLP, MLPGroup, build_tower
 from .base import MultiTaskModel, check_tower_params_list
 
 __all__ = ["ESMM"]
@@ -28,14 +28,22 @@ class ESMM(MultiTaskModel):
         ctr_params, cvr_params = check_tower_params_list(tower_params_list, 2)
         self.bottom = MLP(self.input_dim, bottom_params, argument="bottom_params") if bottom_params else None
         width = self.bottom.output_dim if self.bottom is not None else self.input_dim
-        self.ctr_tower = build_tower(width, ctr_params, "tower_params_list[0]")
-        self.cvr_tower = build_tower(width, cvr_params, "tower_params_list[1]")
+        self.towers = MLPGroup([build_tower(width, ctr_params, "tower_params_list[0]"),   # CTR
+                                build_tower(width, cvr_params, "tower_params_list[1]")])  # CVR
+
+    @property
+    def ctr_tower(self) -> MLP:
+        return self.towers[0]
+
+    @property
+    def cvr_tower(self) -> MLP:
+        return self.towers[1]
 
     def _ctr_cvr(self, x: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
         shared = self.embedding.lookup(x)  # the towers' (or the bottom's) first Linear reads the lookup
         if self.bottom is not None:
             shared = self.bottom(shared)  # [B, bottom_dim]
-        ctr, cvr = parallel_mlps(shared, [self.ctr_tower, self.cvr_tower])  # on the lookup: one grouped first layer
+        ctr, cvr = self.towers(shared)  # [B, 1] logits each
         return torch.sigmoid(ctr), torch.sigmoid(cvr)  # [B, 1] each
 
     def forward(self, x: Mapping[str, Tensor]) -> Tensor:
