@@ -20,3 +20,13 @@ __all__ = [
     "MTLTrainer", "Callback", "StopTraining", "DataGenerator", "TensorLoader", "make_loader",
     "Weighting", "WEIGHTINGS", "resolve_device", "zoo",
 ]
+
+# Every model in mtl_models/zoo.py is exported by its class name: `from mtl_models import <Class>` needs no line here
+# for a model added to the zoo (docs/models.md, "Adding a model"). Entries registered later, at run time, are not.
+for _entry in zoo.entries():
+    _name = _entry.model_class.__name__
+    if globals().setdefault(_name, _entry.model_class) is not _entry.model_class:
+        raise ImportError(f"zoo model {_entry.name!r}: its class name {_name} is already taken in mtl_models")
+    if _name not in __all__:
+        __all__.append(_name)
+del _entry, _name

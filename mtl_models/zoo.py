@@ -3,9 +3,10 @@
 An entry is plain data plus one function: the model's name, its class, the flat hyperparameters it adds to
 ``COMMON_DEFAULTS`` (with their defaults), its default search space over those keys (the spec forms of
 ``workflow.search.space``, as plain data: this package imports no Optuna) and a builder
-``(features, task_types, params) -> model``. ``register`` adds one at run time; the five below are the
-built-in ones. Nothing else lists the models: configs, search spaces, training, export and the tests read
-the entries (``docs/models.md``, "Adding a model").
+``(features, task_types, params) -> model``. The tuple at the end of this file holds the built-in entries (``names()``
+lists them, in that order); ``register`` adds one at run time. Nothing else lists the models: configs (``models:
+all``), search spaces, training, export, ``mtl_models``' exports and the tests read the entries (``docs/models.md``,
+"Adding a model").
 """
 
 from __future__ import annotations

@@ -164,6 +164,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("promote", help="promote or roll back a registered model by hand (see mtlp promote --help)",
                    add_help=False)
+    from .check_model import add_parser as add_check_model
+    add_check_model(sub)  # mtlp check-model NAME: one zoo model through the whole pipeline, small
     return parser
 
 

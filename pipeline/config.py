@@ -18,7 +18,7 @@ import yaml
 
 from mtl_models import zoo
 
-__all__ = ["PipelineConfig", "ConfigError", "load_config", "config_to_dict", "DEFAULT_CONFIG"]
+__all__ = ["PipelineConfig", "ConfigError", "load_config", "config_to_dict", "select_models", "DEFAULT_CONFIG"]
 
 REPO_CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 DEFAULT_CONFIG = REPO_CONFIGS / "default.yaml"
@@ -98,7 +98,9 @@ class SecretsConfig:
 class PipelineConfig:
     name: str = "mtlp-default"
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
-    models: list = field(default_factory=zoo.names)  # every model in the zoo
+    # a list of zoo names, or "all" (every model in the zoo), or {exclude: [...]} (every model but those); a list
+    # after construction, so the rest of the pipeline only ever sees names
+    models: Union[list, str, dict] = "all"
     search: SearchConfig = field(default_factory=SearchConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
@@ -106,6 +108,9 @@ class PipelineConfig:
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
     secrets: SecretsConfig = field(default_factory=SecretsConfig)
     image: Optional[str] = None  # None: pipeline.image.default_image()
+
+    def __post_init__(self) -> None:
+        self.models = select_models(self.models)
 
     def validate(self) -> "PipelineConfig":
         known = zoo.names()
@@ -144,6 +149,25 @@ class PipelineConfig:
     @property
     def registered_model(self) -> str:
         return self.tracking.registered_model or f"{self.tracking.experiment}-model"
+
+
+def select_models(models: Union[list, str, Mapping[str, Any]]) -> list:
+    """The config's ``models`` as names: ``"all"`` is every model in the zoo, in ``zoo.names()`` order (so a model
+    added to ``mtl_models/zoo.py`` runs without a config edit); ``{"exclude": [...]}`` every model but those (a
+    config that leaves one out on purpose, e.g. ESMM on data that is no funnel); a list is taken as written."""
+    if isinstance(models, str):
+        if models != "all":
+            raise ConfigError(f"models must be a list of model names, 'all' or {{exclude: [...]}}, got {models!r}")
+        return zoo.names()
+    if isinstance(models, Mapping):
+        if set(models) != {"exclude"} or not isinstance(models["exclude"], list):
+            raise ConfigError(f"models: a mapping takes one key, exclude: [names]; got {dict(models)!r}")
+        known = zoo.names()
+        unknown = [m for m in models["exclude"] if m not in known]
+        if unknown:
+            raise ConfigError(f"models.exclude: unknown model(s) {unknown}; choose from {known}")
+        return [m for m in known if m not in models["exclude"]]
+    return list(models)
 
 
 def _type_ok(value: Any, hint: Any) -> bool:

@@ -1,4 +1,5 @@
-"""Behaviour of the five models: shapes, ranges, gates, gradients, determinism, sizes, errors."""
+"""Behaviour of the models: every zoo entry (parametrized over ``zoo.names()``: shapes, ranges, gradients, the
+weights GradNorm watches, batches of one, determinism) and the built-in ones' own (gates, sizes, errors)."""
 
 from __future__ import annotations
 
@@ -122,6 +123,21 @@ def test_every_parameter_gets_a_finite_gradient(name: str) -> None:
         assert torch.isfinite(p.grad).all(), f"{pname} has a non-finite gradient"
         if "embedding" not in pname:  # embedding rows not looked up rightly get zero
             assert p.grad.abs().sum() > 0, f"{pname} has an all-zero gradient (dead branch)"
+
+
+@pytest.mark.parametrize("name", zoo.names())
+def test_every_task_reaches_the_last_shared_parameters(name: str) -> None:
+    """GradNorm (``weighting: gradnorm``) balances the tasks by their gradient norms on these weights: each must be
+    one of the model's parameters and get a non-zero gradient from every task's output."""
+    torch.manual_seed(0)
+    model = build(name).train()
+    shared = model.last_shared_parameters()
+    owned = {id(p) for p in model.parameters()}
+    assert shared and all(isinstance(p, nn.Parameter) and id(p) in owned for p in shared)
+    out = model(example_inputs(model, batch_size=32))
+    for t in range(model.n_task):
+        grads = torch.autograd.grad(out[:, t].sum(), shared, retain_graph=True, allow_unused=True)
+        assert all(g is not None and g.abs().sum() > 0 for g in grads), f"task {t} does not reach them"
 
 
 @pytest.mark.parametrize("name", zoo.names())

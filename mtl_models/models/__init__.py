@@ -1,4 +1,5 @@
-"""The five multi-task architectures, one file each."""
+"""The multi-task architectures, one file each. A model file added here needs no line in this file: the zoo
+(``mtl_models/zoo.py``) imports it, and ``mtl_models`` exports every zoo model's class."""
 
 from .aitm import AITM
 from .base import MultiTaskModel
