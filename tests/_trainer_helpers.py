@@ -1,4 +1,4 @@
-"""Shared fixtures for the trainer tests: a learnable synthetic CTR/CVR data set and the five models."""
+"""Shared fixtures for the trainer tests: a learnable synthetic CTR/CVR data set and every zoo model."""
 
 from __future__ import annotations
 

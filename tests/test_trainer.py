@@ -1,4 +1,4 @@
-"""MTLTrainer: the documented flow for all five models, metric keys, callbacks, early stopping,
+"""MTLTrainer: the documented flow for every zoo model, metric keys, callbacks, early stopping,
 checkpoints, NaN detection, devices and ONNX parity."""
 
 from __future__ import annotations
