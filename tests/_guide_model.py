@@ -36,7 +36,7 @@ class GuideModel:
         return self.model_path[:-len(".py")].replace("/", ".")
 
 
-def _section(text: str) -> str:
+def section(text: str) -> str:
     start = text.index(SECTION)
     end = text.find("\n## ", start + len(SECTION))
     return text[start:end if end >= 0 else len(text)]
@@ -44,7 +44,7 @@ def _section(text: str) -> str:
 
 def read_guide(path: Path = GUIDE) -> GuideModel:
     """The guide's model file and zoo pieces; an assertion names what the section no longer has."""
-    blocks = re.findall(r"```python\n(.*?)```", _section(path.read_text()), flags=re.S)
+    blocks = re.findall(r"```python\n(.*?)```", section(path.read_text()), flags=re.S)
     by_file = {}
     for block in blocks:
         first, _, rest = block.partition("\n")

@@ -21,17 +21,31 @@ import _guide_model
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = os.environ.get("MTLP_SHARED_DATA", str(REPO.parent / "shared" / "data"))  # as conftest.py
 GUIDE = _guide_model.read_guide()
+GUIDE_SECTION = _guide_model.section(_guide_model.GUIDE.read_text())
 NAME = "gated_bottom"
 # make test's files with tests parametrized over zoo.names(); test_zoo.py runs whole (the zoo's invariants)
 PARAMETRIZED = ["tests/test_models.py", "tests/test_onnx_export.py", "tests/test_fast_paths.py", "tests/test_train_step.py"]
 SKIP = shutil.ignore_patterns(".git", ".venv", "mtlp-runs", "__pycache__", ".pytest_cache", "*.egg-info", "build")
 
 
+def copy_checkout(root: Path) -> None:
+    """The checkout's files as git sees them (tracked, and untracked ones it does not ignore), else all but SKIP."""
+    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=REPO,
+                            capture_output=True)
+    if listed.returncode != 0:
+        shutil.copytree(REPO, root, ignore=SKIP)
+        return
+    for rel in filter(None, listed.stdout.decode().split("\0")):
+        if (REPO / rel).is_file():
+            (root / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / rel, root / rel)
+
+
 @pytest.fixture(scope="module")
 def checkout(tmp_path_factory) -> Path:
     """This checkout with the guide's three steps done; nothing else edited."""
     root = tmp_path_factory.mktemp("guide") / "mtl-pipeline"
-    shutil.copytree(REPO, root, ignore=SKIP)
+    copy_checkout(root)
     _guide_model.apply(GUIDE, root)  # 1. the model file, 2. the zoo entry
     space = list(_guide_model.load_entry(GUIDE).space)
     _guide_model.forget(GUIDE)
@@ -52,6 +66,21 @@ def test_the_guide_touches_only_the_places_it_names(checkout: Path) -> None:
 
     changed = sorted(str(p.relative_to(checkout)) for p in checkout.rglob("*") if p.is_file() and differs(p))
     assert changed == sorted(["README.md", "docs/search.md", GUIDE.model_path, "mtl_models/zoo.py"])
+
+
+def test_the_guide_names_every_public_block_and_hook() -> None:
+    """A block added to ``mtl_models.layers`` or a hook added to ``MultiTaskModel`` is a line of the guide's tables."""
+    import inspect
+
+    from mtl_models import MultiTaskModel, layers
+
+    text = GUIDE_SECTION
+    hooks = [n for n, f in vars(MultiTaskModel).items() if inspect.isfunction(f) and not n.startswith("_")
+             and n not in ("forward", "head")] + ["default_auxiliary_weight"]
+    missing = [n for n in [*layers.__all__, *hooks, "lookup", "head"] if f"`{n}" not in text and f".{n}(" not in text]
+    assert missing == [], f"docs/models.md, Adding a model, does not name {missing}"
+    assert "self.embedding.lookup(x)" in GUIDE.model_source and "self.embedding(x)" not in GUIDE.model_source
+    assert "def last_shared_parameters(self)" in GUIDE.model_source
 
 
 @pytest.mark.slow
