@@ -100,7 +100,7 @@ class PipelineConfig:
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     # a list of zoo names, or "all" (every model in the zoo), or {exclude: [...]} (every model but those); a list
     # after construction, so the rest of the pipeline only ever sees names
-    models: Union[list, str, dict] = "all"
+    models: object = "all"  # list | "all" | {"exclude": [...]}: select_models checks the form and says which
     search: SearchConfig = field(default_factory=SearchConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
@@ -151,7 +151,7 @@ class PipelineConfig:
         return self.tracking.registered_model or f"{self.tracking.experiment}-model"
 
 
-def select_models(models: Union[list, str, Mapping[str, Any]]) -> list:
+def select_models(models: object) -> list:
     """The config's ``models`` as names: ``"all"`` is every model in the zoo, in ``zoo.names()`` order (so a model
     added to ``mtl_models/zoo.py`` runs without a config edit); ``{"exclude": [...]}`` every model but those (a
     config that leaves one out on purpose, e.g. ESMM on data that is no funnel); a list is taken as written."""
@@ -167,6 +167,8 @@ def select_models(models: Union[list, str, Mapping[str, Any]]) -> list:
         if unknown:
             raise ConfigError(f"models.exclude: unknown model(s) {unknown}; choose from {known}")
         return [m for m in known if m not in models["exclude"]]
+    if not isinstance(models, list) or not all(isinstance(m, str) for m in models):
+        raise ConfigError(f"models must be a list of model names, 'all' or {{exclude: [...]}}, got {models!r}")
     return list(models)
 
 

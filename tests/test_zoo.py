@@ -145,7 +145,9 @@ def test_models_all_exclude_and_a_list() -> None:
     for bad, message in [("some", r"^models must be a list of model names, 'all' or \{exclude: \[...\]\}, got 'some'$"),
                          ({"exclude": ["mmoe2"]}, r"^models.exclude: unknown model\(s\) \['mmoe2'\]; choose from"),
                          ({"include": ["mmoe"]}, r"^models: a mapping takes one key, exclude: \[names\]"),
-                         ({"exclude": zoo.names()}, r"^models: choose at least one of")]:
+                         ({"exclude": zoo.names()}, r"^models: choose at least one of"),
+                         (5, r"^models must be a list of model names, 'all' or \{exclude: \[...\]\}, got 5$"),
+                         (["mmoe", 3], r"^models must be a list of model names.*got \['mmoe', 3\]$")]:
         with pytest.raises(ConfigError, match=message):
             load_config({"models": bad})
 
