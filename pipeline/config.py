@@ -98,9 +98,9 @@ class SecretsConfig:
 class PipelineConfig:
     name: str = "mtlp-default"
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
-    # a list of zoo names, or "all" (every model in the zoo), or {exclude: [...]} (every model but those); a list
-    # after construction, so the rest of the pipeline only ever sees names
-    models: object = "all"  # list | "all" | {"exclude": [...]}: select_models checks the form and says which
+    # "all" (every zoo model), {"exclude": [...]} (every one but those) or a list of names; always a list of names
+    # once constructed (select_models), so the rest of the pipeline never sees the other forms
+    models: object = "all"
     search: SearchConfig = field(default_factory=SearchConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
