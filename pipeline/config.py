@@ -67,7 +67,8 @@ class TrainConfig:
 
 @dataclass
 class TrackingConfig:
-    uri: Optional[str] = None  # None: MLFLOW_TRACKING_URI, else SQLite inside the run's work directory
+    uri: Optional[str] = None  # None: MLFLOW_TRACKING_URI, else the runs root's SQLite store (mtlp-runs/mlflow.db)
+    isolated: bool = False  # true (no uri set): this run logs to its own store, <run folder>/mlflow.db
     experiment: str = "mtl-pipeline"
     registered_model: Optional[str] = None  # default: "<experiment>-model"
 
