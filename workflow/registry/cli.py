@@ -143,11 +143,13 @@ def _against_scores(client, name: str, version: str) -> Optional[dict]:
     """When ``version`` scores lower on validation than the champion on the same validation data:
     ``{"against_scores": True, ...}`` with both scores; None otherwise (higher, equal, unknown or other data)."""
     from .. import registry
+    from .versions import get_version
 
+    cand_v = get_version(client, name, version)  # an unknown version: one line naming it
     champ = registry.champion_version(client, name)
     if champ is None or champ == str(version):
         return None
-    cand_v, champ_v = client.get_model_version(name, str(version)), client.get_model_version(name, champ)
+    champ_v = get_version(client, name, champ)
     same_data = cand_v.tags.get(registry.TAG["eval_data"]) == champ_v.tags.get(registry.TAG["eval_data"])
     cand, held = (registry.candidate_score(v, registry.SELECT_METRIC) for v in (cand_v, champ_v))
     if not same_data or cand != cand or held != held or cand >= held:
