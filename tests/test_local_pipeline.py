@@ -42,7 +42,8 @@ def test_local_run_logs_registers_and_promotes(local_run) -> None:
 
     config, run = local_run
     # registry pinned too: an earlier test in this process may have pointed MLflow's global registry elsewhere
-    client = client_for(f"sqlite:///{run.work_dir / 'mlflow.db'}")
+    client = client_for(run.tracking_uri)  # the runs root's shared store
+    assert run.tracking_uri == f"sqlite:///{run.work_dir.parent / 'mlflow.db'}"
     exp = client.get_experiment_by_name("ci-local")
     runs = client.search_runs([exp.experiment_id], max_results=1000)
     by_id = {r.info.run_id: r for r in runs}
@@ -54,7 +55,7 @@ def test_local_run_logs_registers_and_promotes(local_run) -> None:
 
     model_runs = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id
                   and r.data.tags.get("mtlp.role") == "model"]
-    assert sorted(r.info.run_name for r in model_runs) == sorted(MODELS)
+    assert sorted(r.info.run_name for r in model_runs) == sorted(f"ci-run/{m}" for m in MODELS)
     for model_run in model_runs:
         trials = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == model_run.info.run_id]
         assert len(trials) >= N_TRIALS, f"{model_run.info.run_name}: one child run per trial"

@@ -80,7 +80,8 @@ def start_model_run(run_name: str, experiment: str, model_name: str, work_dir: P
                       f"and tags.`{tracking.TAGS['model_name']}` = '{model_name}'")
     if existing:
         return existing[0].info.run_id
-    return tracking.create_child_run(client, parent, model_name, role="model",
+    # named <pipeline run>/<model>: in one store across runs, the UI's runs table and compare page tell them apart
+    return tracking.create_child_run(client, parent, f"{run_name}/{model_name}", role="model",
                                      tags={tracking.TAGS["model_name"]: model_name})
 
 
