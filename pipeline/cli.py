@@ -130,6 +130,23 @@ def cmd_ui(args: argparse.Namespace) -> int:
     return 0  # not reached
 
 
+def cmd_runs(args: argparse.Namespace) -> int:
+    """The pipeline runs of one store side by side (``workflow.reports.runs_table``)."""
+    from workflow.registry import RegistryError
+    from workflow.registry.cli import resolve_store
+    from workflow.reports.runs_table import runs_report
+    from workflow.tracking import check_tracking_reachable, client_for, mask_credentials
+
+    try:
+        uri, _ = resolve_store(args.tracking_uri, args.work_dir, None, args.runs_root)
+    except RegistryError as exc:
+        raise FileNotFoundError(str(exc)) from None
+    check_tracking_reachable(uri)
+    print(f"store {mask_credentials(uri)}")
+    print(runs_report(client_for(uri), args.experiment or None))
+    return 0
+
+
 def cmd_compile(args: argparse.Namespace) -> int:
     from .submit import compile_pipeline
 
@@ -182,6 +199,14 @@ def build_parser() -> argparse.ArgumentParser:
     ui.add_argument("--port", type=int, default=5000)
     ui.set_defaults(func=cmd_ui)
 
+    runs = sub.add_parser("runs", help="the pipeline runs of a store side by side: each model's val and test "
+                                       "scores, its version, and which version was champion after each run")
+    runs.add_argument("--runs-root", default="mtlp-runs", help="whose shared store (default: ./mtlp-runs)")
+    runs.add_argument("--work-dir", help="the store this run folder logged to instead")
+    runs.add_argument("--tracking-uri", help="an MLflow tracking server or database instead")
+    runs.add_argument("--experiment", action="append", help="only this experiment (repeatable; default: all)")
+    runs.set_defaults(func=cmd_runs)
+
     comp = sub.add_parser("compile", help="write the KFP IR YAML for a cluster")
     comp.add_argument("--config")
     comp.add_argument("--image", help="container image of every component (default: the config's, else this commit's)")
@@ -211,10 +236,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return cmd_promote(argv[1:])
     args = build_parser().parse_args(argv)
     from workflow.data.errors import DataError
+    from workflow.tracking.uri import TrackingUnavailable
     from .config import ConfigError
     try:
         return args.func(args)
-    except (ConfigError, DataError, FileNotFoundError) as exc:
+    except (ConfigError, DataError, FileNotFoundError, TrackingUnavailable) as exc:
         print(f"mtlp {args.command}: error: {exc}", file=sys.stderr)
         return 2
 
