@@ -133,17 +133,19 @@ def log_train_result(client: Any, run_id: str, result: Any, *, log_history: Opti
 
 
 def log_comparison(client: Any, parent_run_id: str, table: Mapping[str, Mapping[str, float]],
-                   out_dir: str | os.PathLike, reference: Optional[Mapping[str, float]] = None) -> Path:
+                   out_dir: str | os.PathLike, reference: Optional[Mapping[str, float]] = None,
+                   champion: Optional[str] = None, title: str = "metrics by model") -> Path:
     """The models of one pipeline run compared on its parent run under ``comparison/``: a bar chart and the table
-    as ``comparison.json`` (``table``: model -> ``test_score`` and ``<task>/<metric>``); ``reference``
-    ({``<task>/auc``: value}) draws e.g. the generator's ceiling."""
+    as ``comparison.json`` (``table``: model -> ``val_score``, ``test_score`` and ``<task>/<metric>``);
+    ``reference`` ({``<task>/auc``: value}) draws e.g. the generator's ceiling; ``champion`` marks that model."""
     from ..reports import plots as plotting
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     with atomic_path(out_dir / "comparison.json") as tmp:
         tmp.write_text(json.dumps(table, indent=2, sort_keys=True))
-    png = plotting.model_comparison(table, out_dir / "model_comparison.png", reference=reference)
+    png = plotting.model_comparison(table, out_dir / "model_comparison.png", title=title, reference=reference,
+                                    champion=champion)
     log_artifact_files(client, parent_run_id, [png, out_dir / "comparison.json"], "comparison")
     return png
 
