@@ -47,6 +47,9 @@ class SearchConfig:
     n_workers: int = 1
     storage: Optional[str] = None  # None: a journal file in the run's work directory
     space: dict = field(default_factory=dict)  # overrides of the search space: {"common": {...}, "<model>": {...}}
+    timeout: Optional[float] = None  # seconds per model's search: no trial starts after it (Optuna's timeout)
+    trial_timeout: Optional[float] = None  # seconds per trial: training stops after the epoch that passes it
+    max_params: Optional[int] = None  # a sampled model with more parameters is skipped untrained, not counted
 
 
 @dataclass
@@ -123,6 +126,10 @@ class PipelineConfig:
                 raise ConfigError(f"{key} must be >= 1")
         if self.search.pruner not in ("median", "hyperband", "none"):
             raise ConfigError(f"search.pruner must be median, hyperband or none, got {self.search.pruner!r}")
+        for key in ("timeout", "trial_timeout", "max_params"):
+            value = getattr(self.search, key)
+            if value is not None and not value > 0:
+                raise ConfigError(f"search.{key} must be > 0 (or left out: no bound), got {value!r}")
         if not 0.0 < self.dataset.val_fraction < 1.0:
             raise ConfigError("dataset.val_fraction must be in (0, 1)")
         if self.resources.gpus < 0 or self.resources.retries < 0:

@@ -107,7 +107,8 @@ def search_step(prepared_dir: PathLike, model_name: str, work_dir: PathLike, mod
                             storage=resolve_storage(search.get("storage")), study_name=f"{run_name}-{model_name}",
                             pruner=search.get("pruner", "median"), objective=search.get("objective", "mean"),
                             multi_objective=bool(search.get("multi_objective", False)), seed=seed,
-                            search_space=search.get("space") or None, device=device,
+                            search_space=search.get("space") or None, device=device, timeout=search.get("timeout"),
+                            trial_timeout=search.get("trial_timeout"), max_params=search.get("max_params"),
                             parent_run_id=model_run_id, tracking_uri=uri, progress=True)
     return dict(result.best_params)
 
@@ -365,8 +366,10 @@ def summary_step(parent_run_id: str, results: Mapping[str, Mapping[str, float]],
     versions = [decision.get(k) for k in ("candidate_version", "champion_version", "current_champion")]
     words = describe_decision(decision, _architectures(client, registered_model, versions))
     lines = summary_table(results, ceiling)
-    lines += ["", f"Champion of `{registered_model}`: {words}.",
-              "", f"MLflow store: `{tracking.mask_credentials(uri)}`"]
+    lines += ["", f"Champion of `{registered_model}`: {words}."]
+    notes = tracking.search_budget_notes(client, parent_run_id)  # when a budget cut a model's search short
+    lines += ["", "Search budget: " + "; ".join(notes) + "."] if notes else []
+    lines += ["", f"MLflow store: `{tracking.mask_credentials(uri)}`"]
     text = "\n".join(lines) + "\n"
     for path in (Path(out_md), Path(work_dir) / "summary.md"):  # the second is where `mtlp run` finds it
         with atomic_path(path) as tmp:
