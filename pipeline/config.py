@@ -205,7 +205,25 @@ def load_config(source: Union[str, Path, Mapping[str, Any], None] = None) -> Pip
             data = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as exc:
             raise ConfigError(f"{path} is not valid YAML: {exc}") from None
+        _paths_beside(data, path.parent)
     return _build(PipelineConfig, data, "").validate()
+
+
+def _paths_beside(data: Any, folder: Path) -> None:
+    """Relative ``dataset.data_dir``, ``dataset.options.path`` and ``.schema`` name files beside the config file:
+    each becomes that absolute path when it exists there; one that exists only from the current folder (as configs
+    written before this rule mean it) stays as written. The prepare step's errors name the absolute path tried."""
+    dataset = data.get("dataset") if isinstance(data, Mapping) else None
+    if not isinstance(dataset, dict):
+        return
+    options = dataset.get("options") if isinstance(dataset.get("options"), dict) else {}
+    for holder, key in ((dataset, "data_dir"), (options, "path"), (options, "schema")):
+        value = holder.get(key)
+        if not isinstance(value, str) or not value or "://" in value or Path(value).expanduser().is_absolute():
+            continue
+        beside = folder / value
+        if beside.exists() or not Path(value).exists():
+            holder[key] = str(beside.resolve())
 
 
 def config_to_dict(config: PipelineConfig) -> dict[str, Any]:
