@@ -5,7 +5,7 @@ Needs Debian's Chromium (headless): ``apt-get update && apt-get install -y chrom
 
     .venv/bin/python bench/mlflow_screenshots.py mtlp-runs/<run> --out docs/mlflow
 
-It starts ``mlflow ui`` on that run's SQLite store on loopback (a free port), finds the experiment, the model
+It starts ``mlflow ui`` on the SQLite store that run logged to (the runs root's shared one by default) on loopback (a free port), finds the experiment, the model
 runs and the registered model through the tracking API, points headless Chromium at the single-page app's
 routes (``#/experiments/<id>/runs``, ``#/compare-runs?runs=[...]``, ``#/models/<name>``) with a virtual-time
 budget so the app has fetched and drawn its data, writes one PNG per view, and stops the server.
@@ -161,20 +161,21 @@ def views(uri: str, base: str) -> list[tuple[str, str, str, bool]]:
         raise SystemExit(f"no experiment in {uri}: is this a finished run folder?")
     exp = max(experiments, key=lambda e: e.last_update_time or 0)
     role = tracking.TAGS["role"]
-    parents = client.search_runs([exp.experiment_id], f"tags.`{role}` = 'pipeline'", max_results=1,
+    parents = client.search_runs([exp.experiment_id], f"tags.`{role}` = 'pipeline'", max_results=2,
                                  order_by=["attributes.start_time DESC"])
     if not parents:
         raise SystemExit(f"no pipeline run in experiment {exp.name!r}")
-    parent = parents[0].info.run_id
-    models = client.search_runs([exp.experiment_id], f"tags.`{role}` = 'model' and tags.`mlflow.parentRunId` = "
-                                f"'{parent}'", order_by=["metrics.score DESC"])
+    models = [m for p in parents for m in client.search_runs(  # the model runs of the newest two pipeline runs
+        [exp.experiment_id], f"tags.`{role}` = 'model' and tags.`mlflow.parentRunId` = '{p.info.run_id}'",
+        order_by=["metrics.score DESC"])]
     runs_page = tracking.ui_url(base, exp.experiment_id)
     out = [("runs_table.png", runs_page, "matching runs", False),
            ("runs_table_unfolded.png", runs_page, "matching runs", True),
            ("chart_view.png", f"{runs_page}&compareRunsMode=CHART", "matching runs", True),
            ("compare_models.png", tracking.ui_url(base, exp.experiment_id, [r.info.run_id for r in models]),
             "Comparing", False)]
-    registered = client.search_registered_models(max_results=1)
+    registered = [m for m in client.search_registered_models() if not m.name.endswith(".promotion-lock")
+                  and ".promotion-lock.broken-" not in m.name]
     if registered:
         out.append(("model_versions.png", f"{base}/#/models/{urllib.parse.quote(registered[0].name)}"
                                           "?workflowType=machine_learning", "Versions", False))
@@ -183,7 +184,8 @@ def views(uri: str, base: str) -> list[tuple[str, str, str, bool]]:
 
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("run_dir", type=Path, help="a finished run folder (holds mlflow.db)")
+    parser.add_argument("run_dir", type=Path, help="a finished run folder (the store it logged to: tracking.json, "
+                                                   "else its own mlflow.db)")
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "mlflow")
     parser.add_argument("--chromium", default=os.environ.get("CHROMIUM", "chromium"))
     parser.add_argument("--size", default="1600x1000", help="window WIDTHxHEIGHT")
@@ -191,9 +193,12 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = parser.parse_args(argv)
     if shutil.which(args.chromium) is None:
         raise SystemExit(f"{args.chromium} not found: apt-get update && apt-get install -y chromium")
-    db = args.run_dir.resolve() / tracking.DEFAULT_DB
-    if not db.is_file():
-        raise SystemExit(f"{db} not found: pass a finished run folder, e.g. mtlp-runs/<run>")
+    from workflow.tracking.local_store import sqlite_path, store_of_run
+
+    db = sqlite_path(store_of_run(args.run_dir)[0])
+    if db is None or not db.is_file():
+        raise SystemExit(f"{args.run_dir} logged to no local SQLite store: pass a finished run folder, e.g. "
+                         "mtlp-runs/<run>")
     uri = f"sqlite:///{db}"
     port = free_port()
     base = f"http://127.0.0.1:{port}"

@@ -44,6 +44,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .local import PipelineFailed, new_run_name, run_folder, run_local
 
     config = _config(args.config)
+    if args.isolated_store:
+        config.tracking.isolated = True
     ui_command = _mtlp_command()  # before the run puts the venv's bin folder on this process's PATH
     run_name = args.run_name or new_run_name()
     work_dir = run_folder(run_name, args.runs_root)
@@ -73,26 +75,76 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _ui_store(args: argparse.Namespace) -> tuple[Path, str, Optional[str]]:
+    """(what is shown, store URI, experiment or None) for ``mtlp ui``: a run folder's store (its ``tracking.json``,
+    else its own ``mlflow.db``), or with no run the runs root's shared store, else the newest run's own."""
+    from workflow.tracking.local_store import read_store_record, stores_under, store_of_run
+
+    root = Path(args.runs_root)
+    if args.run:
+        folder = Path(args.run)
+        if not folder.is_dir() and (root / folder).is_dir():
+            folder = root / folder  # a bare run name
+        if not folder.is_dir():
+            raise FileNotFoundError(f"no run folder {args.run}: name a run folder, e.g. mtlp ui mtlp-runs/<run>")
+        uri, experiment = store_of_run(folder)
+        return folder, uri, experiment
+    stores = stores_under(root)
+    if not stores:
+        raise FileNotFoundError(f"no run with an MLflow store under {args.runs_root}: name a run folder, e.g. "
+                                "mtlp ui mtlp-runs/<run>")
+    runs = sorted((p for p in root.iterdir() if p.is_dir()), key=lambda p: p.stat().st_mtime, reverse=True)
+    uri = f"sqlite:///{stores[0].resolve()}"
+    experiment = next((r.get("experiment") for r in map(read_store_record, runs)
+                       if r and r.get("tracking_uri") == uri), None)
+    return stores[0].parent, uri, experiment
+
+
 def cmd_ui(args: argparse.Namespace) -> int:
-    """The MLflow UI on one run's store (default: the newest run), in the foreground until Ctrl-C. This process
-    becomes the MLflow server (exec), so a signal to it stops the server and the workers it started."""
+    """The MLflow UI on a store (default: the runs root's), in the foreground until Ctrl-C, with the URL of the
+    experiment's runs in the model-training layout. This process becomes the MLflow server (exec), so a signal to
+    it stops the server and the workers it started. A run that logged to a server: its URL, nothing started."""
     import os
 
-    from workflow.registry.cli import find_local_store
+    from workflow.tracking.local_store import experiment_id, sqlite_path
+    from workflow.tracking.ui import ui_url
 
-    folder = Path(args.run) if args.run else find_local_store(args.runs_root)
-    if folder is not None and not (folder / "mlflow.db").exists() and (Path(args.runs_root) / folder).is_dir():
-        folder = Path(args.runs_root) / folder  # a bare run name
-    if folder is None or not (folder / "mlflow.db").exists():
-        where = (f"{folder} has no mlflow.db" if folder is not None
-                 else f"no run with an MLflow store under {args.runs_root}")
-        raise FileNotFoundError(f"{where}: name a run folder, e.g. mtlp ui mtlp-runs/<run>")
-    uri = f"sqlite:///{(folder / 'mlflow.db').resolve()}"
-    print(f"MLflow UI for {_shown(folder)} at http://{args.host}:{args.port} (Ctrl-C stops it)", flush=True)
-    command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", args.host,
-               "--port", str(args.port)]
+    shown, uri, experiment = _ui_store(args)
+    db = sqlite_path(uri)
+    if db is None:
+        if uri.startswith(("http://", "https://")):
+            print(f"{_shown(shown)} logged to the tracking server {uri}: open {uri.rstrip('/')}/#/experiments "
+                  f"(experiment {experiment or '?'}); nothing to start here", flush=True)
+            return 0
+        raise FileNotFoundError(f"{_shown(shown)} logged to {uri}: serve it with mlflow ui --backend-store-uri "
+                                "<that URI> (its password is not kept)")
+    if not db.is_file():
+        raise FileNotFoundError(f"{_shown(shown)} logged to {db}, which does not exist (moved or deleted?)")
+    exp_id = experiment_id(db, experiment)
+    base = f"http://{args.host}:{args.port}"
+    url = ui_url(base, exp_id) if exp_id else base + "/#/experiments"
+    print(f"MLflow UI for {_shown(db)} at {url} (Ctrl-C stops it)", flush=True)
+    command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", f"sqlite:///{db.resolve()}",
+               "--host", args.host, "--port", str(args.port)]
     os.execv(sys.executable, command)
     return 0  # not reached
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    """The pipeline runs of one store side by side (``workflow.reports.runs_table``)."""
+    from workflow.registry import RegistryError
+    from workflow.registry.cli import resolve_store
+    from workflow.reports.runs_table import runs_report
+    from workflow.tracking import check_tracking_reachable, client_for, mask_credentials
+
+    try:
+        uri, _ = resolve_store(args.tracking_uri, args.work_dir, None, args.runs_root)
+    except RegistryError as exc:
+        raise FileNotFoundError(str(exc)) from None
+    check_tracking_reachable(uri)
+    print(f"store {mask_credentials(uri)}")
+    print(runs_report(client_for(uri), args.experiment or None))
+    return 0
 
 
 def cmd_compile(args: argparse.Namespace) -> int:
@@ -125,6 +177,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--config", help="YAML config (default: configs/default.yaml)")
     run.add_argument("--run-name", help="re-use a name to resume a killed run (finished steps are cached)")
     run.add_argument("--runs-root", default="mtlp-runs", help="where run folders go (default: ./mtlp-runs)")
+    run.add_argument("--isolated-store", action="store_true",
+                     help="log to this run's own MLflow store (<run folder>/mlflow.db) instead of the runs root's "
+                          "shared one (same as tracking.isolated: true)")
     run.add_argument("--no-cache", action="store_true", help="re-run every step even when cached")
     run.add_argument("--cold-tasks", action="store_true",
                      help="start every task as a fresh Python process (KFP's own launcher) instead of forking "
@@ -137,12 +192,20 @@ def build_parser() -> argparse.ArgumentParser:
                           "progress; the rest is in the run folder's logs/) and tracebacks")
     run.set_defaults(func=cmd_run)
 
-    ui = sub.add_parser("ui", help="open the MLflow UI on a run's store (default: the newest run)")
-    ui.add_argument("run", nargs="?", help="run folder (mtlp-runs/<run>) or run name")
+    ui = sub.add_parser("ui", help="serve the MLflow UI on the runs' store (default: the runs root's shared one)")
+    ui.add_argument("run", nargs="?", help="run folder (mtlp-runs/<run>) or run name: the store that run logged to")
     ui.add_argument("--runs-root", default="mtlp-runs", help="where run folders are (default: ./mtlp-runs)")
     ui.add_argument("--host", default="127.0.0.1")
     ui.add_argument("--port", type=int, default=5000)
     ui.set_defaults(func=cmd_ui)
+
+    runs = sub.add_parser("runs", help="the pipeline runs of a store side by side: each model's val and test "
+                                       "scores, its version, and which version was champion after each run")
+    runs.add_argument("--runs-root", default="mtlp-runs", help="whose shared store (default: ./mtlp-runs)")
+    runs.add_argument("--work-dir", help="the store this run folder logged to instead")
+    runs.add_argument("--tracking-uri", help="an MLflow tracking server or database instead")
+    runs.add_argument("--experiment", action="append", help="only this experiment (repeatable; default: all)")
+    runs.set_defaults(func=cmd_runs)
 
     comp = sub.add_parser("compile", help="write the KFP IR YAML for a cluster")
     comp.add_argument("--config")
@@ -175,10 +238,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return cmd_promote(argv[1:])
     args = build_parser().parse_args(argv)
     from workflow.data.errors import DataError
+    from workflow.tracking.uri import TrackingUnavailable
     from .config import ConfigError
     try:
         return args.func(args)
-    except (ConfigError, DataError, FileNotFoundError) as exc:
+    except (ConfigError, DataError, FileNotFoundError, TrackingUnavailable) as exc:
         print(f"mtlp {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

@@ -47,6 +47,9 @@ class SearchConfig:
     n_workers: int = 1
     storage: Optional[str] = None  # None: a journal file in the run's work directory
     space: dict = field(default_factory=dict)  # overrides of the search space: {"common": {...}, "<model>": {...}}
+    timeout: Optional[float] = None  # seconds per model's search: no trial starts after it (Optuna's timeout)
+    trial_timeout: Optional[float] = None  # seconds per trial: training stops after the epoch that passes it
+    max_params: Optional[int] = None  # a sampled model with more parameters is skipped untrained, not counted
 
 
 @dataclass
@@ -67,7 +70,8 @@ class TrainConfig:
 
 @dataclass
 class TrackingConfig:
-    uri: Optional[str] = None  # None: MLFLOW_TRACKING_URI, else SQLite inside the run's work directory
+    uri: Optional[str] = None  # None: MLFLOW_TRACKING_URI, else the runs root's SQLite store (mtlp-runs/mlflow.db)
+    isolated: bool = False  # true (no uri set): this run logs to its own store, <run folder>/mlflow.db
     experiment: str = "mtl-pipeline"
     registered_model: Optional[str] = None  # default: "<experiment>-model"
 
@@ -127,6 +131,10 @@ class PipelineConfig:
                 raise ConfigError(f"{key} must be >= 1")
         if self.search.pruner not in ("median", "hyperband", "none"):
             raise ConfigError(f"search.pruner must be median, hyperband or none, got {self.search.pruner!r}")
+        for key in ("timeout", "trial_timeout", "max_params"):
+            value = getattr(self.search, key)
+            if value is not None and not value > 0:
+                raise ConfigError(f"search.{key} must be > 0 (or left out: no bound), got {value!r}")
         if not 0.0 < self.dataset.val_fraction < 1.0:
             raise ConfigError("dataset.val_fraction must be in (0, 1)")
         if self.resources.gpus < 0 or self.resources.retries < 0:
@@ -223,7 +231,25 @@ def load_config(source: Union[str, Path, Mapping[str, Any], None] = None) -> Pip
             data = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as exc:
             raise ConfigError(f"{path} is not valid YAML: {exc}") from None
+        _paths_beside(data, path.parent)
     return _build(PipelineConfig, data, "").validate()
+
+
+def _paths_beside(data: Any, folder: Path) -> None:
+    """Relative ``dataset.data_dir``, ``dataset.options.path`` and ``.schema`` name files beside the config file:
+    each becomes that absolute path when it exists there; one that exists only from the current folder (as configs
+    written before this rule mean it) stays as written. The prepare step's errors name the absolute path tried."""
+    dataset = data.get("dataset") if isinstance(data, Mapping) else None
+    if not isinstance(dataset, dict):
+        return
+    options = dataset.get("options") if isinstance(dataset.get("options"), dict) else {}
+    for holder, key in ((dataset, "data_dir"), (options, "path"), (options, "schema")):
+        value = holder.get(key)
+        if not isinstance(value, str) or not value or "://" in value or Path(value).expanduser().is_absolute():
+            continue
+        beside = folder / value
+        if beside.exists() or not Path(value).exists():
+            holder[key] = str(beside.resolve())
 
 
 def config_to_dict(config: PipelineConfig) -> dict[str, Any]:

@@ -1,8 +1,9 @@
 """Runs the same graph on this machine with KFP's local runner and embedded defaults.
 
 Each task runs in its own process on this machine (no containers, no cluster), forked from a warm worker
-that imported torch and MLflow once (``pipeline.warm_worker``); MLflow is a SQLite store and Optuna a
-journal file, both inside ``<runs_root>/<run_name>/``. Each task's output goes to its own log file in
+that imported torch and MLflow once (``pipeline.warm_worker``); MLflow is the runs root's SQLite store
+(``<runs_root>/mlflow.db``, shared by every run under it: ``workflow.tracking.local_store``) and Optuna a journal
+file inside ``<runs_root>/<run_name>/``. Each task's output goes to its own log file in
 ``<run>/logs/``; temporary files go to ``<run>/tmp/``, removed when the run ends.
 
 A run that fails (a task's error, Ctrl-C, SIGTERM) ends its MLflow runs that are still open as FAILED and
@@ -41,6 +42,7 @@ class LocalRun:
     summary: str
     task_seconds: list = field(default_factory=list)  # (component function, seconds it ran)
     logs_dir: Optional[Path] = None
+    tracking_uri: str = ""  # where it logged; "" = its own store, <work_dir>/mlflow.db
 
 
 class PipelineFailed(RuntimeError):
@@ -114,12 +116,12 @@ def _run_temp_dir(path: Path) -> Iterator[None]:
         shutil.rmtree(path, ignore_errors=True)
 
 
-def _end_open_runs(config: PipelineConfig, work_dir: Path, run_name: str) -> list[str]:
+def _end_open_runs(config: PipelineConfig, work_dir: Path, run_name: str, store: str) -> list[str]:
     """Mark the run's MLflow runs that are still open FAILED; [] when there is no store yet or it cannot be reached."""
     from workflow import tracking
 
     try:
-        uri, _ = tracking.resolve_tracking_uri(work_dir, config.tracking.uri or None)
+        uri, _ = tracking.resolve_tracking_uri(work_dir, store or None)
         if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():
             return []  # the run failed before its start step: no store to mend (and none to create)
         return tracking.end_open_runs(tracking.client_for(uri), config.tracking.experiment, run_name, "FAILED")
@@ -140,9 +142,14 @@ def run_local(config: PipelineConfig, run_name: Optional[str] = None, runs_root:
     """
     from kfp import local
 
+    from workflow.tracking.local_store import record_store, run_store_uri
+
     run_name = run_name or new_run_name()
     work_dir = run_folder(run_name, runs_root)
     work_dir.mkdir(parents=True, exist_ok=True)
+    # one store per runs root (mtlp-runs/mlflow.db) unless the config names one or asks for isolation
+    store = run_store_uri(runs_root, config.tracking.uri, config.tracking.isolated)
+    record_store(work_dir, store, config.tracking.experiment)
     logs_dir = work_dir / "logs"
     console = TaskConsole(verbose=verbose)
     error: Optional[BaseException] = None
@@ -162,16 +169,16 @@ def run_local(config: PipelineConfig, run_name: Optional[str] = None, runs_root:
         start = time.perf_counter()
         try:
             with _interruptible(tasks):
-                task = pipeline_func(run_name=run_name, work_dir=str(work_dir))
+                task = pipeline_func(run_name=run_name, work_dir=str(work_dir), tracking_uri=store)
         except BaseException as exc:  # noqa: BLE001 - re-raised below, once the tasks are stopped
             error = exc
         seconds = time.perf_counter() - start
     if error is not None:  # every task has stopped (the worker kills what still ran): end what they left open
-        ended = _end_open_runs(config, work_dir, run_name)
+        ended = _end_open_runs(config, work_dir, run_name, store)
         failure = tasks.failures[0] if tasks.failures else None
         if failure is None or isinstance(error, (KeyboardInterrupt, SystemExit)):
             raise error
         raise PipelineFailed(failure.message, work_dir, failure, ended) from error
     summary = task.outputs["Output"] if hasattr(task, "outputs") and "Output" in getattr(task, "outputs", {}) else ""
     return LocalRun(run_name=run_name, work_dir=work_dir, seconds=seconds, summary=str(summary),
-                    task_seconds=list(tasks.task_seconds), logs_dir=logs_dir)
+                    task_seconds=list(tasks.task_seconds), logs_dir=logs_dir, tracking_uri=store)

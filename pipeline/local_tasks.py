@@ -44,6 +44,13 @@ def _run_cold(full_command: list[str], env_vars: Optional[dict], task: Task, con
     return proc.wait()
 
 
+FINAL_ERRORS = ("DataError", "ConfigError")  # a step's errors that a retry cannot mend
+
+
+class FinalTaskError(RuntimeError):
+    """A task failed with a data or config error: the run ends at once (no retry; exit status 2)."""
+
+
 class LocalTasks:
     """Every KFP task of a local run, started through :func:`warm_local_runner`: their log files, how long each
     ran, which failed. ``worker`` is the warm worker, or None when every task starts cold."""
@@ -95,12 +102,14 @@ class LocalTasks:
             self.console.note_once("the warm worker has exited (code "
                                    f"{self.worker.proc.poll()}); the remaining tasks run with KFP's own launcher")
         task = self._new_task(parsed[1] if parsed else list(full_command))
-        began = time.perf_counter()
+        began, shown = time.perf_counter(), False
 
-        def started() -> None:
-            nonlocal began
+        def started() -> None:  # a task that would start after the run was interrupted is not announced
+            nonlocal began, shown
             began = time.perf_counter()
-            self.console.started(task)
+            if not self.aborted:
+                shown = True
+                self.console.started(task)
 
         code: Optional[int] = None
         try:
@@ -112,11 +121,16 @@ class LocalTasks:
         finally:
             seconds = time.perf_counter() - began
             self.task_seconds.append((task.function, seconds))
-            self.console.finished(task, code, seconds)
+            if shown:
+                self.console.finished(task, code, seconds)
             if code != 0 and code is not None and not self.aborted:
                 self.failures.append(failure(task, code))
             with contextlib.suppress(OSError):
                 task.error.unlink()
+        if code not in (0, None) and self.failures and self.failures[-1].error_type in FINAL_ERRORS:
+            # bad data or config fails every retry the same way: end the run now, not after KFP's backoffs
+            self.abort()
+            raise FinalTaskError(self.failures[-1].message)
         return code
 
 

@@ -80,7 +80,8 @@ def export_onnx(trained: Input[Model], prepared: Input[Dataset], model_run_id: s
     from workflow.steps import export_step
     shutil.copytree(trained.path, exported.path)  # the servable folder: weights, spec and model.onnx
     diff = export_step(exported.path, prepared.path, model_run_id, work_dir, tracking_uri or None)
-    exported.metadata.update({"onnx_parity_max_abs_diff": diff})
+    # the model's name travels on: the register task's console line and log file name it
+    exported.metadata.update({"onnx_parity_max_abs_diff": diff, "model_name": trained.metadata.get("model_name")})
     return diff
 
 

@@ -42,7 +42,8 @@ def test_local_run_logs_registers_and_promotes(local_run) -> None:
 
     config, run = local_run
     # registry pinned too: an earlier test in this process may have pointed MLflow's global registry elsewhere
-    client = client_for(f"sqlite:///{run.work_dir / 'mlflow.db'}")
+    client = client_for(run.tracking_uri)  # the runs root's shared store
+    assert run.tracking_uri == f"sqlite:///{run.work_dir.parent / 'mlflow.db'}"
     exp = client.get_experiment_by_name("ci-local")
     runs = client.search_runs([exp.experiment_id], max_results=1000)
     by_id = {r.info.run_id: r for r in runs}
@@ -54,7 +55,7 @@ def test_local_run_logs_registers_and_promotes(local_run) -> None:
 
     model_runs = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id
                   and r.data.tags.get("mtlp.role") == "model"]
-    assert sorted(r.info.run_name for r in model_runs) == sorted(MODELS)
+    assert sorted(r.info.run_name for r in model_runs) == sorted(f"ci-run/{m}" for m in MODELS)
     for model_run in model_runs:
         trials = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == model_run.info.run_id]
         assert len(trials) >= N_TRIALS, f"{model_run.info.run_name}: one child run per trial"
@@ -132,3 +133,18 @@ def test_mtlp_run_prints_one_line_per_task_and_the_summary_once(tmp_path) -> Non
     assert "01-start_run.log" in logs and "kfp.log" in logs and any(n.endswith("-train_model-shared_bottom.log")
                                                                     for n in logs)
     assert not (work / "tmp").exists() and list(system_tmp.iterdir()) == []
+    assert (tmp_path / "mtlp-runs" / "mlflow.db").is_file() and not (work / "mlflow.db").exists()  # the shared store
+
+    # a second run of the same config under the same runs root is judged against the first run's champion
+    again = subprocess.run([sys.executable, "-m", "pipeline.cli", "run", "--config", "c.yaml", "--run-name", "q2"],
+                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    assert again.returncode == 0, again.stderr[-3000:]
+    [decision] = [line for line in again.stdout.splitlines() if line.startswith("Champion of `quiet-model`:")]
+    assert "shared_bottom (v1)" in decision and "there was none" not in decision, decision
+    runs = subprocess.run([sys.executable, "-m", "pipeline.cli", "runs"], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert runs.returncode == 0, runs.stderr
+    rows = [line.split() for line in runs.stdout.splitlines() if line.split()[:1] in (["q1"], ["q2"])]
+    assert [(r[0], r[3], r[4]) for r in rows] == [("q1", "FINISHED", "shared_bottom"),
+                                                  ("q2", "FINISHED", "shared_bottom")], runs.stdout
+    assert rows[0][5] == "v1*" and rows[1][5] in ("v2", "v2*")  # v2 starred only if it beat v1

@@ -36,6 +36,8 @@ def test_pipeline_and_model_runs_are_found_again_on_a_rerun(work_dir) -> None:
     for run_id in (mmoe, ple):
         tags = client.get_run(run_id).data.tags
         assert tags["mlflow.parentRunId"] == parent and tags["mtlp.role"] == "model"
+    # named after the pipeline run too: runs of several pipeline runs in one store stay apart in the UI
+    assert [client.get_run(r).info.run_name for r in (mmoe, ple)] == ["nightly/mmoe", "nightly/ple"]
     with pytest.raises(RuntimeError, match="no pipeline run 'never-started'"):
         steps.start_model_run("never-started", "exp-a", "mmoe", work_dir)
 

@@ -80,7 +80,8 @@ def start_model_run(run_name: str, experiment: str, model_name: str, work_dir: P
                       f"and tags.`{tracking.TAGS['model_name']}` = '{model_name}'")
     if existing:
         return existing[0].info.run_id
-    return tracking.create_child_run(client, parent, model_name, role="model",
+    # named <pipeline run>/<model>: in one store across runs, the UI's runs table and compare page tell them apart
+    return tracking.create_child_run(client, parent, f"{run_name}/{model_name}", role="model",
                                      tags={tracking.TAGS["model_name"]: model_name})
 
 
@@ -106,7 +107,8 @@ def search_step(prepared_dir: PathLike, model_name: str, work_dir: PathLike, mod
                             storage=resolve_storage(search.get("storage")), study_name=f"{run_name}-{model_name}",
                             pruner=search.get("pruner", "median"), objective=search.get("objective", "mean"),
                             multi_objective=bool(search.get("multi_objective", False)), seed=seed,
-                            search_space=search.get("space") or None, device=device,
+                            search_space=search.get("space") or None, device=device, timeout=search.get("timeout"),
+                            trial_timeout=search.get("trial_timeout"), max_params=search.get("max_params"),
                             parent_run_id=model_run_id, tracking_uri=uri, progress=True)
     return dict(result.best_params)
 
@@ -314,20 +316,43 @@ def _ceiling_metrics(ceiling: Optional[Mapping[str, Any]]) -> dict[str, float]:
             for name, v in ms.items()}
 
 
+# columns only some models have, and what they are
+EXTRA_COLUMNS = {"cvr/auc": "ESMM's own CVR tower (conversion given a click), scored on the clicked test rows only; "
+                            "the other models predict no such thing"}
+
+
 def summary_table(results: Mapping[str, Mapping[str, float]], ceiling: Optional[Mapping[str, Any]] = None) -> list[str]:
-    """Markdown rows: one per model (best test_score first), then the ceiling row when the data has one."""
-    tasks = sorted({k for m in results.values() for k in m if k != "test_score"})
-    lines = ["| model | test_score | " + " | ".join(tasks) + " |", "|---" * (len(tasks) + 2) + "|"]
-    for model, m in sorted(results.items(), key=lambda kv: -kv[1].get("test_score", float("-inf"))):
-        lines.append(f"| {model} | {m['test_score']:.4f} | " + " | ".join(
-            f"{m[t]:.4f}" if t in m else "" for t in tasks) + " |")
+    """Markdown rows: one per model (best val_score first: what promotion selects on; test_score otherwise), then
+    the ceiling row when the data has one, and a note on each column only some models have."""
+    scores = [k for k in ("val_score", "test_score") if any(k in m for m in results.values())]
+    tasks = sorted({k for m in results.values() for k in m if k not in ("test_score", "val_score")})
+    lines = ["| model | " + " | ".join(scores + tasks) + " |", "|---" * (len(scores) + len(tasks) + 1) + "|"]
+    for model, m in sorted(results.items(), key=lambda kv: -kv[1].get(scores[0], float("-inf"))):
+        lines.append(f"| {model} | " + " | ".join(f"{m[t]:.4f}" if t in m else "" for t in scores + tasks) + " |")
     flat = _ceiling_metrics(ceiling)
     if flat:
-        lines.append("| true probabilities (ceiling) |  | " + " | ".join(
-            f"{flat[t]:.4f}" if t in flat else "" for t in tasks) + " |")
+        lines.append("| true probabilities (ceiling) | " + " | ".join(
+            f"{flat[t]:.4f}" if t in flat else "" for t in scores + tasks) + " |")
         lines += ["", f"Ceiling: {ceiling.get('source', 'the true probabilities')}, on the same "
                       f"{ceiling.get('split', 'test')} rows: no model can expect to score above it."]
+    lines += [f"`{col}`: {why}." for col, why in EXTRA_COLUMNS.items() if col in tasks]
     return lines
+
+
+def _champion_of_run(client: Any, registered_model: str, version: Any, parent_run_id: str
+                     ) -> tuple[Optional[str], str]:
+    """(the champion's model when this run registered it, else None; the comparison chart's title naming it)."""
+    from . import registry
+
+    with contextlib.suppress(Exception):
+        mv = tracking.retry_call(client.get_model_version, registered_model, str(version), attempts=2)
+        tags = tracking.retry_call(client.get_run, parent_run_id, attempts=2).data.tags
+        run = tags.get(tracking.TAGS["pipeline_run_id"])
+        arch, origin = mv.tags.get(registry.TAG["architecture"], "?"), mv.tags.get(registry.TAG["pipeline_run_id"])
+        mine = origin == run
+        return (arch if mine else None), (f"metrics by model; champion {arch} (v{version}"
+                                          + (")" if mine else f", from run {origin})"))
+    return None, "metrics by model"
 
 
 def summary_step(parent_run_id: str, results: Mapping[str, Mapping[str, float]], decision: Mapping[str, Any],
@@ -341,14 +366,17 @@ def summary_step(parent_run_id: str, results: Mapping[str, Mapping[str, float]],
     versions = [decision.get(k) for k in ("candidate_version", "champion_version", "current_champion")]
     words = describe_decision(decision, _architectures(client, registered_model, versions))
     lines = summary_table(results, ceiling)
-    lines += ["", f"Champion of `{registered_model}`: {words}.",
-              "", f"MLflow store: `{tracking.mask_credentials(uri)}`"]
+    lines += ["", f"Champion of `{registered_model}`: {words}."]
+    notes = tracking.search_budget_notes(client, parent_run_id)  # when a budget cut a model's search short
+    lines += ["", "Search budget: " + "; ".join(notes) + "."] if notes else []
+    lines += ["", f"MLflow store: `{tracking.mask_credentials(uri)}`"]
     text = "\n".join(lines) + "\n"
     for path in (Path(out_md), Path(work_dir) / "summary.md"):  # the second is where `mtlp run` finds it
         with atomic_path(path) as tmp:
             tmp.write_text(text)
     tracking.retry_call(client.log_text, parent_run_id, text, "summary.md")
+    champion, title = _champion_of_run(client, registered_model, decision.get("current_champion"), parent_run_id)
     tracking.log_comparison(client, parent_run_id, results, Path(work_dir) / "comparison",
-                            reference=_ceiling_metrics(ceiling) or None)
+                            reference=_ceiling_metrics(ceiling) or None, champion=champion, title=title)
     tracking.end_run(client, parent_run_id, "FINISHED")
     return text

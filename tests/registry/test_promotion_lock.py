@@ -142,8 +142,8 @@ def test_show_names_the_lock_holder(client, capsys):
 
     uri = client._registry_uri
     with PromotionLock(client, MODEL, stale_after=30, wait=5, user="alice") as lock:
-        assert promote.main(["--model", MODEL, "--show", "--tracking-uri", uri]) == 0
+        assert promote.main(["--model", MODEL, "--show", "--json", "--tracking-uri", uri]) == 0
         shown = json.loads(capsys.readouterr().out)["promotion_lock"]
         assert shown["owner"] == lock.owner and lock.owner.startswith("alice@") and shown["acquired_at"]
-    assert promote.main(["--model", MODEL, "--show", "--tracking-uri", uri]) == 0
+    assert promote.main(["--model", MODEL, "--show", "--json", "--tracking-uri", uri]) == 0
     assert json.loads(capsys.readouterr().out)["promotion_lock"] is None

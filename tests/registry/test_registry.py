@@ -209,14 +209,15 @@ def test_cli_promote_and_rollback(env, capsys):
     v1, v2 = add(trk, src, 0.7), add(trk, src, 0.6)
     base = ["--model", NAME, "--work-dir", str(work)]
     assert promote_cli.main(base + ["--version", str(v1)]) == 0
-    assert promote_cli.main(base + ["--version", str(v2), "--reason", "A/B winner", "--user", "carol"]) == 0
+    assert promote_cli.main(base + ["--version", str(v2), "--reason", "A/B winner", "--user", "carol",
+                                    "--force"]) == 0  # v2 scores lower: tests/registry/test_promote_cli.py
     assert champion(trk) == str(v2)
     tags = trk.client.get_model_version(NAME, v2).tags
     assert (tags["mtlp.promotion.by"], tags["mtlp.promotion.reason"]) == ("carol", "A/B winner")
     assert promote_cli.main(base + ["--rollback", "--reason", "incident 12", "--user", "dave"]) == 0
     assert champion(trk) == str(v1)
     assert "rolled back from version 2 to version 1" in capsys.readouterr().out
-    assert promote_cli.main(base + ["--show"]) == 0
+    assert promote_cli.main(base + ["--show", "--json"]) == 0
     shown = json.loads(capsys.readouterr().out)
     assert shown["champion"] == str(v1) and shown["history"][-1]["action"] == "rollback"
     assert shown["challenger"] == str(v2)  # the newest candidate, as --show's help promises
@@ -230,8 +231,9 @@ def test_cli_promote_and_rollback(env, capsys):
 
 
 def test_cli_promote_finds_the_newest_runs_store_and_never_creates_one(env, tmp_path, monkeypatch, capsys):
-    """Without --work-dir: the newest run folder under ./mtlp-runs (named on stderr); nothing there: one line that
-    says how to name the store, and no ./mlflow.db is left behind."""
+    """Without --work-dir and no shared mtlp-runs/mlflow.db: the newest run folder's own store that holds the model
+    (named on stderr); nothing there: one line that says how to name the store, and no ./mlflow.db is left
+    behind."""
     trk, src, work = env
     v1 = add(trk, src, 0.7)
     empty = tmp_path / "elsewhere"
@@ -239,8 +241,9 @@ def test_cli_promote_finds_the_newest_runs_store_and_never_creates_one(env, tmp_
     monkeypatch.chdir(empty)
     assert promote_cli.main(["--model", NAME, "--show"]) == 2
     err = capsys.readouterr().err.strip()
-    assert err == ("mtlp promote: error: no MLflow store found (no mtlp-runs/<run>/mlflow.db here): name a run "
-                   "folder with --work-dir mtlp-runs/<run>, or a server with --tracking-uri / MLFLOW_TRACKING_URI")
+    assert err == ("mtlp promote: error: no MLflow store found (no mtlp-runs/mlflow.db or mtlp-runs/<run>/mlflow.db "
+                   "here): name a run folder with --work-dir mtlp-runs/<run>, or a server with --tracking-uri / "
+                   "MLFLOW_TRACKING_URI")
     assert promote_cli.main(["--model", NAME, "--show", "--work-dir", "."]) == 2
     assert "no MLflow store in . (mlflow.db not found)" in capsys.readouterr().err
     assert list(empty.iterdir()) == []  # no mlflow.db created here
@@ -250,8 +253,8 @@ def test_cli_promote_finds_the_newest_runs_store_and_never_creates_one(env, tmp_
     (empty / "mtlp-runs" / "new-run").symlink_to(work)  # the store of the env fixture, newest
     assert promote_cli.main(["--model", NAME, "--version", str(v1), "--reason", "t"]) == 0
     captured = capsys.readouterr()
-    assert captured.err.strip() == ("mtlp promote: using the store of the newest run, mtlp-runs/new-run "
-                                    "(--work-dir picks another)")
+    assert captured.err.strip() == ("mtlp promote: using the store of the newest run holding reg-test, "
+                                    "mtlp-runs/new-run (--work-dir picks another)")
     assert champion(trk) == str(v1) and not (empty / "mlflow.db").exists()
 
 

@@ -197,7 +197,7 @@ def test_bad_data_inside_a_task_of_mtlp_run_is_one_line_and_ends_the_runs_failed
     assert "FAILED prepare_data" in done.stdout and len(done.stdout.splitlines()) == 5, done.stdout
     work = tmp_path / "runs" / "bad"
     assert not list(work.rglob("*.parquet")) and not (work / "tmp").exists()  # no partial data, no temp files
-    store = f"sqlite:///{work / 'mlflow.db'}"
+    store = f"sqlite:///{work.parent / 'mlflow.db'}"  # the runs root's shared store
     client = MlflowClient(store, store)
     runs = client.search_runs([client.get_experiment_by_name("bad-run").experiment_id])
     assert [(r.data.tags["mtlp.role"], r.info.status) for r in runs] == [("pipeline", "FAILED")]

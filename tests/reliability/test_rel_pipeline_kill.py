@@ -78,7 +78,7 @@ def test_killed_local_run_resumes_from_its_cache(tmp_path) -> None:
 
     from mlflow import MlflowClient
 
-    client = MlflowClient(f"sqlite:///{work / 'mlflow.db'}", f"sqlite:///{work / 'mlflow.db'}")
+    client = MlflowClient(f"sqlite:///{root / 'mlflow.db'}", f"sqlite:///{root / 'mlflow.db'}")  # shared store
     exp = client.get_experiment_by_name("rel-local")
     runs = client.search_runs([exp.experiment_id], max_results=1000)
     parents = [r for r in runs if r.data.tags.get("mtlp.role") == "pipeline"]

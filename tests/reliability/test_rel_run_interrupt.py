@@ -62,7 +62,7 @@ def test_an_interrupted_run_stops_its_tasks_and_ends_its_runs_failed(how, tmp_pa
         time.sleep(0.2)
     else:
         pytest.fail("processes of the run outlived it")
-    store = f"sqlite:///{work / 'mlflow.db'}"
+    store = f"sqlite:///{work.parent / 'mlflow.db'}"  # the runs root's shared store
     client = MlflowClient(store, store)
     runs = client.search_runs([client.get_experiment_by_name("stop-local").experiment_id])
     status = {r.data.tags["mtlp.role"]: r.info.status for r in runs if r.data.tags["mtlp.role"] != "trial"}

@@ -36,7 +36,7 @@ _TREE_MAX_ROWS = 200_000  # trees are fitted on at most this many train rows (a 
 
 
 def _examples(values: Iterable[Any], limit: int = 5) -> str:
-    shown = [repr(v) for v in list(values)[:limit]]
+    shown = [repr(v.item() if hasattr(v, "item") else v) for v in list(values)[:limit]]  # 2.0, not np.float64(2.0)
     return ", ".join(shown)
 
 

@@ -4,12 +4,13 @@
 from .lock import LOCK_SUFFIX, LOCK_TAG, PromotionLock, PromotionLockError, promotion_lock_holder
 from .promotion import (REPORT_METRIC, SELECT_METRIC, PromotionDecision, promote, promote_best, promote_version,
                         rollback)
-from .versions import (CHALLENGER, CHAMPION, TAG, RegistryError, candidate_score, challenger_version,
-                       champion_history, champion_version, current_user, data_fingerprint, register_candidate)
+from .versions import (CHALLENGER, CHAMPION, TAG, RegistryError, audit, candidate_score, challenger_version,
+                       champion_history, champion_version, current_user, data_fingerprint, register_candidate,
+                       version_rows)
 
 __all__ = [
     "CHAMPION", "CHALLENGER", "TAG", "PromotionDecision", "RegistryError", "register_candidate", "candidate_score",
     "data_fingerprint", "promote", "promote_best", "promote_version", "rollback", "champion_version",
     "challenger_version", "champion_history", "current_user", "PromotionLock", "PromotionLockError", "LOCK_SUFFIX",
-    "LOCK_TAG", "promotion_lock_holder", "SELECT_METRIC", "REPORT_METRIC",
+    "LOCK_TAG", "promotion_lock_holder", "SELECT_METRIC", "REPORT_METRIC", "audit", "version_rows",
 ]

@@ -181,8 +181,10 @@ def promote_best(client: Any, name: str, versions: Sequence[str | int], *, metri
                    user=user, reason=reason)
 
 
-def promote_version(client: Any, name: str, version: str | int, *, reason: str, user: Optional[str] = None) -> str:
-    """Manual promotion (no guard): ``version`` becomes champion; returns the previous champion (or "none")."""
+def promote_version(client: Any, name: str, version: str | int, *, reason: str, user: Optional[str] = None,
+                    note: Optional[dict[str, Any]] = None) -> str:
+    """Manual promotion (no guard): ``version`` becomes champion; returns the previous champion (or "none").
+    ``note``: more to record in the audit entry (e.g. that it went against the validation scores)."""
     if not reason:
         raise RegistryError("a manual promotion needs a reason")
     user, version = user or current_user(), str(version)
@@ -195,7 +197,7 @@ def promote_version(client: Any, name: str, version: str | int, *, reason: str, 
                                             TAG["champion_version"]: previous or "none", TAG["by"]: user,
                                             TAG["at"]: now()})
         record(client, name, {"action": "manual_promote", "version": version, "previous": previous, "by": user,
-                              "at": now(), "reason": reason})
+                              "at": now(), "reason": reason, **dict(note or {})})
     return previous or "none"
 
 

@@ -13,7 +13,8 @@ from datetime import datetime, timezone
 from typing import Any, Mapping, Optional
 
 __all__ = ["CHAMPION", "CHALLENGER", "TAG", "RegistryError", "register_candidate", "candidate_score",
-           "data_fingerprint", "champion_version", "challenger_version", "champion_history", "current_user"]
+           "data_fingerprint", "champion_version", "challenger_version", "champion_history", "current_user", "audit",
+           "version_rows"]
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 HISTORY_LIMIT = 50
@@ -174,3 +175,33 @@ def tag_version(client: Any, name: str, version: str, tags: Mapping[str, Any]) -
     for key, value in tags.items():
         if value is not None:
             client.set_model_version_tag(name, version, key, str(value))
+
+
+def audit(client: Any, name: str) -> list[dict[str, Any]]:
+    """Every recorded action on ``name`` (promotions, manual promotions, rollbacks), oldest first: unlike the
+    champion history, nothing is dropped by a rollback (only the oldest beyond the last 50)."""
+    raw = model_tags(client, name).get(TAG["audit"])
+    return json.loads(raw) if raw else []
+
+
+def version_rows(client: Any, name: str) -> list[dict[str, Any]]:
+    """One row per version of ``name``, newest first: version, model (architecture), val_score and test_score
+    (NaN when not recorded), the pipeline run and MLflow run it came from, its aliases, its last decision."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        aliases = dict(client.get_registered_model(name).aliases or {})
+    except MlflowException:
+        raise RegistryError(f"registered model {name!r} not found in this store") from None
+    by_version: dict[str, list[str]] = {}
+    for alias, version in aliases.items():
+        by_version.setdefault(str(version), []).append(alias)
+    escaped = name.replace("'", "\\'")
+    rows = []
+    for v in client.search_model_versions(f"name='{escaped}'", max_results=10_000):
+        rows.append({"version": str(v.version), "model": v.tags.get(TAG["architecture"], "?"),
+                     "val_score": candidate_score(v, "val_score"), "test_score": candidate_score(v, "test_score"),
+                     "pipeline_run": v.tags.get(TAG["pipeline_run_id"], ""), "run_id": v.run_id or "",
+                     "aliases": sorted(by_version.get(str(v.version), [])),
+                     "decision": v.tags.get(TAG["decision"], "")})
+    return sorted(rows, key=lambda r: -int(r["version"]))

@@ -16,9 +16,15 @@ PathLike = str | os.PathLike
 
 
 def flat_metrics(saved: Mapping[str, Any]) -> dict[str, float]:
-    """``<task>/<metric>`` for each test metric of a saved ``metrics.json``, then ``test_score``."""
+    """``<task>/<metric>`` for each test metric of a saved ``metrics.json``, then ``test_score`` and, when recorded
+    and finite, ``val_score`` (what promotion selects on)."""
+    import math
+
     flat = {f"{task}/{name}": float(v) for task, ms in saved["test_metrics"].items() for name, v in ms.items()}
     flat["test_score"] = float(saved["test_score"])
+    val = saved.get("val_score")
+    if isinstance(val, (int, float)) and math.isfinite(val):
+        flat["val_score"] = float(val)
     return flat
 
 

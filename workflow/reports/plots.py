@@ -94,17 +94,21 @@ def roc_curves(y_true: np.ndarray, y_pred: np.ndarray, task_names: Sequence[str]
 
 
 def _key_metric_names(table: Mapping[str, Mapping[str, float]]) -> list[str]:
-    """``test_score`` first, then each task's AUC / RMSE; secondary metrics (logloss...) stay in comparison.json."""
+    """``val_score`` (what promotion selects on) and ``test_score`` first, then each task's AUC / RMSE; secondary
+    metrics (logloss...) stay in comparison.json."""
     names = {m for row in table.values() for m in row}
+    scores = [k for k in ("val_score", "test_score") if k in names]
     keys = sorted(m for m in names if m.rsplit("/", 1)[-1] in ("auc", "rmse"))
-    return (["test_score"] if "test_score" in names else []) + (keys or sorted(names - {"test_score"}))
+    return scores + (keys or sorted(names - set(scores)))
 
 
 def model_comparison(table: Mapping[str, Mapping[str, float]], path: str | os.PathLike,
-                     title: str = "test metrics by model", reference: Optional[Mapping[str, float]] = None) -> Path:
-    """One panel per key metric (``test_score``, ``<task>/auc``...), a horizontal bar per model, best on top, the
-    value written on each bar, the axis zoomed to the values (AUCs of 0.71 and 0.72 must look different) and,
-    when ``reference`` names a metric, its value as a dashed line (e.g. the generator's ceiling AUC).
+                     title: str = "metrics by model", reference: Optional[Mapping[str, float]] = None,
+                     champion: Optional[str] = None) -> Path:
+    """One panel per key metric (``val_score``, ``test_score``, ``<task>/auc``...), a horizontal bar per model, best
+    on top, the value written on each bar, the axis and the bars starting near the smallest value, not at 0 (AUCs
+    of 0.670 and 0.674 must look different) and, when ``reference`` names a metric, its value as a dashed line
+    (e.g. the generator's ceiling AUC). ``champion``: that model's label reads ``<model> (champion)``, in bold.
     Sized to stay legible in MLflow's artifact preview (about 800 px wide)."""
     plt = pyplot()
     models = list(table)
@@ -127,11 +131,13 @@ def model_comparison(table: Mapping[str, Mapping[str, float]], path: str | os.Pa
         y = np.arange(len(rows))
         best = len(rows) - 1
         colors = ["#2b7bba" if i == best else "#9ecae1" for i in range(len(rows))]
-        ax.barh(y, np.where(np.isfinite(values), values, 0.0), color=colors, height=0.7)
+        left = 0.0
         if span.size:
             lo, hi = float(span.min()), float(span.max())
             pad = max((hi - lo) * 0.25, 0.005)
-            ax.set_xlim(lo - pad if not metric.endswith("auc") else max(lo - pad, 0.0), hi + pad)
+            left = lo - pad if not metric.endswith("auc") else max(lo - pad, 0.0)
+            ax.set_xlim(left, hi + pad)
+        ax.barh(y, np.where(np.isfinite(values), values - left, 0.0), left=left, color=colors, height=0.7)
         for yi, v in zip(y, values):
             if np.isfinite(v):
                 ax.text(v, yi, f" {v:.4f}", va="center", ha="left", fontsize=10)
@@ -139,7 +145,9 @@ def model_comparison(table: Mapping[str, Mapping[str, float]], path: str | os.Pa
             ax.axvline(ref, color="#d62728", linestyle="--", linewidth=1.5, label=f"ceiling {ref:.4f}")
             ax.legend(loc="lower right", bbox_to_anchor=(1.0, 1.0), fontsize=9, frameon=False, borderaxespad=0.1)
         ax.set_yticks(y)
-        ax.set_yticklabels([m for m, _ in rows], fontsize=10)
+        ax.set_yticklabels([f"{m} (champion)" if m == champion else m for m, _ in rows], fontsize=10)
+        for label, (m, _) in zip(ax.get_yticklabels(), rows):
+            label.set_fontweight("bold" if m == champion else "normal")
         ax.set_title(metric.replace("/", " ") + (" (lower is better)" if lower_better else ""), fontsize=11,
                      loc="left")
         ax.xaxis.set_major_locator(MaxNLocator(5))

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence, Union
 
 from .space import SearchSpace
-from .study import EPOCHS_ATTR, MONITOR_ATTR, PARAMS_ATTR, SURPLUS_ATTR, claim
+from .study import CAPPED_ATTR, EPOCHS_ATTR, MONITOR_ATTR, OVERSIZE_ATTR, PARAMS_ATTR, SURPLUS_ATTR, claim, is_oversize
 from .trial_run import TrialRuns
 
 Values = Union[float, list[float]]
@@ -94,10 +94,43 @@ def check_slot(trial: Any, target: int) -> None:
     from optuna.trial import TrialState
 
     live = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
-    numbers = sorted(t.number for t in trial.study.get_trials(deepcopy=False, states=live))
+    numbers = sorted(t.number for t in trial.study.get_trials(deepcopy=False, states=live)
+                     if not is_oversize(t))  # skipped for their size: they hold no slot
     if trial.number in numbers and numbers.index(trial.number) >= target:
         trial.set_user_attr(SURPLUS_ATTR, True)
         raise SurplusTrial(f"trial {trial.number}: the study's {target} trials are already taken")
+
+
+class TrialCap:
+    """Trainer callback: after the epoch in which the trial passed ``seconds``, stop its training (the best epoch
+    so far is kept and scored, as when patience runs out) and mark the trial ``mtlp:capped``."""
+
+    def __init__(self, trial: Any, seconds: float) -> None:
+        import time
+
+        self.trial, self.seconds, self.clock, self.start = trial, float(seconds), time.monotonic, time.monotonic()
+
+    def on_fit_start(self, trainer: Any) -> None:
+        self.start = self.clock()
+
+    def on_epoch_end(self, trainer: Any, epoch: int, metrics: dict[str, float]) -> None:
+        from mtl_models.trainer.callbacks import StopTraining
+
+        if self.clock() - self.start >= self.seconds:
+            self.trial.set_user_attr(CAPPED_ATTR, int(epoch) + 1)
+            raise StopTraining(f"search.trial_timeout {self.seconds:g} s reached after epoch {epoch}")
+
+    def on_fit_end(self, trainer: Any) -> None:
+        return None
+
+
+def count_parameters(prepared_dir: Path, model_name: str, params: Mapping[str, Any]) -> int:
+    """How many parameters ``model_name`` with ``params`` has on this data (built, not trained)."""
+    from ..training.artifacts import read_spec
+    from ..training.model_factory import build_model, resolve_params
+
+    model = build_model(model_name, read_spec(prepared_dir), resolve_params(model_name, params))
+    return sum(p.numel() for p in model.parameters())
 
 
 class Objective:
@@ -119,6 +152,7 @@ class Objective:
         check_slot(trial, self.target)
         params = self.space.sample(trial)
         trial.set_user_attr(PARAMS_ATTR, params)
+        self._check_size(trial, params)
         prune_cb = PruningCallback(trial, self.keys[0], prune=len(self.keys) == 1)
         run_id, log_cb = self.runs.start(trial.study.study_name, trial.number, params) if self.runs else (None, None)
         out_dir = self.work_dir / "trials" / f"trial_{trial.number:05d}"
@@ -134,10 +168,24 @@ class Objective:
         finally:
             self._close(trial, prune_cb.epochs, run_id, status, values, out_dir)
 
+    def _check_size(self, trial: Any, params: Mapping[str, Any]) -> None:
+        """A model over ``max_params`` is skipped untrained: PRUNED (the sampler learns to avoid it), not counted."""
+        import optuna
+
+        bound = self.settings.get("max_params")
+        if not bound:
+            return
+        n = count_parameters(self.prepared_dir, self.settings["model_name"], params)
+        if n > int(bound):
+            trial.set_user_attr(OVERSIZE_ATTR, n)
+            raise optuna.TrialPruned(f"{n} parameters > search.max_params {int(bound)}")
+
     def _train(self, trial: Any, params: Mapping[str, Any], out_dir: Path, callbacks: list[Any]) -> Values:
         from ..training.train import train
 
         s = self.settings
+        if s.get("trial_timeout"):
+            callbacks = [*callbacks, TrialCap(trial, float(s["trial_timeout"]))]
         result = train(self.prepared_dir, s["model_name"], out_dir, params=params, n_epoch=int(s["n_epoch"]),
                        patience=int(s["patience"]), device=self.device, seed=int(s.get("train_seed", 42)),
                        callbacks=callbacks, progress=False)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from typing import Any, Sequence
 
-from .study import study_counts
+from .study import CAPPED_ATTR, OVERSIZE_ATTR, study_counts
 
 
 def say(model_name: str, text: str) -> None:
@@ -31,7 +31,13 @@ class Progress:
         if not self.enabled:
             return
         c = study_counts(study)
+        if trial.user_attrs.get(OVERSIZE_ATTR):
+            say(self.model_name, f"trial {trial.number} skipped untrained: {trial.user_attrs[OVERSIZE_ATTR]:,} "
+                                 "parameters > search.max_params (not counted)")
+            return
         value = "-" if trial.values is None else ", ".join(f"{v:.4f}" for v in trial.values)
+        if trial.user_attrs.get(CAPPED_ATTR):
+            value += f" (stopped by search.trial_timeout after {trial.user_attrs[CAPPED_ATTR]} epoch(s))"
         extra = f" after {len(trial.intermediate_values)} epoch(s)" if trial.state.name == "PRUNED" else ""
         say(self.model_name, f"trial {trial.number} {trial.state.name}{extra} value={value} | "
                              f"{c.done}/{self.target} done (complete {c.complete}, pruned {c.pruned}, "
@@ -49,4 +55,5 @@ def closing(result: Any) -> None:
     best = (f"best {result.best_value:.4f} (trial {result.best_trial_number})" if result.best_value is not None
             else f"Pareto front of {len(result.pareto)}")
     say(result.model_name, f"done: {result.n_complete} complete, {result.n_pruned} pruned, {result.n_failed} "
-                           f"failed, {result.epochs_spent} epochs; {best}")
+                           f"failed, {result.epochs_spent} epochs; {best}"
+                           + (f"; {result.budget_note}" if result.budget_note else ""))

@@ -79,7 +79,8 @@ def search(prepared_dir: PathLike, model_name: str, work_dir: PathLike, n_trials
            parent_run_id: Optional[str] = None, tracking_uri: Optional[str] = None, heartbeat_interval: int = 15,
            grace_period: Optional[int] = None, max_retry: int = 1, sampler: str = "tpe",
            n_startup_trials: Optional[int] = None, threads: Optional[int] = None, progress: bool = True,
-           keep_trial_dirs: bool = False, plots: bool = True) -> SearchResult:
+           keep_trial_dirs: bool = False, plots: bool = True, timeout: Optional[float] = None,
+           trial_timeout: Optional[float] = None, max_params: Optional[int] = None) -> SearchResult:
     """Search ``model_name``'s hyperparameters; returns the study's outcome with ``best_params`` for training.
 
     ``n_trials`` is the study's total (resuming counts the trials already finished). ``n_workers > 1`` runs
@@ -87,6 +88,11 @@ def search(prepared_dir: PathLike, model_name: str, work_dir: PathLike, n_trials
     ``search_space``: the config's overrides (see :mod:`workflow.search.space`). ``storage``: see
     :mod:`workflow.search.storage`; a dead worker's trial is failed after ``grace_period`` seconds without a
     heartbeat and retried ``max_retry`` times.
+
+    Budget (each None: no bound): ``timeout`` seconds for the search (each worker starts no trial after it: Optuna's
+    ``timeout``), ``trial_timeout`` seconds per trial (its training stops after the epoch that passes it, keeping
+    the best epoch so far), ``max_params``: a sampled model with more parameters is skipped untrained (PRUNED, not
+    counted towards ``n_trials``). The result says when the time budget cut the search short.
     """
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
@@ -96,7 +102,8 @@ def search(prepared_dir: PathLike, model_name: str, work_dir: PathLike, n_trials
     settings = _settings(model_name, objective, multi_objective, prepared_dir, space, n_trials=int(n_trials),
                          n_epoch=int(n_epoch), patience=int(patience), pruner=pruner, seed=seed, sampler=sampler,
                          n_startup_trials=n_startup_trials, heartbeat_interval=int(heartbeat_interval),
-                         grace_period=grace_period, max_retry=max_retry)
+                         grace_period=grace_period, max_retry=max_retry, timeout=timeout,
+                         trial_timeout=trial_timeout, max_params=max_params)
     quiet_optuna()
     store = open_storage(storage, work_dir, heartbeat_interval, grace_period, max_retry)
     study = create_or_load_study(store, study_name or f"{model_name}-search", settings)

@@ -30,6 +30,9 @@ from ..errors import first_line
 
 SETTINGS_ATTR = "mtlp:settings"
 SURPLUS_ATTR = "mtlp:surplus"
+OVERSIZE_ATTR = "mtlp:oversize"  # a PRUNED trial skipped untrained: its model had more than search.max_params
+CAPPED_ATTR = "mtlp:capped"  # a trial whose training search.trial_timeout stopped (its epochs then)
+BUDGET_ATTR = "mtlp:budget_cut"  # on the study: the time budget stopped it short, {"timeout", "done", "target"}
 HEARTBEAT_ATTR, OWNER_ATTR = "mtlp:heartbeat", "mtlp:owner"  # owner (user attr): [host, pid, trial number]
 PARAMS_ATTR, EPOCHS_ATTR, MONITOR_ATTR = "params", "epochs_run", "val_monitor"
 
@@ -276,6 +279,18 @@ def claim(trial: Any) -> None:
     trial.set_user_attr(OWNER_ATTR, [socket.gethostname(), os.getpid(), trial.number])
 
 
+def is_oversize(trial: Any) -> bool:
+    return trial.state.name == "PRUNED" and bool(trial.user_attrs.get(OVERSIZE_ATTR))
+
+
+def mark_budget_cut(study: Any, timeout: float, done: int, target: int) -> None:
+    """Record on the study that its time budget stopped it after ``done`` of ``target`` trials."""
+    try:
+        study.set_user_attr(BUDGET_ATTR, {"timeout": timeout, "done": done, "target": target})
+    except Exception as e:  # noqa: BLE001 - the note is for the summary; the search itself is fine
+        log.warning("could not record the search's budget cut: %s", first_line(e, 200))
+
+
 def is_surplus(trial: Any) -> bool:
     return bool(trial.user_attrs.get(SURPLUS_ATTR) or trial.system_attrs.get(SURPLUS_ATTR))
 
@@ -286,6 +301,7 @@ class Counts:
     pruned: int = 0
     failed: int = 0
     surplus: int = 0
+    oversize: int = 0
     running: int = 0
     waiting: int = 0
 
@@ -295,10 +311,12 @@ class Counts:
 
 
 def study_counts(study: Any) -> Counts:
-    """Trials per state; a surplus FAIL counts as ``surplus``, not ``failed``."""
+    """Trials per state; a surplus FAIL counts as ``surplus``, not ``failed``; an oversize PRUNED (skipped
+    untrained for ``max_params``) as ``oversize``, not ``pruned`` (so not as done)."""
     c = Counts()
     for t in study.get_trials(deepcopy=False):
         name = t.state.name.lower() if t.state.name != "FAIL" else ("surplus" if is_surplus(t) else "failed")
-        if name in ("complete", "pruned", "failed", "surplus", "running", "waiting"):
+        name = "oversize" if is_oversize(t) else name
+        if name in ("complete", "pruned", "failed", "surplus", "oversize", "running", "waiting"):
             setattr(c, name, getattr(c, name) + 1)
     return c

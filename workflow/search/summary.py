@@ -14,7 +14,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 
 from .space import SearchSpace
 from .storage import PathLike
-from .study import EPOCHS_ATTR, MONITOR_ATTR, PARAMS_ATTR, is_surplus, study_counts
+from .study import BUDGET_ATTR, CAPPED_ATTR, EPOCHS_ATTR, MONITOR_ATTR, PARAMS_ATTR, is_surplus, study_counts
 from .trial_run import tracking_uri
 
 log = logging.getLogger(__name__)
@@ -40,6 +40,9 @@ class SearchResult:
     n_running: int
     epochs_spent: int                 # epochs trained over all finished trials
     pareto: list[dict[str, Any]] = field(default_factory=list)
+    n_oversize: int = 0               # skipped untrained: more parameters than search.max_params
+    n_capped: int = 0                 # trials whose training search.trial_timeout stopped
+    budget_note: str = ""             # in words, when a budget cut the search short or bounded it
     summary_path: Optional[Path] = None
     plot_paths: list[Path] = field(default_factory=list)
     work_dir: Optional[Path] = None
@@ -189,6 +192,21 @@ def _write_summary(result: SearchResult, settings: Mapping[str, Any], trials: li
     return path
 
 
+def budget_note(study: Any, settings: Mapping[str, Any], n_oversize: int, n_capped: int) -> str:
+    """What the budget did, in words ("" when it did nothing): the time budget stopping the search after some of
+    its trials, trials stopped by the per-trial cap, models skipped for their size."""
+    notes = []
+    cut = study.user_attrs.get(BUDGET_ATTR)
+    if cut:
+        notes.append(f"search.timeout {cut['timeout']:g} s stopped the search after {cut['done']} of {cut['target']} "
+                     "trials")
+    if n_capped:
+        notes.append(f"search.trial_timeout {settings.get('trial_timeout'):g} s stopped {n_capped} trial(s) early")
+    if n_oversize:
+        notes.append(f"{n_oversize} sampled model(s) over search.max_params {settings.get('max_params')} skipped")
+    return "; ".join(notes)
+
+
 def summarize(study: Any, settings: Mapping[str, Any], work_dir: PathLike, storage_desc: str,
               n_trials: Optional[int] = None, plots: bool = True) -> SearchResult:
     """The study's outcome; writes ``search_summary.json`` and the plots into ``work_dir``."""
@@ -202,7 +220,9 @@ def summarize(study: Any, settings: Mapping[str, Any], work_dir: PathLike, stora
         best_params=_best_params(settings, best_trial), best_value=best_value, best_values=values,
         best_trial_number=best_trial.number if best_trial is not None else None, n_complete=c.complete,
         n_pruned=c.pruned, n_failed=c.failed, n_running=c.running, epochs_spent=_epochs_spent(trials),
-        pareto=pareto, work_dir=Path(work_dir))
+        pareto=pareto, work_dir=Path(work_dir), n_oversize=c.oversize,
+        n_capped=sum(1 for t in trials if t.user_attrs.get(CAPPED_ATTR)))
+    result.budget_note = budget_note(study, settings, result.n_oversize, result.n_capped)
     if plots:
         result.plot_paths = draw_plots(study, settings, Path(work_dir) / "plots")
     result.summary_path = _write_summary(result, settings, trials, c.surplus)
@@ -213,7 +233,7 @@ def log_to_mlflow(result: SearchResult, uri: Optional[str], parent_run_id: str) 
     """The summary and plots as artifacts of the model's run, the counts as ``search/*`` metrics, two tags."""
     from mlflow.entities import Metric
 
-    from ..tracking import client_for, log_artifact_files, retry_call
+    from ..tracking import TAGS, client_for, log_artifact_files, retry_call
 
     client = client_for(tracking_uri(uri))
     log_artifact_files(client, parent_run_id, [result.summary_path], "search")
@@ -227,3 +247,5 @@ def log_to_mlflow(result: SearchResult, uri: Optional[str], parent_run_id: str) 
     retry_call(client.set_tag, parent_run_id, "mtlp.search.study", result.study_name)
     if result.best_trial_number is not None:
         retry_call(client.set_tag, parent_run_id, "mtlp.search.best_trial", str(result.best_trial_number))
+    if result.budget_note:  # the run's summary repeats it (workflow.tracking.results.search_budget_notes)
+        retry_call(client.set_tag, parent_run_id, TAGS["search_budget"], result.budget_note)

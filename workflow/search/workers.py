@@ -20,9 +20,10 @@ from ..errors import chain
 from .objective import Objective
 from .progress import Progress
 from .storage import PathLike, absolute, is_url, open_storage
-from .study import fail_stale, load_study, quiet_optuna, stored_settings, study_counts
+from .study import fail_stale, load_study, mark_budget_cut, quiet_optuna, stored_settings, study_counts
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+MAX_OVERSIZE_IN_A_ROW = 50
 log = logging.getLogger(__name__)
 
 
@@ -67,23 +68,37 @@ def work_loop(study: Any, settings: Mapping[str, Any], prepared_dir: PathLike, w
               n_trials: Optional[int], device: str, tracking_uri: Optional[str], parent_run_id: Optional[str],
               progress: bool, poll_interval: float = 1.0, max_consecutive_failures: int = 5,
               keep_trial_dirs: bool = False) -> int:
-    """Run trials one at a time until the study's total is done; returns how many this loop ran."""
+    """Run trials one at a time until the study's total is done, or until the settings' ``timeout`` (seconds from
+    this loop's start) has passed: then no trial starts and the study is marked as cut by its time budget; returns
+    how many trials this loop ran. Trials skipped for ``max_params`` are not counted; 50 of them in a row stop the
+    loop with an error naming the bound."""
     target = int(n_trials or settings["n_trials"])
+    timeout = settings.get("timeout")
+    deadline = time.monotonic() + float(timeout) if timeout else None
     objective = Objective(settings, Path(prepared_dir), Path(work_dir), target, device, tracking_uri, parent_run_id,
                           keep_trial_dirs)
     callbacks = [Progress(settings["model_name"], target, progress)]
-    ran, failures = 0, 0
+    ran, failures, oversize = 0, 0, 0
     while True:
         fail_stale(study)
         c = study_counts(study)
         if c.done >= target:
+            return ran
+        if deadline is not None and time.monotonic() >= deadline:
+            mark_budget_cut(study, float(timeout), c.done, target)
             return ran
         if c.waiting == 0 and c.done + c.running >= target:
             time.sleep(poll_interval)  # the last slots are running elsewhere; they may still fail
             continue
         run_one_trial(study, objective, callbacks)
         ran += 1
-        failures = failures + 1 if study_counts(study).failed > c.failed else 0
+        after = study_counts(study)
+        failures = failures + 1 if after.failed > c.failed else 0
+        oversize = oversize + 1 if after.oversize > c.oversize else 0
+        if oversize >= MAX_OVERSIZE_IN_A_ROW:
+            raise RuntimeError(f"search.max_params {settings.get('max_params')}: {oversize} sampled "
+                               f"{settings['model_name']} models in a row had more parameters; raise it or narrow "
+                               "search.space")
         if failures >= max_consecutive_failures:
             raise RuntimeError(f"{failures} trials in a row failed in this worker; see the log above "
                                f"(study {study.study_name!r})")

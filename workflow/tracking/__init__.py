@@ -8,7 +8,8 @@ Default store (no server): ``sqlite:///<work_dir>/mlflow.db`` with artifacts in 
 
 from .callback import MlflowCallback
 from .params import flatten_params, git_commit, log_params
-from .results import key_metrics, log_artifact_files, log_ceiling, log_comparison, log_search_plots, log_train_result
+from .results import (key_metrics, log_artifact_files, log_ceiling, log_comparison, log_search_plots, log_train_result,
+                      search_budget_notes)
 from .retry import retry_call
 from .runs import TAGS, child_run, create_child_run, end_open_runs, end_run, find_parent_run, start_parent_run
 from .store import Tracking, client_for, get_or_create_experiment, open_client, setup_tracking, use_globally
@@ -22,5 +23,5 @@ __all__ = [
     "get_or_create_experiment", "git_commit", "flatten_params", "log_params", "start_parent_run", "find_parent_run",
     "create_child_run", "child_run", "end_run", "end_open_runs", "MlflowCallback", "retry_call", "log_train_result",
     "log_artifact_files", "log_comparison", "log_search_plots", "EXPERIMENT_KIND_TAG", "MODEL_TRAINING_KIND",
-    "VIEW_TAG", "key_metrics", "log_ceiling", "ui_url",
+    "VIEW_TAG", "key_metrics", "log_ceiling", "ui_url", "search_budget_notes",
 ]

@@ -5,6 +5,7 @@ run-level figures: the models compared on the parent, the data's ceiling, the se
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import time
@@ -18,8 +19,10 @@ from .retry import retry_call
 from .runs import TAGS
 from .ui import share_view
 
+log = logging.getLogger("workflow.tracking")
+
 __all__ = ["log_artifact_files", "key_metrics", "log_ceiling", "log_train_result", "log_comparison",
-           "log_search_plots"]
+           "search_budget_notes", "log_search_plots"]
 
 
 def log_artifact_files(client: Any, run_id: str, paths: Iterable[str | os.PathLike],
@@ -132,18 +135,34 @@ def log_train_result(client: Any, run_id: str, result: Any, *, log_history: Opti
     return final
 
 
+def search_budget_notes(client: Any, parent_run_id: str) -> list[str]:
+    """``<model>: <what the search budget did>`` for each model run of the pipeline run whose search a budget cut
+    short or bounded (the search step's ``mtlp.search.budget`` tag); [] when none did."""
+    try:
+        runs = retry_call(client.search_runs, [retry_call(client.get_run, parent_run_id).info.experiment_id],
+                          filter_string=f"tags.`{TAGS['parent']}` = '{parent_run_id}' and "
+                                        f"tags.`{TAGS['role']}` = 'model'")
+    except Exception as e:  # noqa: BLE001 - a note in the summary must not fail the run
+        log.debug("could not read the search budget notes: %s", e)
+        return []
+    return sorted(f"{r.data.tags.get(TAGS['model_name'], r.info.run_name)}: {r.data.tags[TAGS['search_budget']]}"
+                  for r in runs if r.data.tags.get(TAGS["search_budget"]))
+
+
 def log_comparison(client: Any, parent_run_id: str, table: Mapping[str, Mapping[str, float]],
-                   out_dir: str | os.PathLike, reference: Optional[Mapping[str, float]] = None) -> Path:
+                   out_dir: str | os.PathLike, reference: Optional[Mapping[str, float]] = None,
+                   champion: Optional[str] = None, title: str = "metrics by model") -> Path:
     """The models of one pipeline run compared on its parent run under ``comparison/``: a bar chart and the table
-    as ``comparison.json`` (``table``: model -> ``test_score`` and ``<task>/<metric>``); ``reference``
-    ({``<task>/auc``: value}) draws e.g. the generator's ceiling."""
+    as ``comparison.json`` (``table``: model -> ``val_score``, ``test_score`` and ``<task>/<metric>``);
+    ``reference`` ({``<task>/auc``: value}) draws e.g. the generator's ceiling; ``champion`` marks that model."""
     from ..reports import plots as plotting
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     with atomic_path(out_dir / "comparison.json") as tmp:
         tmp.write_text(json.dumps(table, indent=2, sort_keys=True))
-    png = plotting.model_comparison(table, out_dir / "model_comparison.png", reference=reference)
+    png = plotting.model_comparison(table, out_dir / "model_comparison.png", title=title, reference=reference,
+                                    champion=champion)
     log_artifact_files(client, parent_run_id, [png, out_dir / "comparison.json"], "comparison")
     return png
 

@@ -27,6 +27,7 @@ TAGS = {
     "config": "mtlp.config",             # JSON, also logged as config.json
     "model_name": "mtlp.model_name",
     "parent": "mlflow.parentRunId",      # MLflow's own nesting tag
+    "search_budget": "mtlp.search.budget",  # on a model run: what the search budget did, in words
 }
 
 

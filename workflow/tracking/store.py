@@ -89,8 +89,11 @@ def setup_tracking(experiment_name: str, work_dir: str | os.PathLike | None = No
     """Resolve the URI, check it answers (clear error otherwise), point MLflow at it and get the experiment."""
     import mlflow
 
+    from .local_store import ready_sqlite
+
     uri, artifact_location = resolve_tracking_uri(work_dir, uri)
     check_tracking_reachable(uri, timeout=timeout)
+    ready_sqlite(uri)  # a SQLite store shared by several runs: created once, under a file lock, in WAL mode
     use_globally(uri)
     client = client_for(uri)
     try:

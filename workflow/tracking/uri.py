@@ -33,10 +33,14 @@ def resolve_tracking_uri(work_dir: str | os.PathLike | None = None, uri: Optiona
                          ) -> tuple[str, Optional[str]]:
     """(tracking URI, artifact location for new experiments or None to let the server decide).
 
-    Order: explicit ``uri``, then ``MLFLOW_TRACKING_URI``, then the embedded SQLite store in ``work_dir``.
+    Order: explicit ``uri``, then ``MLFLOW_TRACKING_URI``, then the embedded SQLite store in ``work_dir``. A SQLite
+    store keeps its artifacts beside it (``<folder of mlflow.db>/mlartifacts``), whoever named it.
     """
     uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or None
     if uri:
+        db = uri[len("sqlite:///"):].split("?", 1)[0] if uri.startswith("sqlite:///") else ""
+        if db and db != ":memory:":
+            return uri, (Path(db).resolve().parent / DEFAULT_ARTIFACTS).as_uri()
         return uri, None
     if work_dir is None:
         raise TrackingUnavailable("no tracking URI: pass a work directory for the embedded store, or set "

@@ -16,6 +16,7 @@ import torch
 from mtl_models.models import MultiTaskModel
 from mtl_models.trainer import task_mean
 
+from ..data.errors import DataError
 from ..data.feature_spec import FeatureSpec
 from .artifacts import load_trained, split_labels, split_loader
 
@@ -60,7 +61,7 @@ def check_scored_on_labels(model: torch.nn.Module, model_name: str, prepared_dir
     tasks = [name for name, bad in zip(spec.label_names, differs.any(dim=0).tolist()) if bad]
     if tasks:
         rows = int(differs.any(dim=1).sum())
-        raise ValueError(f"{model_name} trains on targets derived from the labels, which differ from label "
+        raise DataError(f"{model_name} trains on targets derived from the labels, which differ from label "
                          f"{tasks[0]!r} on {rows:,} of {len(labels):,} train rows of dataset {spec.dataset!r}: its "
                          f"scores would not compare with other models'; use it on funnel labels (each task "
                          f"positive only where the one before is) or leave {model_name} out of models")

@@ -176,14 +176,15 @@ def build(kind: str, data_dir: Optional[str | Path], seed: int, val_fraction: fl
     if opts["path"] is None and data_dir is not None and Path(data_dir).is_file():
         opts["path"] = str(data_dir)
     if not opts["path"] or not opts["schema"]:
-        raise DataError(f"{kind}: give the data file and its YAML schema: --option path=FILE --option schema=FILE.yaml")
+        raise DataError(f"{kind}: give the data file and its YAML schema in the config: dataset.options.path "
+                        "(or dataset.data_dir) and dataset.options.schema (docs/csv-schema.md)")
     path, schema_path = Path(opts["path"]).expanduser(), Path(opts["schema"]).expanduser()
     if data_dir is not None and Path(data_dir).is_dir() and not path.is_absolute():
         path = Path(data_dir) / path
     if not path.is_file():
-        raise DataError(f"data file not found: {path}")
+        raise DataError(f"data file not found: {path.resolve()}")
     if not schema_path.is_file():
-        raise DataError(f"schema file not found: {schema_path}")
+        raise DataError(f"schema file not found: {schema_path.resolve()}")
     schema, split = read_schema(schema_path)
     frame = _read_table(kind, path)
     val_fraction = float(split.get("val_fraction", val_fraction))
