@@ -118,7 +118,8 @@ def judge_paired(labels: np.ndarray, p_champion: np.ndarray, p_challenger: np.nd
             c = comps[f"{t}/{g}"]
             gain_hi = c["hi"] if stats.HIGHER_IS_BETTER[g] else -c["lo"]
             if math.isfinite(gain_hi) and gain_hi < -rule.margin(t, g):
-                failed.append(f"{delta_words(t, g, c)}, worse than the {rule.margin(t, g):g} margin")
+                failed.append(f"{t} {_LABEL[g]} {c['delta']:+.4f} [{c['lo']:+.4f}, {c['hi']:+.4f}], worse than the "
+                              f"{rule.margin(t, g):g} margin")
     gain_lo = primary["lo"] if stats.HIGHER_IS_BETTER[metric] else -primary["hi"]
     significant = math.isfinite(gain_lo) and gain_lo > 0
     head = f"{challenger} {delta_words(task, metric, primary)}"
