@@ -12,7 +12,7 @@ import pytest
 
 from pipeline.config import ConfigError, load_config
 from workflow.registry.rescore import NotComparable, Rows
-from workflow.registry.rule import PairedRule, judge_paired
+from workflow.registry.rule import PairedRule, judge_paired, p_words
 
 TASKS = ["click", "conversion"]
 DEFAULT = load_config()
@@ -71,7 +71,7 @@ def test_the_words_name_the_models_the_gain_its_interval_and_why():
     v = judge_paired(labels, a, b, TASKS, PairedRule(), champion="mmoe (v3)", challenger="ple (v5)")
     c = v.primary
     assert not v.failed and not v.promoted and v.words == (f"kept mmoe (v3): ple (v5) {c['delta']:+.4f} click AUC [{c['lo']:+.4f}, "
-                                          f"{c['hi']:+.4f}], not significant (p={c['p_value']:.2g})")
+                                          f"{c['hi']:+.4f}], not significant ({p_words(c['p_value'])})")
     labels, a, b = simulate(rng, (0.72, 0.75), (0.74, 0.70))
     v = judge_paired(labels, a, b, TASKS, PairedRule(), champion="mmoe (v3)", challenger="ple (v5)")
     assert not v.promoted and "conversion AUC -0.0" in v.words and v.words.endswith("worse than the 0.002 margin")

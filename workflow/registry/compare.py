@@ -50,16 +50,16 @@ def compare_versions(client: Any, name: str, a: str, b: str, prepared: str | Pat
 
 
 def format_table(result: dict[str, Any]) -> str:
-    from .rule import metric_words
+    from .rule import metric_words, p_words
 
     a, b = result["a"], result["b"]
     conf = round(100 * (1 - result["level"]))
     lines = [f"{result['model']}: {b} against {a} on the same {result['rows']:,} {result['split']} rows "
              f"({result['prepared']})", "",
-             f"| task | metric | {a} | {b} | Δ ({b} − {a}) [{conf} % interval] | p |", "|---|---|---|---|---|---|"]
+             f"| task | metric | {a} | {b} | Δ ({b} − {a}) [{conf} % interval] | test |", "|---|---|---|---|---|---|"]
     for c in result["comparisons"].values():
         lines.append(f"| {c['task']} | {metric_words(c['metric'])} | {c['a']:.4f} | {c['b']:.4f} | "
-                     f"{c['delta']:+.4f} [{c['lo']:+.4f}, {c['hi']:+.4f}] | {c['p_value']:.2g} |")
+                     f"{c['delta']:+.4f} [{c['lo']:+.4f}, {c['hi']:+.4f}] | {p_words(c['p_value'])} |")
     lines += ["", "An interval that excludes 0 tells the two apart at that confidence. Calibration: the change of "
                   "|mean prediction / mean label − 1| (below 0: b is better calibrated); ece: lower is better."]
     return "\n".join(lines)

@@ -24,7 +24,7 @@ import numpy as np
 from mtl_models import stats
 
 __all__ = ["RULES", "RULE_METRICS", "DEFAULT_MARGINS", "PairedRule", "PairedVerdict", "judge_paired",
-           "separable", "metric_words", "delta_words"]
+           "compare_tasks", "separable", "metric_words", "delta_words", "p_words"]
 
 RULES = ("paired", "margin")
 RULE_METRICS = ("auc", "gauc", "ece", "calibration")
@@ -85,6 +85,11 @@ def delta_words(task: str, metric: str, c: Mapping[str, Any]) -> str:
     return f"{c['delta']:+.4f} {task} {_LABEL[metric]} [{c['lo']:+.4f}, {c['hi']:+.4f}]"
 
 
+def p_words(p: float) -> str:
+    """``p=0.28``, ``p=0.0031``, ``p<0.0001``."""
+    return "p<0.0001" if p < 1e-4 else f"p={p:.2g}"
+
+
 def metric_words(metric: str) -> str:
     return _LABEL.get(metric, metric)
 
@@ -125,12 +130,12 @@ def judge_paired(labels: np.ndarray, p_champion: np.ndarray, p_challenger: np.nd
     head = f"{challenger} {delta_words(task, metric, primary)}"
     if significant and not failed:
         words = (f"{challenger} is now champion: {delta_words(task, metric, primary)} over {champion} "
-                 f"(p={primary['p_value']:.2g}), no task worse than its margin")
+                 f"({p_words(primary['p_value'])}), no task worse than its margin")
         return PairedVerdict(True, "promoted", words, primary, comps, failed)
     if failed:
         why = f"{head}" + ("" if significant else ", not significant") + "; " + "; ".join(failed)
     else:
-        why = f"{head}, not significant (p={primary['p_value']:.2g})"
+        why = f"{head}, not significant ({p_words(primary['p_value'])})"
     return PairedVerdict(False, "rejected", f"kept {champion}: {why}", primary, comps, failed)
 
 
@@ -142,4 +147,4 @@ def separable(labels: np.ndarray, p_first: np.ndarray, p_second: np.ndarray, tas
     apart = math.isfinite(c["lo"]) and (c["lo"] > 0 or c["hi"] < 0)
     verb = "is told apart from" if apart else "cannot be separated from"
     return apart, (f"{first}, the run's best by val_score, {verb} the runner-up {second} on the validation rows: "
-                   f"{delta_words(task, metric, c)} (p={c['p_value']:.2g})")
+                   f"{delta_words(task, metric, c)} ({p_words(c['p_value'])})")
