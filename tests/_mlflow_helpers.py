@@ -223,6 +223,12 @@ def _check_model_run(client: Any, run: PipelineRun, parent: Any, cand: Candidate
     for task in ("income", "never_married"):
         assert metrics[f"test/{task}/auc"] == pytest_approx(cand.result.test_metrics[task]["auc"])
         assert f"test/{task}/logloss" in metrics
+        # each value's 95 % interval beside it, for test and for the restored checkpoint's validation rows
+        assert metrics[f"test/{task}/auc_lo"] < metrics[f"test/{task}/auc"] < metrics[f"test/{task}/auc_hi"]
+        val = cand.result.val_metrics[task]
+        assert metrics[f"val/{task}/auc_lo"] == pytest_approx(val["auc_lo"]) and f"val/{task}/ece_hi" in metrics
+        history = client.get_metric_history(cand.run_id, f"val/{task}/auc_hi")
+        assert [h.step for h in history] == [cand.result.best_epoch]
     assert metrics["test/score"] == pytest_approx(cand.result.test_score)
     assert metrics["val/score"] == pytest_approx(cand.val_score)
     # the key metrics under short names on the model run, and per model on the parent (the runs table's row)

@@ -16,13 +16,13 @@ from pipeline.config import config_to_dict, load_config  # noqa: E402
 from workflow import steps, tracking  # noqa: E402
 
 quiet_mlflow()
-MODELS = ("mmoe", "ple")
+MODELS = ("shared_bottom", "mmoe")
 NAME = "mtlp-default-model"
 WORDS = re.compile(
     r"Champion of `mtlp-default-model`: (?:"
-    r"kept (mmoe|ple) \(v\d\): (mmoe|ple) \(v\d\) [+-]\d\.\d{4} click AUC \[[+-]\d\.\d{4}, [+-]\d\.\d{4}\]"
+    r"kept (shared_bottom|mmoe) \(v\d\): (shared_bottom|mmoe) \(v\d\) [+-]\d\.\d{4} click AUC \[[+-]\d\.\d{4}, [+-]\d\.\d{4}\]"
     r"(, not significant \(p[=<][0-9.e-]+\)|.*worse than the 0\.002 margin)"
-    r"|(mmoe|ple) \(v\d\) is now champion: \+\d\.\d{4} click AUC \[\+\d\.\d{4}, \+\d\.\d{4}\] over (mmoe|ple) \(v\d\) "
+    r"|(shared_bottom|mmoe) \(v\d\) is now champion: \+\d\.\d{4} click AUC \[\+\d\.\d{4}, \+\d\.\d{4}\] over (shared_bottom|mmoe) \(v\d\) "
     r"\(p[=<][0-9.e-]+\), no task worse than its margin)")
 
 
