@@ -1,4 +1,4 @@
-"""``mtlp``: run the pipeline locally, compile it for Kubernetes, submit it, promote a model."""
+"""``mtlp``: run the pipeline locally, compile it for Kubernetes, submit it, promote a model, compare two versions."""
 
 import argparse
 import sys
@@ -169,6 +169,11 @@ def cmd_promote(argv: Sequence[str]) -> int:
     return promote_main(list(argv))
 
 
+def cmd_compare(argv: Sequence[str]) -> int:
+    from workflow.registry.compare import main as compare_main
+    return compare_main(list(argv))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mtlp", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -227,6 +232,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("promote", help="promote or roll back a registered model by hand (see mtlp promote --help)",
                    add_help=False)
+    sub.add_parser("compare", help="two registered versions on the same validation or test rows, per task, with "
+                                   "paired intervals (see mtlp compare --help)", add_help=False)
     from .check_model import add_parser as add_check_model
     add_check_model(sub)  # mtlp check-model NAME: one zoo model through the whole pipeline, small
     return parser
@@ -236,6 +243,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["promote"]:
         return cmd_promote(argv[1:])
+    if argv[:1] == ["compare"]:
+        return cmd_compare(argv[1:])
     args = build_parser().parse_args(argv)
     from workflow.data.errors import DataError
     from workflow.tracking.uri import TrackingUnavailable

@@ -35,6 +35,7 @@ class DatasetConfig:
     seed: int = 42
     val_fraction: float = 0.1
     options: dict = field(default_factory=dict)
+    user_column: Optional[str] = None  # the raw column naming the user (GAUC); None: a feature column "user_id"
 
 
 @dataclass
@@ -78,8 +79,16 @@ class TrackingConfig:
 
 @dataclass
 class PromotionConfig:
-    metric: str = "val_score"  # validation: what promotion selects and guards on (test is reported)
-    margin: float = 0.0
+    # paired: a challenger replaces the champion only when, on the validation rows both are scored on, the primary
+    # metric improves with its paired interval excluding zero and no task is worse than its margin (docs/mlflow.md,
+    # "Promotion"); margin: the candidate's recorded val_score beats the champion's by at least `margin`
+    rule: str = "paired"
+    metric: str = "val_score"  # validation: what selects the run's best candidate (both rules) and the margin rule
+    margin: float = 0.0        # the margin rule's
+    primary: str = "auc"       # paired: "<metric>" (the first task's) or "<task>/<metric>"; auc, gauc, ece, calibration
+    guardrails: list = field(default_factory=lambda: ["auc"])  # paired: metrics no task may lose beyond its margin
+    margins: dict = field(default_factory=dict)  # paired: "<task>/<metric>" or "<metric>" -> margin (default 0.002)
+    level: float = 0.05        # paired: 1 - the intervals' confidence
 
 
 @dataclass
@@ -137,6 +146,7 @@ class PipelineConfig:
                 raise ConfigError(f"search.{key} must be > 0 (or left out: no bound), got {value!r}")
         if not 0.0 < self.dataset.val_fraction < 1.0:
             raise ConfigError("dataset.val_fraction must be in (0, 1)")
+        self._validate_promotion()
         if self.resources.gpus < 0 or self.resources.retries < 0:
             raise ConfigError("resources.gpus and resources.retries must be >= 0")
         for key, per_model, extra in (("search.space", self.search.space, {"common"}),
@@ -153,6 +163,24 @@ class PipelineConfig:
                 raise ConfigError(f"{key} carries a password, which would show in the KFP UI and the compiled "
                                   f"pipeline: {fix} (a Kubernetes Secret on a cluster)")
         return self
+
+    def _validate_promotion(self) -> None:
+        from workflow.registry.rule import RULE_METRICS, RULES
+
+        p = self.promotion
+        if p.rule not in RULES:
+            raise ConfigError(f"promotion.rule must be one of {list(RULES)}, got {p.rule!r}")
+        if not 0.0 < p.level < 0.5:
+            raise ConfigError(f"promotion.level must be in (0, 0.5), got {p.level!r}")
+        for key, names in (("promotion.primary", [p.primary.rpartition("/")[2]]),
+                           ("promotion.guardrails", list(p.guardrails)),
+                           ("promotion.margins", [k.rpartition("/")[2] for k in p.margins])):
+            unknown = [n for n in names if n not in RULE_METRICS]
+            if unknown:
+                raise ConfigError(f"{key}: unknown metric(s) {unknown}; choose from {list(RULE_METRICS)}")
+        for key, value in p.margins.items():
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+                raise ConfigError(f"promotion.margins.{key} must be a number >= 0, got {value!r}")
 
     @property
     def registered_model(self) -> str:

@@ -3,6 +3,7 @@
 default, the number of search workers, resources, Secrets) comes from it; the rest are run parameters."""
 
 
+import dataclasses
 import json
 from typing import Callable
 
@@ -103,7 +104,8 @@ def build_pipeline(config: PipelineConfig, local: bool = False) -> Callable:
         start.set_display_name("start MLflow run")
         prep = ops.prepare_data(dataset=dataset, data_dir=data_dir, seed=config.dataset.seed,
                                 val_fraction=config.dataset.val_fraction, options=dataset_options,
-                                parent_run_id=start.output, work_dir=work_dir, tracking_uri=tracking_uri)
+                                parent_run_id=start.output, work_dir=work_dir, tracking_uri=tracking_uri,
+                                user_column=config.dataset.user_column or "")
         _light(prep, config, image, cache=True).set_display_name("prepare data")
         prepared = prep.outputs["prepared"]
 
@@ -155,7 +157,9 @@ def build_pipeline(config: PipelineConfig, local: bool = False) -> Callable:
         promote = _light(ops.promote_champion(versions=dsl.Collected(register.output),
                                               registered_model=registered_model, metric=config.promotion.metric,
                                               margin=config.promotion.margin, work_dir=work_dir,
-                                              tracking_uri=tracking_uri), config, image, cache=local)
+                                              tracking_uri=tracking_uri, prepared=prepared,
+                                              promotion_json=json.dumps(dataclasses.asdict(config.promotion))),
+                          config, image, cache=local)
         promote.set_display_name("compare and promote")
         summary = _light(ops.summarize_run(parent_run_id=start.output, reports=dsl.Collected(report.outputs["Output"]),
                                            decision_json=promote.output, registered_model=registered_model,

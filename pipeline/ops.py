@@ -20,12 +20,13 @@ def start_run(config_json: str, work_dir: str, run_name: str, tracking_uri: str)
 
 
 def prepare_data(dataset: str, data_dir: str, seed: int, val_fraction: float, options: dict,
-                 parent_run_id: str, work_dir: str, tracking_uri: str, prepared: Output[Dataset]):
+                 parent_run_id: str, work_dir: str, tracking_uri: str, prepared: Output[Dataset],
+                 user_column: str = ""):
     from workflow.steps import prepare_step
     # KFP passes dict parameters through protobuf Struct, where every number is a double: 4000 -> 4000.0
     options = {k: int(v) if isinstance(v, float) and v.is_integer() else v for k, v in options.items()}
     spec = prepare_step(dataset, prepared.path, data_dir or None, seed, val_fraction, options,
-                        parent_run_id, work_dir, tracking_uri or None)
+                        parent_run_id, work_dir, tracking_uri or None, user_column=user_column or None)
     prepared.metadata.update({"dataset": spec.dataset, "rows": spec.rows})
 
 
@@ -92,11 +93,12 @@ def register_model(exported: Input[Model], model_run_id: str, registered_model: 
 
 
 def promote_champion(versions: List[str], registered_model: str, metric: str, margin: float, work_dir: str,
-                     tracking_uri: str) -> str:
+                     tracking_uri: str, prepared: Input[Dataset], promotion_json: str = "{}") -> str:
     import json
 
     from workflow.steps import promote_step
-    return json.dumps(promote_step(versions, registered_model, work_dir, metric, margin, tracking_uri or None))
+    return json.dumps(promote_step(versions, registered_model, work_dir, metric, margin, tracking_uri or None,
+                                   prepared.path, json.loads(promotion_json)))
 
 
 def summarize_run(parent_run_id: str, reports: List[str], decision_json: str, registered_model: str,

@@ -146,7 +146,8 @@ def run_pipeline(trk: Any, adult_dir: Path, work: Path, raw_example: pd.DataFram
     for name, params in MODELS.items():
         cands.append(_model_branch(trk, work, prepared, name, params, pipeline_run_id, raw_example))
         results[name] = steps.report_step(work / name, work / f"{name}.html")
-    decision = steps.promote_step([c.version for c in cands], MODEL_NAME, work, tracking_uri=trk.uri)
+    decision = steps.promote_step([c.version for c in cands], MODEL_NAME, work, tracking_uri=trk.uri,
+                                  prepared_dir=prepared, promotion={"rule": "paired"})
     summary = steps.summary_step(parent, results, decision, MODEL_NAME, work, work / "summary-out.md", trk.uri)
     return PipelineRun(trk, parent, pipeline_run_id, cands, decision, prepared, work, summary)
 
@@ -222,6 +223,12 @@ def _check_model_run(client: Any, run: PipelineRun, parent: Any, cand: Candidate
     for task in ("income", "never_married"):
         assert metrics[f"test/{task}/auc"] == pytest_approx(cand.result.test_metrics[task]["auc"])
         assert f"test/{task}/logloss" in metrics
+        # each value's 95 % interval beside it, for test and for the restored checkpoint's validation rows
+        assert metrics[f"test/{task}/auc_lo"] < metrics[f"test/{task}/auc"] < metrics[f"test/{task}/auc_hi"]
+        val = cand.result.val_metrics[task]
+        assert metrics[f"val/{task}/auc_lo"] == pytest_approx(val["auc_lo"]) and f"val/{task}/ece_hi" in metrics
+        history = client.get_metric_history(cand.run_id, f"val/{task}/auc_hi")
+        assert [h.step for h in history] == [cand.result.best_epoch]
     assert metrics["test/score"] == pytest_approx(cand.result.test_score)
     assert metrics["val/score"] == pytest_approx(cand.val_score)
     # the key metrics under short names on the model run, and per model on the parent (the runs table's row)
@@ -261,6 +268,11 @@ def _check_promotion(client: Any, run: PipelineRun) -> None:
     assert f"(test_score, reported: candidate {best.result.test_score:.4f})" in run.summary
     assert str(client.get_model_version_by_alias(MODEL_NAME, "champion").version) == best.version
     assert client.get_model_version(MODEL_NAME, best.version).tags[registry.TAG["decision"]] == "no_champion"
+    # the paired rule scored the best two through their logged models and says whether they can be told apart
+    runner_up = sorted(run.candidates, key=lambda c: c.val_score)[-2]
+    assert run.decision["rule"] == "paired" and run.decision["top_two"] in run.summary
+    assert run.decision["top_two"].startswith(f"{best.model_name} (v{best.version}), the run's best by val_score, ")
+    assert f"the runner-up {runner_up.model_name} (v{runner_up.version}) on the validation rows: " in run.decision["top_two"]
 
 
 def pytest_approx(x: float):

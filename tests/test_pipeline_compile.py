@@ -30,7 +30,7 @@ def test_dag_edges_follow_the_pipeline(tmp_path) -> None:
     assert deps["start-run"] == set()
     assert deps["prepare-data"] == {"start-run"}
     assert deps["for-loop-1"] == {"prepare-data", "start-run"}
-    assert deps["promote-champion"] == {"for-loop-1"}
+    assert deps["promote-champion"] == {"for-loop-1", "prepare-data"}  # scores the validation rows
     assert deps["summarize-run"] >= {"promote-champion", "for-loop-1"}
     assert root["for-loop-1"]["parameterIterator"]["items"] == {"inputParameter": "pipelinechannel--models"}
 

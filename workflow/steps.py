@@ -18,6 +18,7 @@ from mtl_models.atomic import atomic_path
 
 from . import tracking
 from .data.feature_spec import SPEC_FILE, FeatureSpec
+from .reports.summary import ceiling_metrics, describe_decision, summary_table
 
 __all__ = ["start_pipeline_run", "prepare_step", "start_model_run", "search_step", "train_step",
            "report_step", "export_step", "register_step", "promote_step", "summary_step"]
@@ -47,12 +48,12 @@ def start_pipeline_run(config: Mapping[str, Any], work_dir: PathLike, pipeline_r
 
 def prepare_step(dataset: str, out_dir: PathLike, data_dir: Optional[str], seed: int, val_fraction: float,
                  options: Mapping[str, Any], parent_run_id: str, work_dir: PathLike,
-                 tracking_uri: Optional[str] = None) -> FeatureSpec:
+                 tracking_uri: Optional[str] = None, user_column: Optional[str] = None) -> FeatureSpec:
     """Prepare the data, then tag the parent run with the dataset's hashes and attach the feature spec."""
     from .data.prepare import prepare
 
     spec = prepare(dataset, out_dir, data_dir=data_dir or None, seed=seed, val_fraction=val_fraction,
-                   options=dict(options or {}))
+                   options=dict(options or {}), user_column=user_column)
     client, _ = tracking.open_client(work_dir, tracking_uri)
     tags = {"mtlp.dataset": spec.dataset, "mtlp.raw_sha256": json.dumps(spec.raw_sha256, sort_keys=True)}
     tags.update({f"mtlp.raw_sha256.{name}": digest for name, digest in spec.raw_sha256.items()})
@@ -219,16 +220,31 @@ def register_step(trained_dir: PathLike, model_run_id: str, registered_model: st
 
 
 def promote_step(versions: Sequence[str], registered_model: str, work_dir: PathLike, metric: str = "val_score",
-                 margin: float = 0.0, tracking_uri: Optional[str] = None) -> dict[str, Any]:
-    """The run's best candidate by ``metric`` (validation) against the champion on the same validation data;
-    returns the decision as a dict, the test scores of both reported in it."""
+                 margin: float = 0.0, tracking_uri: Optional[str] = None, prepared_dir: Optional[PathLike] = None,
+                 promotion: Optional[Mapping[str, Any]] = None) -> dict[str, Any]:
+    """The run's best candidate by ``metric`` (validation) against the champion; returns the decision as a dict,
+    the test scores of both reported in it. ``promotion``: the config's section; its ``rule`` ``paired`` (the
+    default) scores the champion, the best candidate and the runner-up on ``prepared_dir``'s validation rows
+    through their logged models (``workflow.registry.rule``); ``margin`` compares recorded scores."""
     from dataclasses import asdict
 
-    from . import registry
+    import mlflow
 
-    client, _ = tracking.open_client(work_dir, tracking_uri)
+    from . import registry
+    from .registry.rescore import read_rows
+    from .registry.rule import PairedRule
+
+    cfg = dict(promotion or {})
+    rule = cfg.get("rule", "paired" if prepared_dir else "margin")
+    client, uri = tracking.open_client(work_dir, tracking_uri)
+    rows = None
+    if rule == "paired":
+        mlflow.set_tracking_uri(uri)  # models:/ URIs resolve on this store
+        mlflow.set_registry_uri(uri)
+        rows = read_rows(prepared_dir, "val") if prepared_dir else None
     decision = registry.promote_best(client, registered_model, list(versions), metric=metric, margin=margin,
-                                     reason="pipeline promotion")
+                                     reason="pipeline promotion", rule=rule, paired=PairedRule.from_config(cfg),
+                                     rows=rows)
     return {**asdict(decision), "current_champion": registry.champion_version(client, registered_model)}
 
 
@@ -247,53 +263,6 @@ def _architectures(client: Any, registered_model: str, versions: Sequence[Option
     return names
 
 
-def _score(value: Any) -> str:
-    return f"{value:.4f}" if isinstance(value, (int, float)) else "?"
-
-
-def _test_note(decision: Mapping[str, Any]) -> str:
-    """The test scores the decision reports (never compared): `` (test_score: candidate 0.7012, champion 0.6990)``."""
-    cand, champ = decision.get("candidate_test_score"), decision.get("champion_test_score")
-    if not isinstance(cand, (int, float)) or decision.get("metric") == "test_score":
-        return ""
-    return f" (test_score, reported: candidate {_score(cand)}" + (
-        f", champion {_score(champ)})" if isinstance(champ, (int, float)) else ")")
-
-
-def _decision_words(decision: Mapping[str, Any], name: Any) -> str:
-    cand, champ = decision.get("candidate_version"), decision.get("champion_version")
-    metric, margin = decision.get("metric", "val_score"), float(decision.get("margin") or 0.0)
-    cs, hs = _score(decision.get("candidate_score")), _score(decision.get("champion_score"))
-    kind = decision.get("decision")
-    if kind == "no_champion":
-        return f"{name(cand)} is now champion: there was none"
-    if kind == "promoted":
-        return f"{name(cand)} is now champion: {metric} {cs} >= {name(champ)}'s {hs} + margin {margin:g}"
-    if kind == "rejected" and str(cand) == str(champ):
-        return f"kept {name(champ)}: the run's best candidate already is the champion"
-    if kind == "rejected":
-        return f"kept {name(champ)}: {name(cand)} scored {metric} {cs} < {hs} + margin {margin:g}"
-    if kind == "not_comparable":
-        return f"kept {name(champ)}: {name(cand)} was scored on other data and the champion was not re-scored on it"
-    if kind == "unscored":
-        kept = f"kept {name(champ)}" if champ else "no champion"
-        return f"{kept}: {name(cand)} has no {metric} (a validation metric is undefined, e.g. one class only)"
-    current = decision.get("current_champion")
-    return f"champion: {name(current)}" if current else "no champion"
-
-
-def describe_decision(decision: Mapping[str, Any], architectures: Mapping[str, str]) -> str:
-    """The promotion in plain words, models named by architecture and version, e.g. ``ple (v5) is now champion:
-    there was none`` or ``kept mmoe (v3): ple (v5) scored val_score 0.6710 < 0.6750 + margin 0.002``, followed by
-    the test scores the decision reports (selection and the guard use validation only)."""
-    def name(version: Any) -> str:
-        return f"{architectures.get(str(version), 'version')} (v{version})"
-
-    words = _decision_words(decision, name)
-    return words + (_test_note(decision) if decision.get("decision") in ("promoted", "rejected", "no_champion",
-                                                                         "not_comparable") else "")
-
-
 def _load_ceiling(client: Any, parent_run_id: str, work_dir: PathLike) -> Optional[Mapping[str, Any]]:
     """The feature spec's ceiling (what the data's true probabilities score), from the spec the prepare step
     attached to the parent run; None when the data has none (real data) or it cannot be read."""
@@ -308,35 +277,6 @@ def _load_ceiling(client: Any, parent_run_id: str, work_dir: PathLike) -> Option
             path = client.download_artifacts(parent_run_id, f"data/{SPEC_FILE}", tmp)
             return json.loads(Path(path).read_text()).get(CEILING_KEY)
     return None
-
-
-def _ceiling_metrics(ceiling: Optional[Mapping[str, Any]]) -> dict[str, float]:
-    """The ceiling's metrics under the summary's column names (``<task>/<metric>``); empty without a ceiling."""
-    return {f"{task}/{name}": float(v) for task, ms in (ceiling or {}).get("metrics", {}).items()
-            for name, v in ms.items()}
-
-
-# columns only some models have, and what they are
-EXTRA_COLUMNS = {"cvr/auc": "ESMM's own CVR tower (conversion given a click), scored on the clicked test rows only; "
-                            "the other models predict no such thing"}
-
-
-def summary_table(results: Mapping[str, Mapping[str, float]], ceiling: Optional[Mapping[str, Any]] = None) -> list[str]:
-    """Markdown rows: one per model (best val_score first: what promotion selects on; test_score otherwise), then
-    the ceiling row when the data has one, and a note on each column only some models have."""
-    scores = [k for k in ("val_score", "test_score") if any(k in m for m in results.values())]
-    tasks = sorted({k for m in results.values() for k in m if k not in ("test_score", "val_score")})
-    lines = ["| model | " + " | ".join(scores + tasks) + " |", "|---" * (len(scores) + len(tasks) + 1) + "|"]
-    for model, m in sorted(results.items(), key=lambda kv: -kv[1].get(scores[0], float("-inf"))):
-        lines.append(f"| {model} | " + " | ".join(f"{m[t]:.4f}" if t in m else "" for t in scores + tasks) + " |")
-    flat = _ceiling_metrics(ceiling)
-    if flat:
-        lines.append("| true probabilities (ceiling) | " + " | ".join(
-            f"{flat[t]:.4f}" if t in flat else "" for t in scores + tasks) + " |")
-        lines += ["", f"Ceiling: {ceiling.get('source', 'the true probabilities')}, on the same "
-                      f"{ceiling.get('split', 'test')} rows: no model can expect to score above it."]
-    lines += [f"`{col}`: {why}." for col, why in EXTRA_COLUMNS.items() if col in tasks]
-    return lines
 
 
 def _champion_of_run(client: Any, registered_model: str, version: Any, parent_run_id: str
@@ -377,6 +317,6 @@ def summary_step(parent_run_id: str, results: Mapping[str, Mapping[str, float]],
     tracking.retry_call(client.log_text, parent_run_id, text, "summary.md")
     champion, title = _champion_of_run(client, registered_model, decision.get("current_champion"), parent_run_id)
     tracking.log_comparison(client, parent_run_id, results, Path(work_dir) / "comparison",
-                            reference=_ceiling_metrics(ceiling) or None, champion=champion, title=title)
+                            reference=ceiling_metrics(ceiling) or None, champion=champion, title=title)
     tracking.end_run(client, parent_run_id, "FINISHED")
     return text

@@ -241,6 +241,33 @@ def test_pipeline_run_against_the_embedded_store(tmp_path_factory, adult_dir, mo
     check_promotion_rules(run)
 
 
+def test_compare_scores_two_versions_through_their_logged_models(tmp_path_factory, adult_dir, capsys):
+    """mtlp compare: each version's pyfunc on the decoded validation rows reproduces the trained model's own
+    validation AUC (what metrics.json recorded), and the table gives Δ with its paired interval per task."""
+    import json
+
+    from workflow.registry import compare
+    from workflow.training.evaluate import INTERVAL_SUFFIXES
+
+    run = embedded_pipeline(adult_dir, tmp_path_factory.getbasetemp())
+    a, b = run.candidates[:2]
+    result = compare.compare_versions(run.tracking.client, "adult-mtl", a.version, b.version, run.prepared)
+    for cand, side in ((a, "a"), (b, "b")):
+        saved = json.loads((run.work / cand.model_name / "metrics.json").read_text())
+        for task, metrics in saved["val_metrics"].items():
+            assert result["comparisons"][f"{task}/auc"][side] == pytest.approx(metrics["auc"], abs=1e-5)
+            assert all(metrics["auc" + s] == metrics["auc" + s] for s in INTERVAL_SUFFIXES)  # recorded, not NaN
+    c = result["comparisons"]["income/auc"]
+    assert c["delta"] == pytest.approx(c["b"] - c["a"]) and c["lo"] < c["delta"] < c["hi"]
+    assert compare.main(["--model", "adult-mtl", "--a", a.version, "--b", b.version, "--prepared",
+                         str(run.prepared), "--tracking-uri", run.tracking.uri]) == 0
+    out = capsys.readouterr().out
+    assert f"| income | AUC | {c['a']:.4f} | {c['b']:.4f} | {c['delta']:+.4f} [{c['lo']:+.4f}, {c['hi']:+.4f}] |" in out
+    assert compare.main(["--model", "adult-mtl", "--a", a.version, "--b", a.version, "--prepared",
+                         str(run.prepared), "--tracking-uri", run.tracking.uri]) == 2
+    assert "both version" in capsys.readouterr().err
+
+
 # ---- what the MLflow UI shows first ----------------------------------------------------------------------------
 
 def test_experiment_opens_in_the_model_training_view(trk):

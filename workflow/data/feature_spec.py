@@ -12,7 +12,7 @@ import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Union
+from typing import TYPE_CHECKING, Any, Optional, Union
 
 import numpy as np
 
@@ -72,6 +72,8 @@ class FeatureSpec:
     # generated data only: the metrics that the generator's true probabilities reach on the test rows
     # ({"split": "test", "source": ..., "metrics": {task: {"auc": ...}}}), the best any model can hope for
     ceiling: dict[str, Any] = field(default_factory=dict)
+    # the raw column that names the user (GAUC's groups): dataset.user_column, else a feature column "user_id"
+    user_column: Optional[str] = None
     format_version: int = FORMAT_VERSION
 
     # ---- names ----
@@ -93,6 +95,12 @@ class FeatureSpec:
     def source_columns(self) -> list[str]:
         """Raw columns a serving request must carry (features only; labels are not needed to predict)."""
         return [f.source for f in self.features]
+
+    @property
+    def user_feature(self) -> Optional[str]:
+        """The model input (encoded column) holding the user, when the spec names a user column."""
+        return next((f.name for f in self.features if f.source == self.user_column), None) if self.user_column \
+            else None
 
     @property
     def sparse_features(self) -> list[SparseEncoder]:
@@ -176,6 +184,7 @@ class FeatureSpec:
             "extra_columns": self.extra_columns,
             "raw_types": self.raw_types,
             **({"ceiling": self.ceiling} if self.ceiling else {}),
+            **({"user_column": self.user_column} if self.user_column else {}),
         }
 
     @classmethod
@@ -197,7 +206,8 @@ class FeatureSpec:
                    raw_sha256=dict(d.get("raw_sha256", {})), missing_values=list(d.get("missing_values", [])),
                    split=dict(d.get("split", {})), options=dict(d.get("options", {})),
                    extra_columns=list(d.get("extra_columns", [])), raw_types=dict(d.get("raw_types", {})),
-                   ceiling=dict(d.get("ceiling", {})), format_version=version)
+                   ceiling=dict(d.get("ceiling", {})), user_column=d.get("user_column") or None,
+                   format_version=version)
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=1, ensure_ascii=False) + "\n"

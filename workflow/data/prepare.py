@@ -30,14 +30,27 @@ ROW_GROUP_SIZE = 1_000_000
 
 
 def prepare(dataset: str, out_dir: str | os.PathLike, data_dir: Optional[str | os.PathLike] = None,
-            seed: int = 42, val_fraction: float = 0.1, options: Optional[Mapping[str, Any]] = None) -> FeatureSpec:
-    """Prepare ``dataset`` into ``out_dir``/{train,val,test}.parquet + feature_spec.json and return the spec."""
+            seed: int = 42, val_fraction: float = 0.1, options: Optional[Mapping[str, Any]] = None,
+            user_column: Optional[str] = None) -> FeatureSpec:
+    """Prepare ``dataset`` into ``out_dir``/{train,val,test}.parquet + feature_spec.json and return the spec.
+
+    ``user_column``: the raw feature column naming the user (GAUC's groups); default: the feature column
+    ``user_id`` when there is one, else none (no GAUC)."""
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise DataError(f"seed must be a non-negative int, got {seed!r}")
     build = get_builder(dataset)
     prepared = build(data_dir, int(seed), float(val_fraction), dict(options or {}))
+    prepared.spec.user_column = _user_column(prepared.spec, user_column)
     write_outputs(prepared, out_dir)
     return prepared.spec
+
+
+def _user_column(spec: FeatureSpec, name: Optional[str]) -> Optional[str]:
+    sources = [f.source for f in spec.features]
+    if name and name not in sources:
+        raise DataError(f"dataset.user_column {name!r} is not a feature column of {spec.dataset}; "
+                        f"feature columns: {sources}")
+    return name or ("user_id" if "user_id" in sources else None)
 
 
 def _arrow_array(values: np.ndarray) -> pa.Array:

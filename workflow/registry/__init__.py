@@ -1,5 +1,7 @@
 """Model registry: every candidate a version (:mod:`.versions`), ``champion`` only through promotion
-(:mod:`.promotion`, selected and guarded on validation), one promotion at a time (:mod:`.lock`)."""
+(:mod:`.promotion`, selected on validation and decided by the paired rule, :mod:`.rule`, on the validation rows both
+versions are scored on through their logged models, :mod:`.rescore`; or by the margin rule), one promotion at a time
+(:mod:`.lock`); ``mtlp compare`` (:mod:`.compare`) puts two versions side by side on the same rows."""
 
 from .lock import LOCK_SUFFIX, LOCK_TAG, PromotionLock, PromotionLockError, promotion_lock_holder
 from .promotion import (REPORT_METRIC, SELECT_METRIC, PromotionDecision, promote, promote_best, promote_version,

@@ -1,8 +1,16 @@
 """Moving the ``champion`` alias: guarded promotion of a pipeline run's best candidate, manual promotion, rollback.
 
-Guarded promotion selects and compares on **validation** (``metric.val_score`` by default): a candidate replaces
-the champion only when it beats it by more than zero and at least a margin on the same validation data (same
-data fingerprint). The test score is never used to choose; it is reported beside the decision. Every action
+Guarded promotion selects on **validation** (``metric.val_score``: the run's best candidate) and compares by one
+of two rules (``promotion.rule``):
+
+- ``paired`` (the default): the champion and the candidate are scored on the current validation rows through
+  their own logged models, and :func:`workflow.registry.rule.judge_paired` decides: the primary metric must
+  improve with its paired interval excluding zero and no task may be worse than its margin. When a run has two
+  or more candidates, its top two are compared the same way and the decision says whether they can be told apart.
+- ``margin``: the candidate's recorded ``val_score`` must beat the champion's by more than zero and at least a
+  margin on the same validation data (same data fingerprint).
+
+The test score is never used to choose; it is reported beside the decision. Every action
 records who asked, when and why; the champion's history (a JSON tag on the registered model) is what rollback
 walks back. All of it runs under the promotion lock (:mod:`workflow.registry.lock`).
 """
@@ -16,6 +24,8 @@ from typing import Any, Callable, Optional, Sequence
 from mtl_models.trainer import higher_is_better
 
 from .lock import promotion_lock
+from .rescore import NotComparable, Rows
+from .rule import PairedRule, judge_paired, separable
 from .versions import (CHAMPION, HISTORY_LIMIT, TAG, RegistryError, append_json_tag, candidate_score,
                        champion_history, champion_version, current_user, get_version, now, record, tag_version)
 
@@ -42,6 +52,10 @@ class PromotionDecision:
     margin: float
     candidate_test_score: Optional[float] = None  # reported only (REPORT_METRIC), NaN / None when unknown
     champion_test_score: Optional[float] = None
+    rule: str = "margin"
+    words: Optional[str] = None        # the paired rule's decision in words (also the reason)
+    comparisons: Optional[dict[str, Any]] = None  # "<task>/<metric>" -> delta, lo, hi, p_value (paired rule)
+    top_two: Optional[str] = None      # whether the run's best two candidates can be told apart, in words
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -54,6 +68,29 @@ class _Verdict:
     why: str
     champion: Optional[str] = None
     champion_score: Optional[float] = None
+    words: Optional[str] = None
+    comparisons: Optional[dict[str, Any]] = None
+    score: Optional[float] = None  # the candidate's primary metric on the rows (paired rule)
+
+
+def _label(client: Any, name: str, version: Optional[str]) -> str:
+    """``mmoe (v3)``: a version named by its architecture."""
+    arch = get_version(client, name, version).tags.get(TAG["architecture"], "version") if version else "version"
+    return f"{arch} (v{version})"
+
+
+def _paired(client: Any, name: str, candidate: str, champ: str, rule: PairedRule, rows: Rows) -> _Verdict:
+    """The paired rule on ``rows``: both versions scored through their own logged models."""
+    who, held = _label(client, name, candidate), _label(client, name, champ)
+    try:
+        p_champ = rows.predict(f"models:/{name}/{champ}")
+    except NotComparable as e:
+        return _Verdict("not_comparable", False, f"kept {held}: it cannot be scored on the current validation rows "
+                        f"({e}); the champion stays", champ, words=f"kept {held}: {e}")
+    p_cand = rows.predict(f"models:/{name}/{candidate}")
+    v = judge_paired(rows.labels, p_champ, p_cand, rows.tasks, rule, rows.users, champion=held, challenger=who)
+    return _Verdict(v.decision, v.promoted, v.words, champ, float(v.primary["a"]), v.words, v.comparisons,
+                    float(v.primary["b"]))
 
 
 def _set_champion(client: Any, name: str, version: str, *, action: str, user: str, reason: str) -> None:
@@ -95,8 +132,14 @@ def _compare(metric: str, cand: float, champ: float, up: bool, margin: float) ->
 
 
 def _judge(client: Any, name: str, candidate: Any, cand_score: float, metric: str, up: bool, margin: float,
-           evaluate: Evaluate) -> _Verdict:
+           evaluate: Evaluate, paired: Optional[tuple[PairedRule, Optional[Rows]]] = None) -> _Verdict:
     champ = champion_version(client, name)
+    if paired is not None and champ is not None and champ != str(candidate.version):
+        rule, rows = paired
+        if rows is None:
+            return _Verdict("not_comparable", False, "the paired rule needs the validation rows to score both on; "
+                            "the champion stays", champ)
+        return _paired(client, name, str(candidate.version), champ, rule, rows)
     if math.isnan(cand_score):  # never replaced by test: an unscored candidate is not promoted
         return _Verdict("unscored", False, f"the candidate has no {metric} (tag {TAG['metric_prefix']}{metric}) and "
                         "no evaluator was given; the champion stays", champ)
@@ -111,6 +154,12 @@ def _judge(client: Any, name: str, candidate: Any, cand_score: float, metric: st
     verdict = _compare(metric, cand_score, champ_score, up, margin)
     verdict.champion = champ
     return verdict
+
+
+def _primary_key(paired: Optional[PairedRule], rows: Rows) -> str:
+    """``val/click/auc``: what the paired rule's scores in the decision are."""
+    task, metric = (paired or PairedRule()).primary_of(rows.tasks)
+    return f"{rows.split}/{task}/{metric}"
 
 
 def _report(client: Any, name: str, version: Optional[str]) -> Optional[float]:
@@ -132,18 +181,24 @@ def _write(client: Any, d: PromotionDecision, user: str, reason: str) -> None:
         "action": "promote", "decision": d.decision, "version": d.candidate_version, "previous": d.champion_version,
         "candidate_score": d.candidate_score, "champion_score": d.champion_score, "metric": d.metric,
         "margin": d.margin, "candidate_test_score": d.candidate_test_score,
-        "champion_test_score": d.champion_test_score, "by": user, "at": now(), "reason": reason})
+        "champion_test_score": d.champion_test_score, "rule": d.rule, "by": user, "at": now(), "reason": reason})
 
 
 def promote(client: Any, name: str, candidate_version: str | int, *, metric: str = SELECT_METRIC,
             margin: float = 0.0, greater_is_better: Optional[bool] = None, evaluate: Evaluate = None,
-            user: Optional[str] = None, reason: str = "pipeline promotion") -> PromotionDecision:
-    """Guarded promotion of ``candidate_version`` to ``champion``, compared on ``metric`` (validation by default).
+            user: Optional[str] = None, reason: str = "pipeline promotion", rule: str = "margin",
+            paired: Optional[PairedRule] = None, rows: Optional[Rows] = None,
+            top_two: Optional[str] = None) -> PromotionDecision:
+    """Guarded promotion of ``candidate_version`` to ``champion``.
 
-    The champion's recorded score counts when its data fingerprint equals the candidate's; otherwise
-    ``evaluate(models:/name/version)`` re-scores it; without ``evaluate`` the champion stays (``not_comparable``).
-    No champion yet: the candidate becomes champion. Both test scores are reported in the decision.
+    ``rule="margin"``: compared on ``metric`` (validation by default); the champion's recorded score counts when
+    its data fingerprint equals the candidate's; otherwise ``evaluate(models:/name/version)`` re-scores it; without
+    ``evaluate`` the champion stays (``not_comparable``). ``rule="paired"``: both scored on ``rows`` (the current
+    validation rows) and judged by ``paired`` (:class:`PairedRule`). No champion yet: the candidate becomes
+    champion. Both test scores are reported in the decision.
     """
+    if rule not in ("margin", "paired"):
+        raise ValueError(f"promotion rule must be 'paired' or 'margin', got {rule!r}")
     if margin < 0 or not math.isfinite(margin):
         raise ValueError(f"margin must be a finite number >= 0, got {margin!r}")
     up = higher_is_better(metric) if greater_is_better is None else bool(greater_is_better)
@@ -151,16 +206,19 @@ def promote(client: Any, name: str, candidate_version: str | int, *, metric: str
     with promotion_lock(client, name, user) as lock:
         for _attempt in range(3):
             candidate, score = _scored(client, name, version, metric, evaluate)
-            verdict = _judge(client, name, candidate, score, metric, up, margin, evaluate)
+            verdict = _judge(client, name, candidate, score, metric, up, margin, evaluate,
+                             (paired or PairedRule(), rows) if rule == "paired" else None)
             if verdict.promoted and champion_version(client, name) != verdict.champion:
                 continue  # moved meanwhile by a writer that bypasses the lock: decide again against the new one
             lock.check()
             if verdict.promoted:
                 _set_champion(client, name, version, action=verdict.decision, user=user, reason=reason)
             decision = PromotionDecision(
-                verdict.promoted, verdict.decision, verdict.why, name, version, score, verdict.champion,
-                verdict.champion_score, metric, float(margin), _report(client, name, version),
-                _report(client, name, verdict.champion))
+                verdict.promoted, verdict.decision, verdict.why, name, version,
+                score if verdict.score is None else verdict.score, verdict.champion, verdict.champion_score,
+                metric if verdict.comparisons is None else _primary_key(paired, rows), float(margin),
+                _report(client, name, version),
+                _report(client, name, verdict.champion), rule, verdict.words, verdict.comparisons, top_two)
             _write(client, decision, user, reason)
             return decision
     raise RegistryError(f"the champion of {name!r} kept changing during promotion; try again")
@@ -168,17 +226,34 @@ def promote(client: Any, name: str, candidate_version: str | int, *, metric: str
 
 def promote_best(client: Any, name: str, versions: Sequence[str | int], *, metric: str = SELECT_METRIC,
                  margin: float = 0.0, greater_is_better: Optional[bool] = None, evaluate: Evaluate = None,
-                 user: Optional[str] = None, reason: str = "pipeline promotion") -> PromotionDecision:
+                 user: Optional[str] = None, reason: str = "pipeline promotion", rule: str = "margin",
+                 paired: Optional[PairedRule] = None, rows: Optional[Rows] = None) -> PromotionDecision:
     """The best of one pipeline run's candidates by their ``metric`` tag (validation by default; test is never
-    consulted) goes through :func:`promote`."""
+    consulted) goes through :func:`promote`. With ``rows``, the best and the runner-up are compared on them
+    (paired, on the primary metric) and the decision says whether they can be told apart (``top_two``)."""
     if not versions:
         raise RegistryError("no candidate versions to promote")
     up = higher_is_better(metric) if greater_is_better is None else bool(greater_is_better)
     scored = [(candidate_score(get_version(client, name, v), metric), str(v)) for v in versions]
-    finite = [s for s in scored if not math.isnan(s[0])] or scored
-    best = (max if up else min)(finite, key=lambda s: s[0])[1]
+    finite = sorted([s for s in scored if not math.isnan(s[0])] or scored, key=lambda s: s[0], reverse=up)
+    best = finite[0][1]
+    top_two = _top_two(client, name, finite, paired or PairedRule(), rows) if rows is not None else None
     return promote(client, name, best, metric=metric, margin=margin, greater_is_better=up, evaluate=evaluate,
-                   user=user, reason=reason)
+                   user=user, reason=reason, rule=rule, paired=paired, rows=rows, top_two=top_two)
+
+
+def _top_two(client: Any, name: str, ranked: Sequence[tuple[float, str]], rule: PairedRule, rows: Rows
+             ) -> Optional[str]:
+    """Words on whether the best candidate is told apart from the runner-up (None with one candidate)."""
+    if len(ranked) < 2:
+        return None
+    (_, first), (_, second) = ranked[0], ranked[1]
+    try:
+        p1, p2 = (rows.predict(f"models:/{name}/{v}") for v in (first, second))
+    except NotComparable:
+        return None
+    return separable(rows.labels, p1, p2, rows.tasks, rule, rows.users, _label(client, name, first),
+                     _label(client, name, second))[1]
 
 
 def promote_version(client: Any, name: str, version: str | int, *, reason: str, user: Optional[str] = None,

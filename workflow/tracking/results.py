@@ -92,6 +92,23 @@ def _final_metrics(result: Any) -> dict[str, float]:
     return final
 
 
+def _log_val_metrics(client: Any, run_id: str, result: Any) -> None:
+    """The restored checkpoint's validation metrics with their intervals (``val/<task>/<metric>``, ``..._lo``,
+    ``..._hi``), at the best epoch's step, beside that epoch's ``val/<task>/auc``; keys the epoch already holds are
+    not logged twice."""
+    from mlflow.entities import Metric
+
+    history = list(getattr(result, "history", None) or [])
+    epoch = int(result.best_epoch)
+    logged = history[epoch] if 0 <= epoch < len(history) else {}
+    now = int(time.time() * 1000)
+    items = [Metric(f"val/{task}/{name}", float(v), now, epoch)
+             for task, values in (getattr(result, "val_metrics", None) or {}).items() for name, v in values.items()
+             if _finite(v) and f"val/{task}/{name}" not in logged]
+    if items:
+        retry_call(client.log_batch, run_id, metrics=items)
+
+
 def _log_history(client: Any, run_id: str, history: Sequence[Mapping[str, Any]]) -> None:
     """The per-epoch history, for a run whose trainer had no MLflow callback."""
     from mlflow.entities import Metric
@@ -131,6 +148,7 @@ def log_train_result(client: Any, run_id: str, result: Any, *, log_history: Opti
         log_history = not retry_call(client.get_metric_history, run_id, "train/loss")
     if log_history and result.history:
         _log_history(client, run_id, result.history)
+    _log_val_metrics(client, run_id, result)
     _log_out_dir(client, run_id, Path(result.out_dir))
     return final
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, Optional, Union
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -60,6 +60,13 @@ def split_labels(prepared_dir: PathLike, split: str, spec: FeatureSpec) -> np.nd
     """``[N, n_task]`` labels of a prepared split, in file order."""
     table = pq.read_table(_split_path(prepared_dir, split), columns=spec.label_names)
     return np.stack([column(table, name) for name in spec.label_names], axis=1)
+
+
+def split_users(prepared_dir: PathLike, split: str, spec: FeatureSpec) -> Optional[np.ndarray]:
+    """``[N]`` encoded user ids of a prepared split (GAUC's groups), or None when the spec names no user column."""
+    if spec.user_feature is None:
+        return None
+    return column(pq.read_table(_split_path(prepared_dir, split), columns=[spec.user_feature]), spec.user_feature)
 
 
 def load_trained(out_dir: PathLike) -> tuple[torch.nn.Module, FeatureSpec, dict[str, Any]]:

@@ -1,5 +1,7 @@
 """Evaluation of a freshly trained model: its test metrics and predictions, the validation score of the restored
-best checkpoint, and the plots the train step leaves in ``<trained_dir>/plots/`` (training curves, ROC per
+best checkpoint, for the pipeline's final training each task's val and test metrics with their 95 % intervals
+(AUC, GAUC, calibration, binned calibration error, logloss: :func:`with_intervals`, ``mtl_models.stats``), and
+the plots the train step leaves in ``<trained_dir>/plots/`` (training curves, ROC per
 classification task) for the tracking and report steps to pick up."""
 
 from __future__ import annotations
@@ -8,19 +10,23 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence, Union
+from typing import Any, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import torch
 
+from mtl_models import stats
 from mtl_models.models import MultiTaskModel
 from mtl_models.trainer import task_mean
 
 from ..data.errors import DataError
 from ..data.feature_spec import FeatureSpec
-from .artifacts import load_trained, split_labels, split_loader
+from .artifacts import load_trained, split_labels, split_loader, split_users
 
-__all__ = ["Evaluation", "evaluate", "val_score", "check_scored_on_labels", "predict_prepared", "write_plots"]
+__all__ = ["Evaluation", "evaluate", "val_score", "with_intervals", "check_scored_on_labels", "predict_prepared",
+           "write_plots", "INTERVAL_SUFFIXES"]
+
+INTERVAL_SUFFIXES = ("_lo", "_hi")  # test/click/auc -> test/click/auc_lo, test/click/auc_hi
 
 PathLike = Union[str, os.PathLike]
 
@@ -31,6 +37,7 @@ class Evaluation:
     test_score: float
     val_score: float
     test_predictions: np.ndarray  # [N_test, n_task], test-file order
+    val_metrics: Optional[dict[str, dict[str, float]]] = None  # with intervals, when asked for
 
 
 def val_score(history: Sequence[Mapping[str, float]], best_epoch: int, spec: FeatureSpec) -> float:
@@ -67,14 +74,36 @@ def check_scored_on_labels(model: torch.nn.Module, model_name: str, prepared_dir
                          f"positive only where the one before is) or leave {model_name} out of models")
 
 
-def evaluate(trainer: Any, test_loader: Any, spec: FeatureSpec) -> Evaluation:
+def with_intervals(spec: FeatureSpec, labels: np.ndarray, predictions: np.ndarray, users: Optional[np.ndarray],
+                   level: float = stats.LEVEL) -> dict[str, dict[str, float]]:
+    """``{task: {metric: value, metric_lo: ..., metric_hi: ...}}`` of predictions ``[N, n_task]`` against labels
+    ``[N, n_task]``: AUC with DeLong's interval; logloss, calibration, ECE and (given the rows' ``users``) GAUC
+    with a seeded bootstrap (``stats.N_BOOT`` resamples); RMSE / MAE for regression tasks."""
+    out: dict[str, dict[str, float]] = {}
+    for i, (task, kind) in enumerate(zip(spec.label_names, spec.task_types)):
+        found = stats.metric_intervals(kind, labels[:, i], predictions[:, i], users, level)
+        out[task] = {k: float(v) for name, iv in found.items()
+                     for k, v in ((name, iv.value), (name + "_lo", iv.lo), (name + "_hi", iv.hi))}
+    return out
+
+
+def evaluate(trainer: Any, test_loader: Any, spec: FeatureSpec, prepared_dir: Optional[PathLike] = None,
+             val_loader: Any = None) -> Evaluation:
     """Test metrics and predictions of ``trainer.model`` (the restored best checkpoint) and its validation score.
+    With ``prepared_dir`` and ``val_loader``: the val and test metrics with their intervals (:func:`with_intervals`).
     Data-parallel, every rank calls it: both passes cover the whole test split, gathered over the ranks."""
     metrics = trainer.evaluate(trainer.model, test_loader)
     predictions = trainer.predict(trainer.model, test_loader)  # [N_test, n_task]
+    val_metrics = None
+    if prepared_dir is not None and val_loader is not None:
+        scored = {split: with_intervals(spec, split_labels(prepared_dir, split, spec), preds,
+                                        split_users(prepared_dir, split, spec))
+                  for split, preds in (("test", predictions), ("val", trainer.predict(trainer.model, val_loader)))}
+        metrics = {task: {**ms, **scored["test"].get(task, {})} for task, ms in metrics.items()}
+        val_metrics = scored["val"]
     return Evaluation(test_metrics=metrics, test_score=task_mean(metrics, spec.label_names, spec.task_types),
                       val_score=val_score(trainer.history, int(trainer.best_epoch), spec),
-                      test_predictions=predictions)
+                      test_predictions=predictions, val_metrics=val_metrics)
 
 
 @torch.no_grad()

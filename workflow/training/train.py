@@ -45,6 +45,7 @@ class TrainResult:
     train_seconds: float
     task_names: list[str] = field(default_factory=list)
     val_score: float = math.nan  # task_mean of the restored best checkpoint's validation metrics: model selection
+    val_metrics: dict[str, dict[str, float]] = field(default_factory=dict)  # that checkpoint's, with intervals
 
     def to_json(self) -> str:
         d = asdict(self)
@@ -103,7 +104,7 @@ def _trainer(model, params: Mapping[str, Any], out_dir: Path, n_epoch: int, pati
 def train(prepared_dir: PathLike, model_name: str, out_dir: PathLike, params: Optional[Mapping[str, Any]] = None,
           n_epoch: int = 10, patience: int = 3, device: str = "auto", seed: int = 42,
           callbacks: Iterable[Any] = (), progress: bool = True, resume: bool = False,
-          tasks: Optional[Sequence[str]] = None, plots: bool = False) -> TrainResult:
+          tasks: Optional[Sequence[str]] = None, plots: bool = False, intervals: Optional[bool] = None) -> TrainResult:
     """Train ``model_name`` on the prepared train split, early-stop on val, score on test (``evaluate``).
 
     ``out_dir`` is filled in a temporary sibling folder and renamed into place when complete; checkpoints
@@ -114,6 +115,8 @@ def train(prepared_dir: PathLike, model_name: str, out_dir: PathLike, params: Op
 
     ``tasks``: train on these labels only (a single-task baseline), the saved spec listing just them.
     ``plots``: also draw ``out_dir/plots/`` (the pipeline's train step; search trials and baselines skip it).
+    ``intervals`` (default: as ``plots``): also the val and test metrics with their 95 % intervals, GAUC and
+    calibration (``evaluate.with_intervals``; about a second per model, so search trials skip it).
     """
     spec = read_spec(prepared_dir)
     if tasks is not None:
@@ -132,13 +135,15 @@ def train(prepared_dir: PathLike, model_name: str, out_dir: PathLike, params: Op
     start = time.perf_counter()
     trainer.fit(train_dl, val_dl, resume=resume)
     seconds = time.perf_counter() - start
-    scored = evaluate(trainer, test_dl, spec)
+    with_intervals = plots if intervals is None else intervals
+    scored = evaluate(trainer, test_dl, spec, prepared_dir if with_intervals else None, val_dl)
 
     result = TrainResult(model_name=model_name, params=p, best_epoch=int(trainer.best_epoch),
                          best_score=float(trainer.best_score), history=list(trainer.history),
                          test_metrics=scored.test_metrics, test_score=scored.test_score, out_dir=out_dir,
                          checkpoint_path=out_dir / WEIGHTS_FILE, n_parameters=sum(x.numel() for x in model.parameters()),
-                         train_seconds=seconds, task_names=list(spec.label_names), val_score=scored.val_score)
+                         train_seconds=seconds, task_names=list(spec.label_names), val_score=scored.val_score,
+                         val_metrics=scored.val_metrics or {})
     if trainer.dist.is_main:
         if plots:  # before metrics.json, so a folder with metrics has its plots
             write_plots(out_dir / PLOTS_DIR, model_name, result.history, split_labels(prepared_dir, "test", spec),
