@@ -65,6 +65,8 @@ def cmd_run(args: argparse.Namespace) -> int:
           f"{config.search.n_trials} search trials, {config.train.n_epoch} epochs; run folder {_shown(work_dir)}",
           flush=True)
     containers = _containers(args, config)
+    import os
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # ending runs on a server prints URLs
     try:
         result = run_local(config, run_name=run_name, runs_root=args.runs_root, caching=not args.no_cache,
                            warm_worker=not args.cold_tasks, parallel_tasks=args.parallel_tasks, verbose=args.verbose,

@@ -19,12 +19,14 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping, Optional, Sequence
 
-__all__ = ["ContainerSettings", "SECRET_ENV", "TASK_WORK_DIR", "check_services", "podman_command", "run_task"]
+__all__ = ["ContainerSettings", "SECRET_ENV", "TASK_WORK_DIR", "as_compiled", "check_services", "podman_command",
+           "run_task"]
 
 # the environment variables the cluster's Secrets fill (deploy/k8s, pipeline/graph.py); passed by name
 SECRET_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "OPTUNA_STORAGE")
@@ -85,6 +87,18 @@ def podman_command(settings: ContainerSettings, name: str, mounts: Sequence[Path
     return cmd + [settings.image, *map(str, full_command)]
 
 
+def as_compiled(full_command: Sequence[str], executable: str = sys.executable) -> list[str]:
+    """The command as the compiled IR has it: KFP's local runner put this machine's interpreter where the IR says
+    ``python3`` (``kfp.local.subprocess_task_handler.replace_python_executable``); undo it, except in the
+    component's own source, which KFP leaves alone too."""
+    out, source = [], None
+    for i, element in enumerate(map(str, full_command)):
+        if source is None and '"$program_path/ephemeral_component.py"' in element and '"$@"' in element:
+            source = i + 1
+        out.append(element if i == source else element.replace(executable, "python3"))
+    return out
+
+
 def give_to_image_user(root: Path) -> None:
     """The image's user owns the pipeline root, as a volume's fsGroup would give it on the cluster (as root; a
     rootless podman maps the user itself)."""
@@ -108,12 +122,13 @@ def run_task(settings: ContainerSettings, name: str, root: Path, full_command: S
     if shutil.which(settings.podman) is None:
         raise FileNotFoundError(f"--containers needs podman ({settings.podman!r} not found; Debian: "
                                 "apt-get install -y podman runc)")
+    root.mkdir(parents=True, exist_ok=True)  # KFP's local runner makes it lazily; the mount needs it now
     attempt = 0
     while True:
         give_to_image_user(root)
         _remove(settings, name)  # a container of a killed run may hold the name
         settings.containers_run += 1
-        code = run(podman_command(settings, name, [root], full_command, env_vars))
+        code = run(podman_command(settings, name, [root], as_compiled(full_command), env_vars))
         if code != KILLED or attempt >= settings.retries:
             return code
         attempt += 1

@@ -100,10 +100,12 @@ def mlflow_server(backend_uri: str, artifacts: Path, log_path: Path, timeout: fl
             time.sleep(0.5)
         yield url
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=20)
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, sig)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=20)
+                break
 
 
 def check_runs(uri: str, experiment: str, registered_model: str, run_name: str, n_trials: int) -> list[str]:

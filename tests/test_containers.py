@@ -62,3 +62,13 @@ def test_a_killed_container_is_retried_a_failed_one_is_not(monkeypatch, tmp_path
     assert len(notes) == expected_runs - 1
     assert all(f"retry {i + 1} of 2" in note for i, note in enumerate(notes))
     assert log.read_text().count("was killed (exit 137)") == len(notes)
+
+
+def test_the_container_runs_the_compiled_command_not_this_machines_interpreter() -> None:
+    from pipeline.containers import as_compiled
+    exe = "/home/me/.venv/bin/python"
+    script = f'program_path=$(mktemp -d)\n{exe} -m kfp.dsl.executor_main --component_module_path ' \
+             '"$program_path/ephemeral_component.py" "$@"'
+    source = f"print('{exe}')"  # the component's own code is left as written
+    out = as_compiled(["sh", "-ec", script, source, "--executor_input", "{}"], executable=exe)
+    assert out[2].splitlines()[1].startswith("python3 -m kfp.dsl.executor_main") and out[3] == source
