@@ -25,7 +25,7 @@ import urllib.request
 from pathlib import Path
 from typing import Iterator, Optional, Sequence
 
-__all__ = ["postgres", "mlflow_server", "check_runs", "main"]
+__all__ = ["postgres", "mlflow_server", "check_runs", "run_statuses", "main"]
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = REPO / "configs" / "rehearsal.yaml"
@@ -108,6 +108,20 @@ def mlflow_server(backend_uri: str, artifacts: Path, log_path: Path, timeout: fl
                 break
 
 
+def run_statuses(uri: str, experiment: str, run_name: str) -> dict[str, int]:
+    """How many runs of the pipeline run are in each status, e.g. ``{"FAILED": 2}``."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(uri, uri)
+    exp = client.get_experiment_by_name(experiment)
+    runs = client.search_runs([exp.experiment_id], max_results=5000,
+                              filter_string=f"tags.`mtlp.pipeline_run_id` = '{run_name}'") if exp else []
+    counts: dict[str, int] = {}
+    for run in runs:
+        counts[run.info.status] = counts.get(run.info.status, 0) + 1
+    return counts
+
+
 def check_runs(uri: str, experiment: str, registered_model: str, run_name: str, n_trials: int) -> list[str]:
     """What the cluster would show, as a list of problems (empty: all good): every run of the pipeline run
     FINISHED, a champion alias, per model exactly ``n_trials`` finished trial runs."""
@@ -165,6 +179,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         wall = time.perf_counter() - start
         print(f"rehearsal: `mtlp run --containers` exited {code} after {wall:.0f} s", flush=True)
         if code != 0:
+            statuses = run_statuses(uri, config.tracking.experiment, args.run_name)
+            print(f"rehearsal: the failed run's MLflow runs: {statuses}", flush=True)
             return code
         problems = check_runs(uri, config.tracking.experiment, config.registered_model, args.run_name,
                               config.search.n_trials)

@@ -48,3 +48,24 @@ def test_the_rehearsal_runs_every_task_in_a_container(tmp_path) -> None:
     # export, register
     assert containers == 4 + 2 * 8, text[-3000:]
     assert "| shared_bottom |" in text and "| mmoe |" in text
+
+
+def test_a_failing_step_in_a_container_gives_the_one_line_error(tmp_path) -> None:
+    why = _missing()
+    if why:
+        pytest.skip(why)
+    import yaml
+    config = yaml.safe_load((REPO / "configs" / "rehearsal.yaml").read_text())
+    config["dataset"]["options"]["ctr"] = 1.5
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(config))
+    conf = tmp_path / "containers.conf"
+    conf.write_text("[containers]\ndefault_ulimits = []\n")
+    env = {**os.environ, "CONTAINERS_CONF": os.environ.get("CONTAINERS_CONF", str(conf)), "PYTHONPATH": str(REPO)}
+    out = subprocess.run([sys.executable, "-m", "pipeline.rehearsal", "--config", str(tmp_path / "bad.yaml"),
+                          "--runs-root", str(tmp_path / "runs"), "--run-name", "bad"],
+                         cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert out.returncode == 2, out.stdout[-3000:] + out.stderr[-3000:]
+    errors = [line for line in out.stderr.splitlines() if line.startswith("mtlp run: error:")]
+    assert len(errors) == 1 and errors[0].startswith(
+        "mtlp run: error: prepare_data: synthetic-funnel: ctr must be in (0, 1), got 1.5 (task log: "), errors
+    assert "the failed run's MLflow runs: {'FAILED': 1}" in out.stdout  # the parent run, ended by mtlp run
