@@ -20,6 +20,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -44,12 +45,19 @@ def _as_postgres(cmd: list[str]) -> list[str]:
 
 
 @contextlib.contextmanager
-def postgres(root: Path, databases: Sequence[str]) -> Iterator[dict[str, str]]:
-    """A throwaway PostgreSQL on 127.0.0.1 in ``root``; yields ``{database: SQLAlchemy URL}``."""
+def postgres(databases: Sequence[str]) -> Iterator[dict[str, str]]:
+    """A throwaway PostgreSQL on 127.0.0.1 in a temporary folder (removed afterwards; as root, owned by the
+    ``postgres`` user, which must reach it); yields ``{database: SQLAlchemy URL}``."""
     for tool in ("initdb", "pg_ctl"):
         if shutil.which(tool) is None:
             raise FileNotFoundError(f"the rehearsal needs PostgreSQL's {tool} on PATH (Debian: postgresql)")
-    root.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="mtlp-rehearsal-pg-") as tmp:
+        with _postgres_in(Path(tmp), databases) as urls:
+            yield urls
+
+
+@contextlib.contextmanager
+def _postgres_in(root: Path, databases: Sequence[str]) -> Iterator[dict[str, str]]:
     pwfile, data, port = root / "pw", root / "data", free_port()
     pwfile.write_text(PG_PASSWORD)
     if os.geteuid() == 0:
@@ -169,7 +177,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     shutil.rmtree(services, ignore_errors=True)
     cmd = [sys.executable, "-m", "pipeline.cli", "run", "--containers", "--config", args.config,
            "--run-name", args.run_name, "--runs-root", args.runs_root] + (["--image", args.image] if args.image else [])
-    with postgres(services / "postgres", ["mlflow", "optuna"]) as dbs, \
+    with postgres(["mlflow", "optuna"]) as dbs, \
             mlflow_server(dbs["mlflow"], services / "artifacts", services / "mlflow.log") as uri:
         env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "OPTUNA_STORAGE": dbs["optuna"],
                "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
