@@ -32,7 +32,7 @@ clean:
 # The image is tagged <registry>/mtl-pipeline:<version>-<git sha> (python3 pipeline/image.py), the
 # pipeline's default image. Registry: MTLP_IMAGE_REGISTRY (default localhost); CUDA build:
 # make image TORCH_INDEX_URL=https://download.pytorch.org/whl/cu128 TORCH_WHEELS_DIR=
-.PHONY: image image-test image-push
+.PHONY: image image-test image-push rehearsal
 
 image:
 	deploy/podman-smoke.sh --build-only
@@ -40,6 +40,13 @@ image:
 # Build, then run data prep and a one-epoch training run in the image as its non-root user.
 image-test:
 	deploy/podman-smoke.sh
+
+# The cluster path on this machine: every task of the graph in the image (built first if missing) under podman,
+# against `mlflow server` and the study on a loopback PostgreSQL (pipeline/rehearsal.py, deploy/README.md).
+rehearsal: setup
+	podman image exists "$$(python3 pipeline/image.py)" || deploy/podman-smoke.sh --build-only
+	CONTAINERS_CONF="$${CONTAINERS_CONF:-$$(f=$$(mktemp /tmp/mtlp-containers.XXXXXX.conf); printf '[containers]\ndefault_ulimits = []\n' > $$f; echo $$f)}" \
+		$(VENV)/bin/python -m pipeline.rehearsal
 
 image-push: image
 	podman push "$$(python3 pipeline/image.py)"

@@ -40,6 +40,20 @@ def _mtlp_command() -> str:
     return f"{_shown(Path(sys.executable))} -m pipeline.cli"
 
 
+def _containers(args: argparse.Namespace, config):
+    """The container mode's settings (``--containers``), else None."""
+    if not args.containers:
+        return None
+    import os
+
+    from .containers import ContainerSettings
+    from .image import default_image
+    runtime = args.podman_runtime if args.podman_runtime is not None else \
+        ("/usr/sbin/runc" if os.path.exists("/usr/sbin/runc") else None)
+    return ContainerSettings(image=args.image or config.image or default_image(), retries=config.resources.retries,
+                             runtime=runtime or None)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from .local import PipelineFailed, new_run_name, run_folder, run_local
 
@@ -52,9 +66,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(f"mtlp run: {len(config.models)} model(s) {config.models} on {config.dataset.name}; "
           f"{config.search.n_trials} search trials, {config.train.n_epoch} epochs; run folder {_shown(work_dir)}",
           flush=True)
+    containers = _containers(args, config)
+    import os
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # ending runs on a server prints URLs
     try:
         result = run_local(config, run_name=run_name, runs_root=args.runs_root, caching=not args.no_cache,
-                           warm_worker=not args.cold_tasks, parallel_tasks=args.parallel_tasks, verbose=args.verbose)
+                           warm_worker=not args.cold_tasks, parallel_tasks=args.parallel_tasks, verbose=args.verbose,
+                           containers=containers)
     except PipelineFailed as exc:
         failure = exc.failure
         if args.verbose:
@@ -69,6 +87,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 130 if why == "SIGINT" else 143
     summary = result.work_dir / "summary.md"
     print("\n" + (summary.read_text() if summary.exists() else "(no summary was written)"))
+    if containers is not None:
+        print(f"{containers.containers_run} containers of {containers.image} ran the tasks.")
     print(f"Run {result.run_name} finished in {result.seconds:.0f} s. Run folder {_shown(result.work_dir)}, "
           f"task logs in {_shown(result.logs_dir)}.")
     print(f"MLflow UI: {ui_command} ui {_shown(result.work_dir)}")
@@ -195,6 +215,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("-v", "--verbose", action="store_true",
                      help="show every task's full output (default: one line per task, the search's and training's "
                           "progress; the rest is in the run folder's logs/) and tracebacks")
+    run.add_argument("--containers", action="store_true",
+                     help="run each task in the project image under podman, as on the cluster (needs an MLflow "
+                          "server and a study database: MLFLOW_TRACKING_URI, OPTUNA_STORAGE; make rehearsal)")
+    run.add_argument("--image", help="with --containers: the image (default: the config's, else this commit's)")
+    run.add_argument("--podman-runtime", help="with --containers: podman's OCI runtime (default /usr/sbin/runc "
+                                              "where present; '' for podman's own)")
     run.set_defaults(func=cmd_run)
 
     ui = sub.add_parser("ui", help="serve the MLflow UI on the runs' store (default: the runs root's shared one)")

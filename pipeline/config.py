@@ -154,6 +154,9 @@ class PipelineConfig:
             unknown = set(per_model) - set(known) - extra
             if unknown:
                 raise ConfigError(f"{key}: unknown models {sorted(unknown)}; choose from {known}")
+        if not is_validation_metric(self.promotion.metric):
+            raise ConfigError(f"promotion.metric must be a validation metric (val_score, the one candidates record), "
+                              f"got {self.promotion.metric!r}: the test split is reported, never selected on")
         for key, url in (("search.storage", self.search.storage), ("tracking.uri", self.tracking.uri)):
             if url and "://" in url and urllib.parse.urlsplit(url).password:
                 # the config travels as KFP pipeline parameters: a password here shows in the KFP UI and YAML
@@ -206,6 +209,11 @@ def select_models(models: object) -> list:
     if not isinstance(models, list) or not all(isinstance(m, str) for m in models):
         raise ConfigError(f"models must be a list of model names, 'all' or {{exclude: [...]}}, got {models!r}")
     return list(models)
+
+
+def is_validation_metric(metric: str) -> bool:
+    """Whether ``metric`` is scored on the validation split (``val_score``, ``val_*``, ``val/...``)."""
+    return str(metric).startswith(("val_", "val/"))
 
 
 def _type_ok(value: Any, hint: Any) -> bool:

@@ -120,7 +120,15 @@ def build_pipeline(config: PipelineConfig, local: bool = False) -> Callable:
                                storage=optuna_storage, seed=config.train.seed,
                                device=config.train.device, work_dir=work_dir, tracking_uri=tracking_uri,
                                run_name=run_name)
-            if n_workers > 1:  # N workers share one study (a database storage); then one task reads the result
+            if n_workers > 1 and local:
+                # KFP 2.17's local runner gives a nested loop's item to every parameter entering it that is a task
+                # output or another loop's item (model_name, model_run_id): N sibling worker tasks instead, which it
+                # runs one after the other, each in its own process (or container) on the one study
+                workers = [_heavy(ops.search_model(**search_args), config, gpus, image, with_db=True)
+                           .set_display_name("search worker") for _ in range(n_workers)]
+                search = _heavy(ops.search_model(**search_args), config, gpus, image, with_db=True,
+                                cache=local).after(*workers)
+            elif n_workers > 1:  # N workers share one study (a database storage); then one task reads the result
                 with dsl.ParallelFor(list(range(n_workers)), name="search-workers"):
                     # never cached: a worker's cache key would equal the final search task's (same inputs)
                     worker = _heavy(ops.search_model(**search_args), config, gpus, image, with_db=True)

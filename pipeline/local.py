@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Iterator, Optional
 
 from .config import ConfigError, PipelineConfig
+from .containers import TASK_WORK_DIR, ContainerSettings, check_services
 from .graph import build_pipeline
 from .local_tasks import LocalTasks, warm_local_runner
 from .task_console import TaskConsole, TaskFailure
@@ -132,18 +133,22 @@ def _end_open_runs(config: PipelineConfig, work_dir: Path, run_name: str, store:
 
 def run_local(config: PipelineConfig, run_name: Optional[str] = None, runs_root: os.PathLike | str = DEFAULT_RUNS_ROOT,
               caching: bool = True, warm_worker: bool = True, parallel_tasks: int = 1,
-              verbose: bool = False) -> LocalRun:
+              verbose: bool = False, containers: Optional[ContainerSettings] = None) -> LocalRun:
     """Run the whole graph locally; a second call with the same ``run_name`` reuses what finished (caching).
 
     ``warm_worker=False`` starts each task as a fresh interpreter, as KFP's local runner does by itself (and
     then runs independent branches side by side, whatever ``parallel_tasks`` says). ``parallel_tasks``: how
     many tasks of independent branches (the models) run at once; 1 lets each use every core. ``verbose``: every
     task's output on stdout; else one line per task start and end plus the search's and training's progress.
+    ``containers``: every task runs in the image under podman (``pipeline.containers``), its work directory in its
+    own ``/tmp``; MLflow must then be a server and the study a database.
     """
     from kfp import local
 
     from workflow.tracking.local_store import record_store, run_store_uri
 
+    if containers is not None:
+        check_services(config.tracking.uri, config.search.storage)
     run_name = run_name or new_run_name()
     work_dir = run_folder(run_name, runs_root)
     work_dir.mkdir(parents=True, exist_ok=True)
@@ -155,7 +160,8 @@ def run_local(config: PipelineConfig, run_name: Optional[str] = None, runs_root:
     error: Optional[BaseException] = None
     # the worker starts importing now, while KFP initialises and the graph is built
     with _run_temp_dir(work_dir / "tmp"), warm_local_runner(parallel_tasks=parallel_tasks, log_dir=logs_dir,
-                                                            console=console, warm=warm_worker) as tasks:
+                                                            console=console, warm=warm_worker, containers=containers,
+                                                            root=work_dir / "kfp", run_name=run_name) as tasks:
         # the tasks' command runs `python3`: make it this interpreter's environment
         os.environ["PATH"] = str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", "")
         local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(work_dir / "kfp"),
@@ -169,7 +175,8 @@ def run_local(config: PipelineConfig, run_name: Optional[str] = None, runs_root:
         start = time.perf_counter()
         try:
             with _interruptible(tasks):
-                task = pipeline_func(run_name=run_name, work_dir=str(work_dir), tracking_uri=store)
+                task = pipeline_func(run_name=run_name, tracking_uri=store,
+                                     work_dir=TASK_WORK_DIR if containers is not None else str(work_dir))
         except BaseException as exc:  # noqa: BLE001 - re-raised below, once the tasks are stopped
             error = exc
         seconds = time.perf_counter() - start
@@ -180,5 +187,7 @@ def run_local(config: PipelineConfig, run_name: Optional[str] = None, runs_root:
             raise error
         raise PipelineFailed(failure.message, work_dir, failure, ended) from error
     summary = task.outputs["Output"] if hasattr(task, "outputs") and "Output" in getattr(task, "outputs", {}) else ""
+    if containers is not None and summary:  # the summary task wrote its copy in its own container
+        (work_dir / "summary.md").write_text(str(summary))
     return LocalRun(run_name=run_name, work_dir=work_dir, seconds=seconds, summary=str(summary),
                     task_seconds=list(tasks.task_seconds), logs_dir=logs_dir, tracking_uri=store)

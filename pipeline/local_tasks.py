@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from typing import Iterator, Optional, Sequence
 
+from .containers import ContainerSettings, container_name, run_task
 from .kfp_launcher import launcher_or_reason
 from .task_console import Task, TaskConsole, TaskFailure, describe, failure, follow
 from .warm_worker import PRELOAD, WarmWorker
@@ -53,10 +54,14 @@ class FinalTaskError(RuntimeError):
 
 class LocalTasks:
     """Every KFP task of a local run, started through :func:`warm_local_runner`: their log files, how long each
-    ran, which failed. ``worker`` is the warm worker, or None when every task starts cold."""
+    ran, which failed. ``worker`` is the warm worker, or None when every task starts cold. ``containers``: every
+    task runs in the image under podman instead (``pipeline.containers``), the pipeline root ``root`` mounted."""
 
-    def __init__(self, worker: Optional[WarmWorker], log_dir: Path, console: TaskConsole) -> None:
+    def __init__(self, worker: Optional[WarmWorker], log_dir: Path, console: TaskConsole,
+                 containers: Optional[ContainerSettings] = None, root: Optional[Path] = None,
+                 run_name: str = "run") -> None:
         self.worker, self.log_dir, self.console = worker, log_dir, console
+        self.containers, self.root, self.run_name = containers, root, run_name
         self.task_seconds: list[tuple[str, float]] = []  # (component function, seconds it ran), in finishing order
         self.failures: list[TaskFailure] = []
         self.logs: list[Path] = []
@@ -96,7 +101,7 @@ class LocalTasks:
         if self.aborted:
             return 1
         parsed, reason = launcher_or_reason(full_command)
-        if self.worker is not None and parsed is None:
+        if self.worker is not None and parsed is None and self.containers is None:
             self.console.note_once(f"a task runs with KFP's own launcher (a fresh interpreter, slower): {reason}")
         elif self.worker is not None and not self.worker.alive():
             self.console.note_once("the warm worker has exited (code "
@@ -113,7 +118,13 @@ class LocalTasks:
 
         code: Optional[int] = None
         try:
-            if parsed is not None and self.alive():
+            if self.containers is not None:
+                started()
+                code = run_task(self.containers, container_name(self.run_name, task.log.stem), self.root,
+                                full_command, env_vars, task.log,
+                                lambda cmd: _run_cold(cmd, None, task, self.console, self._cold),
+                                self.console.note_once)
+            elif parsed is not None and self.alive():
                 code = self.worker.run(parsed[0], parsed[1], env_vars, task, self.console, started)
             else:
                 started()
@@ -165,10 +176,13 @@ def _kfp_logs_to(path: Optional[Path]) -> Iterator[None]:
 
 @contextlib.contextmanager
 def warm_local_runner(preload: Sequence[str] = PRELOAD, parallel_tasks: int = 1, log_dir: Optional[Path] = None,
-                      console: Optional[TaskConsole] = None, warm: bool = True) -> Iterator[LocalTasks]:
-    """Route KFP's local subprocess tasks through a warm worker (``warm=False``: KFP's own launcher) for the
-    duration of the block, each task's output in its own log file under ``log_dir`` (a temporary folder, removed
-    afterwards, when None), shown on ``console`` (default: everything, as KFP shows it)."""
+                      console: Optional[TaskConsole] = None, warm: bool = True,
+                      containers: Optional[ContainerSettings] = None, root: Optional[Path] = None,
+                      run_name: str = "run") -> Iterator[LocalTasks]:
+    """Route KFP's local subprocess tasks through a warm worker (``warm=False``: KFP's own launcher; ``containers``:
+    podman, with the pipeline root ``root`` mounted) for the duration of the block, each task's output in its own
+    log file under ``log_dir`` (a temporary folder, removed afterwards, when None), shown on ``console`` (default:
+    everything, as KFP shows it)."""
     from kfp.local import subprocess_task_handler as handler
 
     console = console or TaskConsole(verbose=True)
@@ -177,10 +191,10 @@ def warm_local_runner(preload: Sequence[str] = PRELOAD, parallel_tasks: int = 1,
             log_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="mtlp-logs-")))
         log_dir = Path(log_dir)
         log_dir.mkdir(parents=True, exist_ok=True)
-        worker = WarmWorker(preload, parallel_tasks=parallel_tasks) if warm else None
+        worker = WarmWorker(preload, parallel_tasks=parallel_tasks) if warm and containers is None else None
         if worker is not None:
             stack.callback(worker.close)
-        tasks = LocalTasks(worker, log_dir, console)
+        tasks = LocalTasks(worker, log_dir, console, containers, root, run_name)
         stack.enter_context(_kfp_logs_to(None if console.verbose else log_dir / "kfp.log"))
         original = handler.run_local_subprocess
         handler.run_local_subprocess = tasks.launch

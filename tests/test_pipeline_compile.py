@@ -136,3 +136,28 @@ def test_shipped_configs_are_valid() -> None:
     assert files, "configs/ holds ready configs"
     for path in files:
         load_config(path)
+
+
+def _promotion_metric(spec: dict) -> str:
+    """The metric the compiled promote task compares on (a constant of its inputs)."""
+    param = spec["root"]["dag"]["tasks"]["promote-champion"]["inputs"]["parameters"]["metric"]
+    return param["runtimeValue"]["constant"]
+
+
+def test_every_shipped_config_promotes_on_validation(tmp_path) -> None:
+    """Every config in configs/ and deploy/ compiles, and its compiled promotion compares on a validation
+    metric: the test split is reported, never selected on (deploy/cluster-config.yaml once said test_score)."""
+    from pipeline.config import REPO_CONFIGS, is_validation_metric
+    files = sorted(REPO_CONFIGS.glob("*.yaml")) + sorted((REPO_CONFIGS.parent / "deploy").glob("*.yaml"))
+    assert any(p.parent.name == "deploy" for p in files), files
+    for path in files:
+        out = compile_pipeline(load_config(path), tmp_path / f"{path.stem}.yaml")
+        spec = next(yaml.safe_load_all(out.read_text()))
+        metric = _promotion_metric(spec)
+        assert is_validation_metric(metric) and metric == "val_score", (path, metric)
+
+
+def test_a_test_promotion_metric_is_refused() -> None:
+    from pipeline.config import ConfigError
+    with pytest.raises(ConfigError, match="promotion.metric must be a validation metric.*'test_score'"):
+        load_config({"promotion": {"metric": "test_score"}})

@@ -301,6 +301,7 @@ def summary_step(parent_run_id: str, results: Mapping[str, Mapping[str, float]],
     """A Markdown summary (metrics table with the data's ceiling when known, the promotion in plain words, the
     store) on the parent run and in ``out_md``. ``ceiling``: default, the one in the run's feature spec."""
     client, uri = tracking.open_client(work_dir, tracking_uri)
+    Path(work_dir).mkdir(parents=True, exist_ok=True)  # a task's own fresh /tmp (a pod, a container) has none yet
     if ceiling is None:
         ceiling = _load_ceiling(client, parent_run_id, work_dir)
     versions = [decision.get(k) for k in ("candidate_version", "champion_version", "current_champion")]

@@ -14,7 +14,8 @@ from .storage import PathLike, describe_storage, open_storage
 from .study import create_or_load_study, load_study, quiet_optuna
 from .summary import SearchResult, log_to_mlflow, summarize
 from .trial_run import tracking_uri as resolve_uri
-from .workers import launch_workers, set_threads, work_loop
+from .trial_run import TrialRuns
+from .workers import launch_workers, reap, set_threads, work_loop
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +126,7 @@ def _finish(store: Any, study_name: str, settings: Mapping[str, Any], work_dir: 
     with contextlib.suppress(OSError):
         (work_dir / "trials").rmdir()  # only when empty (kept trial folders stay)
     study, _ = load_study(store, study_name)
+    reap(study, TrialRuns(tracking_uri, parent_run_id, settings["model_name"]) if parent_run_id else None)
     result = summarize(study, settings, work_dir, desc, n_trials=settings["n_trials"], plots=plots)
     if parent_run_id:
         try:

@@ -59,3 +59,38 @@ class TrialRuns:
         except Exception as e:
             log.warning("MLflow logging of trial %d failed: %s", number, e)
         end_run(self.client, run_id, status)
+
+    def end_orphans(self, study: Any) -> list[str]:
+        """End the MLflow runs of this study's trials that no live process will end: a trial that Optuna failed
+        as stale (its worker was killed), or one the study no longer holds. Its run is still RUNNING under the
+        model's run; it ends FAILED, tagged ``optuna.state`` FAIL. Trials RUNNING in the study (a live worker,
+        here or in another pod) keep theirs. Returns the ids of the runs ended."""
+        from optuna.trial import TrialState
+
+        from ..tracking import TAGS, end_run, retry_call
+
+        parent = retry_call(self.client.get_run, self.parent_run_id)
+        safe = study.study_name.replace("'", "\\'")
+        runs = retry_call(self.client.search_runs, [parent.info.experiment_id], max_results=5000,
+                          filter_string=f"tags.`{TAGS['parent']}` = '{self.parent_run_id}' and "
+                                        f"tags.`{TAGS['role']}` = 'trial' and tags.`optuna.study` = '{safe}' "
+                                        "and attributes.status = 'RUNNING'")
+        if not runs:
+            return []
+        alive = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING))}
+        ended = []
+        for run in runs:
+            number = run.data.tags.get("optuna.trial", "")
+            if number.isdigit() and int(number) in alive:
+                continue
+            try:
+                retry_call(self.client.set_tag, run.info.run_id, "optuna.state", "FAIL")
+            except Exception as e:  # the run still ends below
+                log.warning("could not tag the orphaned run of trial %s: %s", number, e)
+            end_run(self.client, run.info.run_id, "FAILED")
+            ended.append(run.info.run_id)
+        if ended:
+            log.warning("ended %d MLflow trial run(s) left RUNNING by a killed worker (trials %s): FAILED",
+                        len(ended), ", ".join(r.data.tags.get("optuna.trial", "?") for r in runs
+                                              if r.info.run_id in ended))
+        return ended

@@ -80,7 +80,7 @@ def work_loop(study: Any, settings: Mapping[str, Any], prepared_dir: PathLike, w
     callbacks = [Progress(settings["model_name"], target, progress)]
     ran, failures, oversize = 0, 0, 0
     while True:
-        fail_stale(study)
+        reap(study, objective.runs)
         c = study_counts(study)
         if c.done >= target:
             return ran
@@ -102,6 +102,18 @@ def work_loop(study: Any, settings: Mapping[str, Any], prepared_dir: PathLike, w
         if failures >= max_consecutive_failures:
             raise RuntimeError(f"{failures} trials in a row failed in this worker; see the log above "
                                f"(study {study.study_name!r})")
+
+
+def reap(study: Any, runs: Optional[Any]) -> None:
+    """Fail the study's stale trials (a killed worker's) and end the MLflow runs those trials had opened
+    (``runs``: the :class:`~workflow.search.trial_run.TrialRuns` of this search, None without tracking)."""
+    fail_stale(study)
+    if runs is None:
+        return
+    try:
+        runs.end_orphans(study)
+    except Exception as e:  # noqa: BLE001 - the search goes on; the next reap (or the search's end) tries again
+        log.warning("could not end the MLflow runs of stale trials: %s", e)
 
 
 def reaped_while_running(exc: BaseException) -> bool:
