@@ -72,7 +72,9 @@ def build_pipeline(config: PipelineConfig, local: bool = False) -> Callable:
     image_default = config.image or default_image()
     ops = make_components(image_default)
     cfg_json = json.dumps(config_to_dict(config), sort_keys=True)
-    search_json = json.dumps({k: v for k, v in config_to_dict(config)["search"].items() if k != "storage"})
+    # trials train at the final training's batch size (unless the space searches it): what they select carries over
+    search_json = json.dumps({**{k: v for k, v in config_to_dict(config)["search"].items() if k != "storage"},
+                              "batch_size": config.train.batch_size})
     n_workers = config.search.n_workers
 
     @dsl.pipeline(name=PIPELINE_NAME, description="Multi-task ranking: prepare, search, train and evaluate, report, export, "

@@ -68,7 +68,7 @@ def test_the_built_in_models_and_their_own_keys() -> None:
     assert zoo.names() == ["shared_bottom", "esmm", "mmoe", "ple", "aitm"]
     assert zoo.defaults("ple") == {"tower_dims": [32], "dropout": 0.1, "activation": "relu", "norm": "none",
                                    "n_level": 2, "n_expert_specific": 2, "n_expert_shared": 2, "expert_dims": [128, 64]}
-    assert zoo.space("mmoe")["n_expert"] == {"low": 2, "high": 16}
+    assert zoo.space("mmoe")["n_expert"] == {"low": 2, "high": 8}
     for entry in zoo.entries():  # plain data: a space survives JSON (the config file and the study's settings)
         assert json.loads(json.dumps(entry.space)) == zoo.space(entry.name)
         assert set(entry.space) <= set(zoo.defaults(entry.name))

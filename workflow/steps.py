@@ -96,8 +96,15 @@ def resolve_storage(storage: Optional[str]) -> Optional[str]:
 def search_step(prepared_dir: PathLike, model_name: str, work_dir: PathLike, model_run_id: str,
                 search: Mapping[str, Any], seed: int = 42, device: str = "auto",
                 tracking_uri: Optional[str] = None, run_name: str = "run") -> dict[str, Any]:
-    """Optuna search for one model; returns the best flat hyperparameters (``{}`` when trials are 0)."""
+    """Optuna search for one model; returns the best flat hyperparameters (``{}`` when trials are 0).
+
+    ``search["batch_size"]`` (the final training's): trials train at that batch unless the space searches it."""
     from .search import search as run_search
+    from .search.space import with_default
+
+    space = search.get("space") or None
+    if search.get("batch_size"):
+        space = with_default(space, "batch_size", int(search["batch_size"]))
 
     client, uri = tracking.open_client(work_dir, tracking_uri)
     with _marks_failure(client, model_run_id):
@@ -106,7 +113,7 @@ def search_step(prepared_dir: PathLike, model_name: str, work_dir: PathLike, mod
                             storage=resolve_storage(search.get("storage")), study_name=f"{run_name}-{model_name}",
                             pruner=search.get("pruner", "median"), objective=search.get("objective", "mean"),
                             multi_objective=bool(search.get("multi_objective", False)), seed=seed,
-                            search_space=search.get("space") or None, device=device,
+                            search_space=space, device=device,
                             parent_run_id=model_run_id, tracking_uri=uri, progress=True)
     return dict(result.best_params)
 
