@@ -109,6 +109,12 @@ def build_pipeline(config: PipelineConfig, local: bool = False) -> Callable:
         _light(prep, config, image, cache=True).set_display_name("prepare data")
         prepared = prep.outputs["prepared"]
 
+        gbdt = None
+        if "gbdt" in config.train.baselines:  # one task beside the models, on the same prepared splits
+            gbdt = _light(ops.baseline_gbdt(prepared=prepared, parent_run_id=start.output, seed=config.train.seed,
+                                            work_dir=work_dir, tracking_uri=tracking_uri), config, image, cache=local)
+            gbdt.set_display_name("gbdt baseline")
+
         with dsl.ParallelFor(models, name="per-model") as model_name:
             # the parent run is looked up by run name: parameters, not task outputs, cross into the loop
             # (KFP 2.17's local runner replaces every task-output parameter entering a loop by the loop item)
@@ -136,7 +142,7 @@ def build_pipeline(config: PipelineConfig, local: bool = False) -> Callable:
                                            device=config.train.device, seed=config.train.seed, work_dir=work_dir,
                                            tracking_uri=tracking_uri, nproc_per_node=nproc_per_node, n_nodes=n_nodes,
                                            job_json=_job_json(config), job_image=image,
-                                           single_task=config.train.single_task_baselines), config, gpus, image,
+                                           single_task="single_task" in config.train.baselines), config, gpus, image,
                           with_db=False, cache=local)
             if config.train.shared_pvc:  # the PyTorchJob's pods read and write the training data through it
                 kubernetes.mount_pvc(train, pvc_name=config.train.shared_pvc, mount_path=SHARED_MOUNT)
@@ -161,7 +167,9 @@ def build_pipeline(config: PipelineConfig, local: bool = False) -> Callable:
         promote.set_display_name("compare and promote")
         summary = _light(ops.summarize_run(parent_run_id=start.output, reports=dsl.Collected(report.outputs["Output"]),
                                            decision_json=promote.output, registered_model=registered_model,
-                                           work_dir=work_dir, tracking_uri=tracking_uri), config, image, cache=local)
+                                           work_dir=work_dir, tracking_uri=tracking_uri,
+                                           baselines_json=gbdt.output if gbdt is not None else "{}"),
+                          config, image, cache=local)
         summary.set_display_name("summary")
 
     return mtl_pipeline

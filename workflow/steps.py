@@ -20,7 +20,7 @@ from . import tracking
 from .data.feature_spec import SPEC_FILE, FeatureSpec
 
 __all__ = ["start_pipeline_run", "prepare_step", "start_model_run", "search_step", "train_step",
-           "report_step", "export_step", "register_step", "promote_step", "summary_step"]
+           "gbdt_step", "report_step", "export_step", "register_step", "promote_step", "summary_step"]
 
 PathLike = str | os.PathLike
 
@@ -177,6 +177,27 @@ def _single_task_baselines(client: Any, run_id: str, prepared_dir: PathLike, mod
     tracking.retry_call(client.log_batch, run_id, metrics=metrics)
 
 
+def gbdt_step(prepared_dir: PathLike, parent_run_id: str, work_dir: PathLike, seed: int = 42,
+              tracking_uri: Optional[str] = None) -> dict[str, float]:
+    """HistGradientBoosting per task on the prepared splits (``workflow.training.gbdt``), in a child run ``gbdt``
+    (role ``baseline``) of the pipeline run: ``test/<task>/<metric>`` and ``test_score`` as a model run logs them.
+    Returns the flat metrics, the summary's baseline row."""
+    from .training.gbdt import gbdt_baseline
+
+    client, _ = tracking.open_client(work_dir, tracking_uri)
+    run_id = tracking.create_child_run(client, parent_run_id, "gbdt", role="baseline",
+                                       tags={tracking.TAGS["model_name"]: "gbdt"})
+    with _marks_failure(client, run_id):
+        result = gbdt_baseline(prepared_dir, seed=seed)
+        flat = result.flat()
+        tracking.retry_call(client.log_param, run_id, "estimator", "sklearn HistGradientBoosting, defaults, per task")
+        tracking.retry_call(client.log_param, run_id, "categorical", ",".join(result.categorical) or "none")
+        for key, value in flat.items():
+            tracking.retry_call(client.log_metric, run_id, key if key == "test_score" else f"test/{key}", value)
+    tracking.end_run(client, run_id, "FINISHED")
+    return flat
+
+
 def report_step(trained_dir: PathLike, report_html: PathLike, report_md: Optional[PathLike] = None) -> dict[str, float]:
     """Flat test metrics of a trained model (``<task>/<metric>`` and ``test_score``, read from its ``metrics.json``)
     plus an HTML/Markdown report with its plots, for the KFP UI. The train step evaluated and drew them."""
@@ -321,11 +342,15 @@ def _ceiling_metrics(ceiling: Optional[Mapping[str, Any]]) -> dict[str, float]:
             for name, v in ms.items()}
 
 
-def summary_table(results: Mapping[str, Mapping[str, float]], ceiling: Optional[Mapping[str, Any]] = None) -> list[str]:
-    """Markdown rows: one per model (best test_score first), then the ceiling row when the data has one."""
+def summary_table(results: Mapping[str, Mapping[str, float]], ceiling: Optional[Mapping[str, Any]] = None,
+                  baselines: Optional[Mapping[str, Mapping[str, float]]] = None) -> list[str]:
+    """Markdown rows: one per model (best test_score first), one per baseline (``gbdt``: its name says it is one),
+    then the ceiling row when the data has one."""
     tasks = sorted({k for m in results.values() for k in m if k != "test_score"})
     lines = ["| model | test_score | " + " | ".join(tasks) + " |", "|---" * (len(tasks) + 2) + "|"]
-    for model, m in sorted(results.items(), key=lambda kv: -kv[1].get("test_score", float("-inf"))):
+    rows = sorted(results.items(), key=lambda kv: -kv[1].get("test_score", float("-inf")))
+    names = {"gbdt": "gbdt baseline (HistGradientBoosting)"}
+    for model, m in rows + [(names.get(b, f"{b} baseline"), m) for b, m in (baselines or {}).items()]:
         lines.append(f"| {model} | {m['test_score']:.4f} | " + " | ".join(
             f"{m[t]:.4f}" if t in m else "" for t in tasks) + " |")
     flat = _ceiling_metrics(ceiling)
@@ -339,15 +364,16 @@ def summary_table(results: Mapping[str, Mapping[str, float]], ceiling: Optional[
 
 def summary_step(parent_run_id: str, results: Mapping[str, Mapping[str, float]], decision: Mapping[str, Any],
                  registered_model: str, work_dir: PathLike, out_md: PathLike, tracking_uri: Optional[str] = None,
-                 ceiling: Optional[Mapping[str, Any]] = None) -> str:
-    """A Markdown summary (metrics table with the data's ceiling when known, the promotion in plain words, the
-    store) on the parent run and in ``out_md``. ``ceiling``: default, the one in the run's feature spec."""
+                 ceiling: Optional[Mapping[str, Any]] = None,
+                 baselines: Optional[Mapping[str, Mapping[str, float]]] = None) -> str:
+    """A Markdown summary (metrics table with the baselines' rows and the data's ceiling when known, the promotion in
+    plain words, the store) on the parent run and in ``out_md``. ``ceiling``: default, the run's feature spec's."""
     client, uri = tracking.open_client(work_dir, tracking_uri)
     if ceiling is None:
         ceiling = _load_ceiling(client, parent_run_id, work_dir)
     versions = [decision.get(k) for k in ("candidate_version", "champion_version", "current_champion")]
     words = describe_decision(decision, _architectures(client, registered_model, versions))
-    lines = summary_table(results, ceiling)
+    lines = summary_table(results, ceiling, baselines)
     lines += ["", f"Champion of `{registered_model}`: {words}.",
               "", f"MLflow store: `{tracking.mask_credentials(uri)}`"]
     text = "\n".join(lines) + "\n"

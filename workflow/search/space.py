@@ -39,13 +39,13 @@ DIMS_SHAPES = ("funnel", "constant", "free")
 # the dense columns' encoding over target-aware tree bins fitted on the train split, AdamW with its weight decay,
 # the lr schedule. ``default_space(name, spec)`` fits them to the prepared data (``_fit_to_data``).
 DEFAULT_COMMON: dict[str, Any] = {
-    "numeric_encoding": ["bins", "gated_bins", "piecewise_linear", "periodic"],
+    "numeric_encoding": ["bins", "gated_bins", "periodic"],
     "bin_source": "tree",
-    "n_bins": [8, 16, 32],
+    "n_bins": [16, 32],
     "numeric_embed_dim": [8, 16],
     "periodic_sigma": {"low": 0.05, "high": 1.0, "log": True},
     "embed_dim": [8, 16, 32],
-    "lr": {"low": 3e-4, "high": 3e-3, "log": True},
+    "lr": {"low": 1e-3, "high": 4e-3, "log": True},
     "lr_schedule": ["constant", "cosine"],
     "optimizer": "adamw",
     "weight_decay": {"low": 1e-5, "high": 1e-2, "log": True},
@@ -55,7 +55,7 @@ DEFAULT_COMMON: dict[str, Any] = {
     "tower_dims": {"depth": [1, 2], "widths": [16, 32, 64], "shape": "funnel"},
 }
 NUMERIC_KEYS = ("numeric_encoding", "bin_source", "n_bins", "numeric_embed_dim", "periodic_sigma")
-MANY_ROWS = 100_000  # train rows from which 64 tree bins per label are offered
+MANY_ROWS, FEW_ROWS = 100_000, 10_000  # train rows from which 64 tree bins per label join, below which 8 replace 32
 def _is_dims_key(name: str) -> bool:
     return name.endswith("_dims")
 
@@ -184,7 +184,7 @@ class SearchSpace:
 def _fit_to_data(specs: dict[str, Any], spec: Any) -> dict[str, Any]:
     """The default space fitted to a prepared ``FeatureSpec``: hidden widths follow the number of input columns
     (the widest choice the power of two at or above 16 per column, within 64..512, and its half and quarter),
-    64 tree bins join from ``MANY_ROWS`` train rows, bins come from quantiles when no label is a classification
+    64 tree bins join from ``MANY_ROWS`` train rows and 8 replace 32 below ``FEW_ROWS``, bins come from quantiles when no label is a classification
     (trees need one), and data without a varying dense column drops the numeric keys."""
     from ..data.encoders import DenseEncoder
 
@@ -194,8 +194,10 @@ def _fit_to_data(specs: dict[str, Any], spec: Any) -> dict[str, Any]:
             specs.pop(key, None)
     elif "classification" not in spec.task_types or any(f.tree_edges is None for f in dense):
         specs["bin_source"] = "quantile"
-    elif int(spec.rows.get("train", 0)) >= MANY_ROWS and isinstance(specs.get("n_bins"), list):
+    elif isinstance(specs.get("n_bins"), list) and int(spec.rows.get("train", 0)) >= MANY_ROWS:
         specs["n_bins"] = sorted(set(specs["n_bins"]) | {64})
+    elif isinstance(specs.get("n_bins"), list) and int(spec.rows.get("train", 0)) < FEW_ROWS:
+        specs["n_bins"] = sorted(set(specs["n_bins"]) - {32} | {8})
     widest = min(512, max(64, 1 << max(0, 16 * len(spec.features) - 1).bit_length()))
     for key, value in specs.items():
         if key in ("bottom_dims", "expert_dims") and isinstance(value, Mapping):
