@@ -157,7 +157,8 @@ def _part1_defaults(d: dict, cfgs: dict, head: dict) -> list[str]:
     ci, cn = (_ms([r["auc"][t] for r in champ])[0] for t in ("income", "never_married"))
     worst = [min(r["auc"][t] for r in champ) for t in ("income", "never_married")]
     ok_i, ok_n = ci >= hi[0] - 0.003, cn >= hn[0] - 0.003
-    head.update(p1_defaults_champion=best_m, p1_defaults_income=ci, p1_defaults_nm=cn, p1_defaults_ok=ok_i and ok_n)
+    head.update(p1_defaults_champion=best_m, p1_defaults_income=ci, p1_defaults_nm=cn, p1_defaults_ok=ok_i and ok_n,
+                p1_defaults_hgb_income=hi[0], p1_defaults_hgb_nm=hn[0])
     return lines + ["", f"Target: the defaults-only champion ({best_m}, chosen on validation) within 0.003 of "
                         f"HistGradientBoosting on both tasks: income {ci:.4f} vs {hi[0]:.4f} (gap {ci - hi[0]:+.4f}, "
                         f"worst seed {worst[0]:.4f}): {_ok(ok_i)}; never-married {cn:.4f} vs {hn[0]:.4f} (gap "

@@ -17,7 +17,8 @@ The spec forms, as they read in the config file::
 
 Overrides (``search_space`` in the config) are ``{"common": {...}, "<model>": {...}}``, or one flat mapping
 applied to every model. ``common`` keys a model does not have are skipped (a model without experts searches
-only what it has); a key under a model's own section that the model does not have is an error.
+only what it has); a key under a model's own section that the model does not have is an error. Overrides are
+meant to narrow the default (``within``); one that reaches beyond it is applied and listed in ``widened``.
 """
 
 from __future__ import annotations
@@ -184,8 +185,9 @@ class SearchSpace:
 def _fit_to_data(specs: dict[str, Any], spec: Any) -> dict[str, Any]:
     """The default space fitted to a prepared ``FeatureSpec``: hidden widths follow the number of input columns
     (the widest choice the power of two at or above 16 per column, within 64..512, and its half and quarter),
-    64 tree bins join from ``MANY_ROWS`` train rows and 8 replace 32 below ``FEW_ROWS``, bins come from quantiles when no label is a classification
-    (trees need one), and data without a varying dense column drops the numeric keys."""
+    64 tree bins join from ``MANY_ROWS`` train rows and 8 replace 32 below ``FEW_ROWS``, bins come from quantiles
+    when no label is a classification (trees need one), and data without a varying dense column drops the numeric
+    keys."""
     from ..data.encoders import DenseEncoder
 
     dense = [f for f in spec.features if isinstance(f, DenseEncoder) and f.min != f.max]
