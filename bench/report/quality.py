@@ -127,7 +127,8 @@ def part1(rec: dict, img: Path) -> tuple[list[str], dict]:
 def _carried_line(carried: dict) -> str:
     e = carried.get("env_start") or {}
     return (f"_Tables A to C were measured {e.get('date', '?')} ({carried.get('mode')} mode, "
-            f"{carried.get('seconds') or 0:.0f} s, load average {(e.get('load_average') or ['?'])[0]} at the start); "
+            f"{carried.get('seconds') or 0:.0f} s, load average {(e.get('load_average') or ['?'])[0]} at the start, "
+            f"{e.get('cpu', '?')}); "
             "this run added the defaults-only table, whose date and load are stated with it._")
 
 
@@ -145,7 +146,9 @@ def _part1_defaults(d: dict, cfgs: dict, head: dict) -> list[str]:
              f"split, AdamW weight decay, lr schedule, widths from the number of columns), {b.get('n_trials')} trials × "
              f"≤ {b.get('n_epoch')} epochs ({b.get('pruner')} pruner) at the training's batch {b.get('batch_size')}; then "
              f"≤ {b.get('train_epochs')} epochs, patience {b.get('patience')}, seeds {d.get('seeds')}. "
-             f"Measured {env.get('date', '?')}, load average {(env.get('load_average') or ['?'])[0]} at the start.", "",
+             f"Measured {env.get('date', '?')} on {env.get('cpu', '?')}, {env.get('cpus', '?')} CPUs, load average "
+             f"{(env.get('load_average') or ['?'])[0]} at the start."
+             + (f" {d['note']}" if d.get("note") else ""), "",
              "| model | numeric encoding (best trial) | mean val score | test AUC income | test AUC never-married "
              "| search: complete / pruned, seconds |", "|---|---|---|---|---|---|"]
     lines += [_tuned_row(d, m, rs, m == best_m) for m, rs in tg.items()]

@@ -14,7 +14,7 @@ import math
 import os
 import time
 from dataclasses import dataclass
-from typing import Union
+from typing import Optional, Union
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -51,8 +51,16 @@ def _matrix(prepared_dir: PathLike, split: str, spec: FeatureSpec) -> tuple[np.n
     return x, y
 
 
-def gbdt_baseline(prepared_dir: PathLike, seed: int = 42) -> GbdtResult:
-    """One HistGradientBoosting classifier (or regressor) per task, fitted on the train split, scored on test."""
+def gbdt_baseline(prepared_dir: PathLike, seed: int = 42, threads: Optional[int] = None) -> GbdtResult:
+    """One HistGradientBoosting classifier (or regressor) per task, fitted on the train split, scored on test.
+    ``threads``: cap scikit-learn's OpenMP threads (default: every core), e.g. 1 on a machine other jobs share."""
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=threads, user_api="openmp"):
+        return _fit_and_score(prepared_dir, seed)
+
+
+def _fit_and_score(prepared_dir: PathLike, seed: int) -> GbdtResult:
     from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
 
     start = time.perf_counter()
