@@ -13,6 +13,11 @@ searched with the rest) and a fixed budget, then ``workflow.training.train`` wit
 champion is chosen on validation (mean val AUC), reported on test, next to HistGradientBoosting trained on the
 same prepared train split. Table C, one row per numeric encoding: one model searched the same way with the
 encoding fixed (``standard`` = today's standardised / log1p values fed as they are).
+
+Table D, defaults only: ``configs/adult.yaml`` as it ships, which has no search space (the default space of
+``workflow.search.space`` fitted to the data), with its own budget and training, over the same seeds, against
+HistGradientBoosting on the same prepared split. ``--set 'tables=["defaults"]'`` runs table D alone and keeps
+tables A-C from the published results (they say when they were measured).
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ import pandas as pd
 import torch
 
 from bench import bench_training as bt
-from bench.environment import load_average
+from bench.environment import environment, load_average
 from mtl_models import zoo
 
 ADULT = Path(__file__).resolve().parents[2] / "shared" / "data" / "adult"
@@ -39,6 +44,21 @@ RECHUB_MODELS = bt.RECHUB_MODELS
 PIPELINE_MODELS = zoo.names()
 ENCODINGS = ["standard", "bins", "piecewise_linear", "periodic"]
 ADULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "adult.yaml"
+PUBLISHED = Path(__file__).resolve().parents[1] / "docs" / "benchmarks" / "results.json"
+# configs/adult.yaml's search space before the default space took it over: tables B and C keep measuring it
+TUNED_SPACE = {
+    "common": {"numeric_encoding": ["bins", "piecewise_linear", "periodic"], "bin_source": "tree", "n_bins": [8, 16, 32],
+               "numeric_embed_dim": [8, 16], "periodic_sigma": {"low": 0.05, "high": 1.0, "log": True},
+               "embed_dim": [8, 16], "lr": {"low": 5.0e-4, "high": 3.0e-3, "log": True},
+               "lr_schedule": ["constant", "cosine"], "optimizer": "adamw",
+               "weight_decay": {"low": 1.0e-5, "high": 1.0e-2, "log": True}, "dropout": {"low": 0.0, "high": 0.3},
+               "norm": "none", "batch_size": 256, "weighting": ["equal", "uwl"],
+               "tower_dims": {"depth": [1, 2], "widths": [32, 64]}},
+    "shared_bottom": {"bottom_dims": {"depth": [1, 2], "widths": [64, 128, 256]}},
+    "mmoe": {"n_expert": {"low": 2, "high": 4}, "expert_dims": {"depth": [1, 2], "widths": [64, 128]}},
+    "ple": {"n_level": 1, "n_expert_specific": {"low": 1, "high": 2}, "n_expert_shared": {"low": 1, "high": 2},
+            "expert_dims": {"depth": [1, 2], "widths": [64, 128]}},
+    "aitm": {"bottom_dims": {"depth": [1, 2], "widths": [64, 128, 256]}, "attention_dim": [16, 32]}}
 
 
 def _quiet():
@@ -131,13 +151,11 @@ def hgb_auc(x, y, xt, yt, seed: int, tasks=TASKS) -> dict[str, float]:
 
 
 def tuned_space(encoding: str | None = None) -> dict:
-    """``configs/adult.yaml``'s search space: what ``mtlp run --config configs/adult.yaml`` searches; with
-    ``encoding``, that numeric encoding fixed instead of searched."""
+    """The hand-tuned Adult space (``TUNED_SPACE``, tables B and C); with ``encoding``, that numeric encoding
+    fixed instead of searched."""
     import copy
 
-    import yaml
-
-    space = copy.deepcopy(yaml.safe_load(ADULT_CONFIG.read_text())["search"]["space"])
+    space = copy.deepcopy(TUNED_SPACE)
     if encoding is not None:
         space.setdefault("common", {})["numeric_encoding"] = encoding
     return space
@@ -153,27 +171,53 @@ def _prepared_frame(prepared: Path, split: str, spec):
     return x, {t: table[t].to_numpy(np.float32) for t in spec.label_names}
 
 
-def _tuned_model(prepared: Path, work: Path, m: str, cfg: dict, encoding: str | None = None) -> tuple[dict, list]:
+def defaults_budget() -> dict:
+    """``configs/adult.yaml`` as it ships, read as ``mtlp run`` reads it: its search budget, its training, and its
+    search space (none: the default space fitted to the data) with trials at the training's batch size."""
+    import yaml
+
+    from workflow.search.space import with_default
+
+    cfg = yaml.safe_load(ADULT_CONFIG.read_text())
+    s, t = cfg.get("search", {}), cfg.get("train", {})
+    return {"models": cfg["models"], "n_trials": s.get("n_trials", 4), "n_epoch": s.get("n_epoch", 2),
+            "pruner": s.get("pruner", "median"), "train_epochs": t.get("n_epoch", 5), "patience": t.get("patience", 2),
+            "batch_size": t.get("batch_size", 1024), "config_space": s.get("space") or None,
+            "space": with_default(s.get("space") or None, "batch_size", t.get("batch_size", 1024))}
+
+
+def _tuned_model(prepared: Path, work: Path, m: str, cfg: dict, encoding: str | None = None,
+                 defaults: dict | None = None) -> tuple[dict, list]:
+    """One model searched and trained over seeds: with ``configs/adult.yaml``'s former tuned space (tables B and
+    C), or with ``defaults`` (``defaults_budget()``: the config as it ships, the pipeline's own budget)."""
     from workflow.search import search
     from workflow.training.train import train
 
     torch.set_num_threads(1)
     t0 = time.perf_counter()
-    tag = f"{m}-{encoding or 'searched'}"
+    tag = f"{m}-{'defaults' if defaults else encoding or 'searched'}"
+    if defaults:
+        budget = dict(n_trials=defaults["n_trials"], n_epoch=defaults["n_epoch"], pruner=defaults["pruner"],
+                      search_space=defaults["space"])
+        fit = dict(n_epoch=defaults["train_epochs"], patience=defaults["patience"])
+        fixed = {"batch_size": defaults["batch_size"]}
+    else:
+        budget = dict(n_trials=cfg["tuned_trials"], n_epoch=cfg["tuned_search_epochs"], pruner="median",
+                      patience=cfg.get("tuned_patience", 2), search_space=tuned_space(encoding))
+        fit = dict(n_epoch=cfg["tuned_train_epochs"], patience=cfg.get("tuned_patience", 2))
+        fixed = {}
     with _quiet():
-        res = search(prepared, m, work / f"search-{tag}", n_trials=cfg["tuned_trials"],
-                     n_epoch=cfg["tuned_search_epochs"], patience=cfg.get("tuned_patience", 2), pruner="median",
-                     seed=42, search_space=tuned_space(encoding), device="cpu", progress=False, plots=False)
+        res = search(prepared, m, work / f"search-{tag}", seed=42, device="cpu", progress=False, plots=False, **budget)
     info = {"best_params": res.best_params, "best_val": res.best_value, "n_complete": res.n_complete,
             "n_pruned": res.n_pruned, "epochs_spent": res.epochs_spent, "seconds": round(time.perf_counter() - t0, 1)}
     rows = []
     for seed in cfg.get("tuned_seeds", cfg["seeds"]):
         with _quiet():
-            tr = train(prepared, m, work / f"train-{tag}-{seed}", params=res.best_params,
-                       n_epoch=cfg["tuned_train_epochs"], patience=cfg.get("tuned_patience", 2), device="cpu",
-                       seed=seed, progress=False)
-        rows.append({"model": m, "impl": "mtl-pipeline tuned", "seed": seed, "val_score": tr.best_score,
-                     "table": "encoding" if encoding else "pipeline",
+            tr = train(prepared, m, work / f"train-{tag}-{seed}", params={**res.best_params, **fixed}, device="cpu",
+                       seed=seed, progress=False, **fit)
+        rows.append({"model": m, "impl": "mtl-pipeline defaults" if defaults else "mtl-pipeline tuned", "seed": seed,
+                     "val_score": tr.best_score,
+                     "table": "defaults" if defaults else "encoding" if encoding else "pipeline",
                      "encoding": res.best_params.get("numeric_encoding", "standard"),
                      "auc": {t: float(tr.test_metrics[t]["auc"]) for t in TASKS},
                      "best_epoch": tr.best_epoch, "seconds": round(tr.train_seconds, 1), "load": load_average()})
@@ -208,6 +252,43 @@ def run_tuned(cfg: dict, log, pool, then=lambda: None) -> dict:
     return {"rows": rows, "searches": searches}
 
 
+def run_defaults(cfg: dict, log, pool) -> dict:
+    """The defaults-only table: each model of ``configs/adult.yaml`` searched and trained as the config ships (no
+    search space), over ``tuned_seeds``, beside HistGradientBoosting on the same prepared train split."""
+    from workflow.data.feature_spec import FeatureSpec
+    from workflow.data.prepare import prepare
+
+    budget = {**defaults_budget(), **cfg.get("defaults_overrides", {})}  # --quick: a smaller budget
+    env = environment()  # at the start, as every part's record
+    rows, searches = [], {}
+    with tempfile.TemporaryDirectory(prefix="bench-defaults-") as tmp:
+        prepared = Path(tmp) / "adult"
+        prepare("adult", prepared, data_dir=str(cfg["data_dir"]), seed=42)
+        spec = FeatureSpec.load(prepared / "feature_spec.json")
+        models = cfg.get("defaults_models") or budget["models"]
+        futures = {m: pool.submit(_tuned_model, prepared, Path(tmp), m, cfg, None, budget) for m in models}
+        x, y = _prepared_frame(prepared, "train", spec)
+        xt, yt = _prepared_frame(prepared, "test", spec)
+        for seed in cfg.get("tuned_seeds", cfg["seeds"]):
+            rows.append({"model": "HistGradientBoosting", "impl": "sklearn (prepared split)", "seed": seed,
+                         "table": "defaults", "auc": hgb_auc(x, y, xt, yt, seed), "load": load_average()})
+        for m, fut in futures.items():
+            searches[m], model_rows = fut.result()
+            rows += model_rows
+            log(f"  defaults {m}: search best val {searches[m]['best_val']:.4f} in {searches[m]['seconds']}s; "
+                "test " + ", ".join(str(r["auc"]) for r in model_rows))
+    return {"rows": rows, "searches": searches, "budget": budget, "seeds": cfg.get("tuned_seeds", cfg["seeds"]),
+            "env": env}
+
+
+def _previous_part1(path: Path) -> dict:
+    """The last published part 1 record (``docs/benchmarks/results.json``), whose tables a defaults-only run keeps."""
+    import json
+
+    rec = json.loads(Path(path).read_text())["parts"]["1"]
+    return {**rec["result"], "carried": {k: rec.get(k) for k in ("env_start", "seconds", "load_average_end", "mode")}}
+
+
 _DATA: dict = {}
 
 
@@ -224,9 +305,17 @@ def _job(kind: str, label: str, name: str, aux, seed: int, epochs: int, tasks) -
 
 
 def run(cfg: dict, log=print) -> dict:
+    """Tables A-C (``tables`` holds "fixed"), and the defaults-only table ("defaults"). Without "fixed", the other
+    tables are carried over from ``previous`` (the published results) and say when they were measured."""
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor
 
+    tables = cfg.get("tables", ["fixed", "defaults"])
+    if "fixed" not in tables:
+        out = _previous_part1(Path(cfg.get("previous", PUBLISHED)))
+        with ProcessPoolExecutor(max_workers=cfg.get("workers", 1), mp_context=mp.get_context("fork")) as pool:
+            out["defaults"] = run_defaults(cfg, log, pool)
+        return out
     torch.set_num_threads(1)
     _DATA["data"], _DATA["feats"], _DATA["vocab"] = load(Path(cfg["data_dir"]))
     epochs = cfg["epochs"]
@@ -255,15 +344,17 @@ def run(cfg: dict, log=print) -> dict:
         for i, f in enumerate(futures):
             rows.append(f.result())
             log(f"  {i + 1}/{len(futures)} {rows[-1]}")
+        defaults = run_defaults(cfg, log, pool) if "defaults" in tables else None
     return {"config": {k: (str(v) if isinstance(v, Path) else v) for k, v in cfg.items()},
             "fixed_config": {"embed": bt.EMBED, "mlp": bt.DIMS, "tower": bt.TOWER, "batch": bt.BATCH, "lr": bt.LR,
                              "norm": "batch", "numeric": "16 train-quantile bins"},
-            "rows": rows, "tuned": tuned, "tuned_space": tuned_space()}
+            "rows": rows, "tuned": tuned, "tuned_space": tuned_space(), **({"defaults": defaults} if defaults else {})}
 
 
 QUICK = {"seeds": [0], "epochs": 1, "models": ["SharedBottom", "MMOE"], "tuned_models": ["mmoe"], "tuned_trials": 2,
          "tuned_search_epochs": 1, "tuned_train_epochs": 2, "encodings": ["piecewise_linear"],
-         "encoding_model": "shared_bottom", "workers": 2}
+         "encoding_model": "shared_bottom", "workers": 2, "defaults_models": ["mmoe"],
+         "defaults_overrides": {"n_trials": 2, "n_epoch": 1, "train_epochs": 2}}
 # table B/C's budget is configs/adult.yaml's (8 trials x <= 6 epochs, then <= 15 epochs with patience 4)
 FULL = {"seeds": [0, 1, 2], "epochs": 3, "models": [m[0] for m in OUR_MODELS], "tuned_models": PIPELINE_MODELS,
         "tuned_trials": 8, "tuned_search_epochs": 6, "tuned_train_epochs": 15, "tuned_patience": 4,

@@ -71,9 +71,14 @@ class Periodic:
 @dataclass(frozen=True)
 class QuantileBins:
     """The value's bin among ``edges`` as an id into a learned ``[n_bins, embed_dim]`` table: a sparse id made
-    from a number, values below the first edge in bin 0 and above the last in the last bin."""
+    from a number, values below the first edge in bin 0 and above the last in the last bin.
+
+    ``gated``: the embedding is mixed with a linear map of the value itself, ``g * table[bin] + (1 - g) * (x w + b)``
+    with ``g = sigmoid(a)`` learned per column and width (``a`` starts at 0: half of each). A task that wants the
+    smooth value (a bin is flat inside) and one that wants the bins' steps then share one input."""
 
     edges: tuple[float, ...]
+    gated: bool = False
 
     @property
     def n_bins(self) -> int:

@@ -126,9 +126,11 @@ def build(name: str, features: Sequence[Feature], task_types: Sequence[str],
 
 # ---- the built-in models ------------------------------------------------------------------------------------
 
-_WIDTHS = [32, 64, 128, 256]
-_BOTTOM_SPACE = {"bottom_dims": {"depth": [1, 4], "widths": _WIDTHS, "shape": "funnel"}}
-_EXPERT_SPACE = {"expert_dims": {"depth": [1, 4], "widths": _WIDTHS, "shape": "funnel"}}
+# hidden widths over 64..256 (the workflow's search fits them to the data's number of columns); experts are
+# several per model, so they stay shallower than a bottom
+_WIDTHS = [64, 128, 256]
+_BOTTOM_SPACE = {"bottom_dims": {"depth": [1, 3], "widths": _WIDTHS, "shape": "funnel"}}
+_EXPERT_SPACE = {"expert_dims": {"depth": [1, 2], "widths": _WIDTHS, "shape": "funnel"}}
 
 
 def _shared_bottom(features: Sequence[Feature], task_types: Sequence[str], p: Mapping[str, Any]) -> MultiTaskModel:
@@ -162,11 +164,11 @@ def _aitm(features: Sequence[Feature], task_types: Sequence[str], p: Mapping[str
 for _entry in (
     ZooEntry("shared_bottom", SharedBottom, {"bottom_dims": [128, 64]}, _BOTTOM_SPACE, _shared_bottom),
     ZooEntry("esmm", ESMM, {"bottom_dims": [128, 64]}, _BOTTOM_SPACE, _esmm, single_task="shared_bottom"),
-    ZooEntry("mmoe", MMOE, {"n_expert": 8, "expert_dims": [128, 64]}, {"n_expert": {"low": 2, "high": 16}, **_EXPERT_SPACE},
+    ZooEntry("mmoe", MMOE, {"n_expert": 8, "expert_dims": [128, 64]}, {"n_expert": {"low": 2, "high": 8}, **_EXPERT_SPACE},
              _mmoe),
     ZooEntry("ple", PLE, {"n_level": 2, "n_expert_specific": 2, "n_expert_shared": 2, "expert_dims": [128, 64]},
-             {"n_level": {"low": 1, "high": 3}, "n_expert_specific": {"low": 1, "high": 8},
-              "n_expert_shared": {"low": 1, "high": 8}, **_EXPERT_SPACE}, _ple),
+             {"n_level": {"low": 1, "high": 2}, "n_expert_specific": {"low": 1, "high": 4},
+              "n_expert_shared": {"low": 1, "high": 4}, **_EXPERT_SPACE}, _ple),
     ZooEntry("aitm", AITM, {"bottom_dims": [128, 64], "attention_dim": 64}, {**_BOTTOM_SPACE, "attention_dim": [16, 32, 64]},
              _aitm, single_task="shared_bottom"),
 ):

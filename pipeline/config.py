@@ -22,6 +22,7 @@ __all__ = ["PipelineConfig", "ConfigError", "load_config", "config_to_dict", "se
 
 REPO_CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 DEFAULT_CONFIG = REPO_CONFIGS / "default.yaml"
+BASELINES = ("single_task", "gbdt")  # train.baselines
 
 
 class ConfigError(ValueError):
@@ -61,7 +62,9 @@ class TrainConfig:
     device: str = "auto"
     seed: int = 42
     params: dict = field(default_factory=dict)  # per-model fixed hyperparameters, applied under the search's best
-    single_task_baselines: bool = False  # also one model of each family per task, on that task alone
+    # baselines beside the multi-task models: single_task (one model of each family per task, on that task alone,
+    # logged on the model's run), gbdt (HistGradientBoosting per task on the same splits, a row in the summary)
+    baselines: list = field(default_factory=list)
     nproc_per_node: int = 1  # > 1: data-parallel training under torchrun (one process per GPU, or CPU processes)
     n_nodes: int = 1  # > 1: a Kubeflow PyTorchJob of n_nodes pods (docs/distributed.md)
     job_namespace: str = "kubeflow"  # where the PyTorchJob runs (the pipeline's namespace)
@@ -138,6 +141,9 @@ class PipelineConfig:
             section, attr = key.split(".")
             if getattr(getattr(self, section), attr) < 1:
                 raise ConfigError(f"{key} must be >= 1")
+        for b in self.train.baselines:
+            if b not in BASELINES:
+                raise ConfigError(f"train.baselines: unknown baseline {b!r}; choose from {list(BASELINES)}")
         if self.search.pruner not in ("median", "hyperband", "none"):
             raise ConfigError(f"search.pruner must be median, hyperband or none, got {self.search.pruner!r}")
         for key in ("timeout", "trial_timeout", "max_params"):

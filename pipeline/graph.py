@@ -73,7 +73,9 @@ def build_pipeline(config: PipelineConfig, local: bool = False) -> Callable:
     image_default = config.image or default_image()
     ops = make_components(image_default)
     cfg_json = json.dumps(config_to_dict(config), sort_keys=True)
-    search_json = json.dumps({k: v for k, v in config_to_dict(config)["search"].items() if k != "storage"})
+    # trials train at the final training's batch size (unless the space searches it): what they select carries over
+    search_json = json.dumps({**{k: v for k, v in config_to_dict(config)["search"].items() if k != "storage"},
+                              "batch_size": config.train.batch_size})
     n_workers = config.search.n_workers
 
     @dsl.pipeline(name=PIPELINE_NAME, description="Multi-task ranking: prepare, search, train and evaluate, report, export, "
@@ -108,6 +110,12 @@ def build_pipeline(config: PipelineConfig, local: bool = False) -> Callable:
                                 user_column=config.dataset.user_column or "")
         _light(prep, config, image, cache=True).set_display_name("prepare data")
         prepared = prep.outputs["prepared"]
+
+        gbdt = None
+        if "gbdt" in config.train.baselines:  # one task beside the models, on the same prepared splits
+            gbdt = _light(ops.baseline_gbdt(prepared=prepared, parent_run_id=start.output, seed=config.train.seed,
+                                            work_dir=work_dir, tracking_uri=tracking_uri), config, image, cache=local)
+            gbdt.set_display_name("gbdt baseline")
 
         with dsl.ParallelFor(models, name="per-model") as model_name:
             # the parent run is looked up by run name: parameters, not task outputs, cross into the loop
@@ -144,7 +152,7 @@ def build_pipeline(config: PipelineConfig, local: bool = False) -> Callable:
                                            device=config.train.device, seed=config.train.seed, work_dir=work_dir,
                                            tracking_uri=tracking_uri, nproc_per_node=nproc_per_node, n_nodes=n_nodes,
                                            job_json=_job_json(config), job_image=image,
-                                           single_task=config.train.single_task_baselines), config, gpus, image,
+                                           single_task="single_task" in config.train.baselines), config, gpus, image,
                           with_db=False, cache=local)
             if config.train.shared_pvc:  # the PyTorchJob's pods read and write the training data through it
                 kubernetes.mount_pvc(train, pvc_name=config.train.shared_pvc, mount_path=SHARED_MOUNT)
@@ -171,7 +179,9 @@ def build_pipeline(config: PipelineConfig, local: bool = False) -> Callable:
         promote.set_display_name("compare and promote")
         summary = _light(ops.summarize_run(parent_run_id=start.output, reports=dsl.Collected(report.outputs["Output"]),
                                            decision_json=promote.output, registered_model=registered_model,
-                                           work_dir=work_dir, tracking_uri=tracking_uri), config, image, cache=local)
+                                           work_dir=work_dir, tracking_uri=tracking_uri,
+                                           baselines_json=gbdt.output if gbdt is not None else "{}"),
+                          config, image, cache=local)
         summary.set_display_name("summary")
 
     return mtl_pipeline

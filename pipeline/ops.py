@@ -101,14 +101,21 @@ def promote_champion(versions: List[str], registered_model: str, metric: str, ma
                                    prepared.path, json.loads(promotion_json)))
 
 
+def baseline_gbdt(prepared: Input[Dataset], parent_run_id: str, seed: int, work_dir: str, tracking_uri: str) -> str:
+    import json
+
+    from workflow.steps import gbdt_step
+    return json.dumps({"gbdt": gbdt_step(prepared.path, parent_run_id, work_dir, seed, tracking_uri or None)})
+
+
 def summarize_run(parent_run_id: str, reports: List[str], decision_json: str, registered_model: str,
-                  work_dir: str, tracking_uri: str, summary: Output[Markdown]) -> str:
+                  work_dir: str, tracking_uri: str, summary: Output[Markdown], baselines_json: str = "{}") -> str:
     import json
 
     from workflow.steps import summary_step
     results = {e["model"]: e["metrics"] for e in map(json.loads, reports)}
     return summary_step(parent_run_id, results, json.loads(decision_json), registered_model, work_dir, summary.path,
-                        tracking_uri or None)
+                        tracking_uri or None, baselines=json.loads(baselines_json))
 
 
 class Components(NamedTuple):
@@ -122,10 +129,11 @@ class Components(NamedTuple):
     register_model: PythonComponent
     promote_champion: PythonComponent
     summarize_run: PythonComponent
+    baseline_gbdt: PythonComponent
 
 
 def make_components(image: str) -> Components:
     """Every step as a KFP component running in ``image`` (which already holds the project and kfp)."""
     wrap = dsl.component(base_image=image, install_kfp_package=False)
     return Components(*(wrap(fn) for fn in (start_run, prepare_data, start_model_run, search_model, train_model, report_model, export_onnx, register_model,
-                                            promote_champion, summarize_run)))
+                                            promote_champion, summarize_run, baseline_gbdt)))

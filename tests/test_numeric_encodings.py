@@ -22,7 +22,7 @@ from mtl_models.layers.numeric import QuantileBinEmbeddings
 
 # (encoding, bin_source): every kind the pipeline can build, tree bins for the binned kinds once
 ENCODINGS = [("standard", "quantile"), ("bins", "quantile"), ("bins", "tree"), ("piecewise_linear", "quantile"),
-             ("piecewise_linear", "tree"), ("periodic", "quantile")]
+             ("piecewise_linear", "tree"), ("periodic", "quantile"), ("gated_bins", "tree")]
 
 
 def test_dense_feature_checks_its_encoding() -> None:
@@ -64,12 +64,13 @@ def test_piecewise_linear_starts_as_a_linear_map_and_is_continuous() -> None:
     assert (left - right).abs().max() < 1e-2 and not torch.equal(emb({"x": x}), out)
 
 
-@pytest.mark.parametrize("kind", ["bins", "piecewise_linear", "periodic"])
+@pytest.mark.parametrize("kind", ["bins", "gated_bins", "piecewise_linear", "periodic"])
 def test_table_product_path_stays_exact_with_encoded_dense_features(kind: str) -> None:
     """Encoded dense columns ride in the lookup's dense part, which the product path multiplies as plain columns."""
     torch.manual_seed(0)
     edges = (-2.0, -0.5, 0.0, 0.7, 2.0)
-    enc = {"bins": QuantileBins(edges), "piecewise_linear": PiecewiseLinear(edges), "periodic": Periodic(6, 0.5)}[kind]
+    enc = {"bins": QuantileBins(edges), "gated_bins": QuantileBins(edges, gated=True),
+           "piecewise_linear": PiecewiseLinear(edges), "periodic": Periodic(6, 0.5)}[kind]
     emb = FeatureEmbedding([SparseFeature("user", 40, 16), DenseFeature("price"),
                             DenseFeature("age", 5, enc), DenseFeature("hours", 3, enc)]).train()
     g = torch.Generator().manual_seed(1)
@@ -158,9 +159,10 @@ def test_every_model_builds_and_runs_with_each_encoding(small_prepared, encoding
         model = build_model(name, spec, params).eval()
         dense = {f.name: f for f in model.features if isinstance(f, DenseFeature)}
         assert dense["flat"].encoding is None  # a constant column stays a plain value
-        kinds = {"standard": type(None), "bins": QuantileBins, "piecewise_linear": PiecewiseLinear,
-                 "periodic": Periodic}
+        kinds = {"standard": type(None), "bins": QuantileBins, "gated_bins": QuantileBins,
+                 "piecewise_linear": PiecewiseLinear, "periodic": Periodic}
         assert isinstance(dense["gain"].encoding, kinds[encoding])
+        assert getattr(dense["gain"].encoding, "gated", False) == (encoding == "gated_bins")
         if encoding != "standard":
             assert dense["age"].embed_dim == 4
         out = model(x)
@@ -171,7 +173,7 @@ def test_unknown_encoding_is_named(small_prepared) -> None:
     spec = FeatureSpec.load(small_prepared[0])
     with pytest.raises(DataError, match="'splines'"):
         spec.to_features(numeric_encoding="splines")
-    assert NUMERIC_ENCODINGS == ("standard", "bins", "piecewise_linear", "periodic")
+    assert NUMERIC_ENCODINGS == ("standard", "bins", "gated_bins", "piecewise_linear", "periodic")
 
 
 @pytest.mark.slow
@@ -253,3 +255,23 @@ def test_train_step_logs_single_task_baselines_on_the_model_run(small_prepared, 
         assert 0.0 <= metrics[f"single_task/{task}/auc"] <= 1.0 and f"test/{task}/auc" in metrics
         assert (work / "single-task" / "shared_bottom" / task / "model.pt").is_file()
     assert result.task_names == ["click", "buy"]
+
+
+def test_gated_bins_mix_the_bin_embedding_with_the_raw_value_through_a_learned_gate() -> None:
+    """g * table[bin] + (1 - g) * (x w + b), g = sigmoid(gate): the gate's two ends are the plain bins and a linear
+    map of the value, and inside one bin only the gated form still moves with the value."""
+    from mtl_models.layers.numeric import QuantileBinEmbeddings
+
+    torch.manual_seed(0)
+    edges = [(-1.0, 0.0, 1.0)]
+    gated, plain = QuantileBinEmbeddings(edges, 3, gated=True), QuantileBinEmbeddings(edges, 3)
+    plain.load_state_dict({k: v for k, v in gated.state_dict().items() if k in plain.state_dict()})
+    x = torch.tensor([[0.2], [0.7]])  # the same bin
+    torch.testing.assert_close(plain(x)[0], plain(x)[1])
+    assert not torch.allclose(gated(x)[0], gated(x)[1])
+    with torch.no_grad():
+        gated.gate.fill_(30.0)  # g -> 1: the bins alone
+    torch.testing.assert_close(gated(x), plain(x))
+    with torch.no_grad():
+        gated.gate.fill_(-30.0)  # g -> 0: the value's linear map alone
+    torch.testing.assert_close(gated(x), (x.unsqueeze(-1) * gated.raw_weight + gated.raw_bias).flatten(1))

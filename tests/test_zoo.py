@@ -74,7 +74,7 @@ def test_the_built_in_entries_own_keys() -> None:
     """What the built-in entries say (not which models there are: a sixth changes none of this)."""
     assert zoo.defaults("ple") == {"tower_dims": [32], "dropout": 0.1, "activation": "relu", "norm": "none",
                                    "n_level": 2, "n_expert_specific": 2, "n_expert_shared": 2, "expert_dims": [128, 64]}
-    assert zoo.space("mmoe")["n_expert"] == {"low": 2, "high": 16}
+    assert zoo.space("mmoe")["n_expert"] == {"low": 2, "high": 8}
     assert zoo.get("esmm").single_task == zoo.get("aitm").single_task == "shared_bottom"
     assert zoo.get("shared_bottom").single_task is None
 

@@ -21,7 +21,7 @@ from .data.feature_spec import SPEC_FILE, FeatureSpec
 from .reports.summary import ceiling_metrics, describe_decision, summary_table
 
 __all__ = ["start_pipeline_run", "prepare_step", "start_model_run", "search_step", "train_step",
-           "report_step", "export_step", "register_step", "promote_step", "summary_step"]
+           "gbdt_step", "report_step", "export_step", "register_step", "promote_step", "summary_step"]
 
 PathLike = str | os.PathLike
 
@@ -98,8 +98,15 @@ def resolve_storage(storage: Optional[str]) -> Optional[str]:
 def search_step(prepared_dir: PathLike, model_name: str, work_dir: PathLike, model_run_id: str,
                 search: Mapping[str, Any], seed: int = 42, device: str = "auto",
                 tracking_uri: Optional[str] = None, run_name: str = "run") -> dict[str, Any]:
-    """Optuna search for one model; returns the best flat hyperparameters (``{}`` when trials are 0)."""
+    """Optuna search for one model; returns the best flat hyperparameters (``{}`` when trials are 0).
+
+    ``search["batch_size"]`` (the final training's): trials train at that batch unless the space searches it."""
     from .search import search as run_search
+    from .search.space import with_default
+
+    space = search.get("space") or None
+    if search.get("batch_size"):
+        space = with_default(space, "batch_size", int(search["batch_size"]))
 
     client, uri = tracking.open_client(work_dir, tracking_uri)
     with _marks_failure(client, model_run_id):
@@ -108,7 +115,7 @@ def search_step(prepared_dir: PathLike, model_name: str, work_dir: PathLike, mod
                             storage=resolve_storage(search.get("storage")), study_name=f"{run_name}-{model_name}",
                             pruner=search.get("pruner", "median"), objective=search.get("objective", "mean"),
                             multi_objective=bool(search.get("multi_objective", False)), seed=seed,
-                            search_space=search.get("space") or None, device=device, timeout=search.get("timeout"),
+                            search_space=space, device=device, timeout=search.get("timeout"),
                             trial_timeout=search.get("trial_timeout"), max_params=search.get("max_params"),
                             parent_run_id=model_run_id, tracking_uri=uri, progress=True)
     return dict(result.best_params)
@@ -171,6 +178,27 @@ def _single_task_baselines(client: Any, run_id: str, prepared_dir: PathLike, mod
     metrics = [Metric(f"single_task/{task}/{name}", float(v), now, 0) for task, r in results.items()
                for name, v in r.test_metrics[task].items() if math.isfinite(float(v))]
     tracking.retry_call(client.log_batch, run_id, metrics=metrics)
+
+
+def gbdt_step(prepared_dir: PathLike, parent_run_id: str, work_dir: PathLike, seed: int = 42,
+              tracking_uri: Optional[str] = None) -> dict[str, float]:
+    """HistGradientBoosting per task on the prepared splits (``workflow.training.gbdt``), in a child run ``gbdt``
+    (role ``baseline``) of the pipeline run: ``test/<task>/<metric>`` and ``test_score`` as a model run logs them.
+    Returns the flat metrics, the summary's baseline row."""
+    from .training.gbdt import gbdt_baseline
+
+    client, _ = tracking.open_client(work_dir, tracking_uri)
+    run_id = tracking.create_child_run(client, parent_run_id, "gbdt", role="baseline",
+                                       tags={tracking.TAGS["model_name"]: "gbdt"})
+    with _marks_failure(client, run_id):
+        result = gbdt_baseline(prepared_dir, seed=seed)
+        flat = result.flat()
+        tracking.retry_call(client.log_param, run_id, "estimator", "sklearn HistGradientBoosting, defaults, per task")
+        tracking.retry_call(client.log_param, run_id, "categorical", ",".join(result.categorical) or "none")
+        for key, value in flat.items():
+            tracking.retry_call(client.log_metric, run_id, key if key == "test_score" else f"test/{key}", value)
+    tracking.end_run(client, run_id, "FINISHED")
+    return flat
 
 
 def report_step(trained_dir: PathLike, report_html: PathLike, report_md: Optional[PathLike] = None) -> dict[str, float]:
@@ -297,16 +325,17 @@ def _champion_of_run(client: Any, registered_model: str, version: Any, parent_ru
 
 def summary_step(parent_run_id: str, results: Mapping[str, Mapping[str, float]], decision: Mapping[str, Any],
                  registered_model: str, work_dir: PathLike, out_md: PathLike, tracking_uri: Optional[str] = None,
-                 ceiling: Optional[Mapping[str, Any]] = None) -> str:
-    """A Markdown summary (metrics table with the data's ceiling when known, the promotion in plain words, the
-    store) on the parent run and in ``out_md``. ``ceiling``: default, the one in the run's feature spec."""
+                 ceiling: Optional[Mapping[str, Any]] = None,
+                 baselines: Optional[Mapping[str, Mapping[str, float]]] = None) -> str:
+    """A Markdown summary (metrics table with the baselines' rows and the data's ceiling when known, the promotion in
+    plain words, the store) on the parent run and in ``out_md``. ``ceiling``: default, the run's feature spec's."""
     client, uri = tracking.open_client(work_dir, tracking_uri)
     Path(work_dir).mkdir(parents=True, exist_ok=True)  # a task's own fresh /tmp (a pod, a container) has none yet
     if ceiling is None:
         ceiling = _load_ceiling(client, parent_run_id, work_dir)
     versions = [decision.get(k) for k in ("candidate_version", "champion_version", "current_champion")]
     words = describe_decision(decision, _architectures(client, registered_model, versions))
-    lines = summary_table(results, ceiling)
+    lines = summary_table(results, ceiling, baselines)
     lines += ["", f"Champion of `{registered_model}`: {words}."]
     notes = tracking.search_budget_notes(client, parent_run_id)  # when a budget cut a model's search short
     lines += ["", "Search budget: " + "; ".join(notes) + "."] if notes else []

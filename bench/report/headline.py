@@ -15,6 +15,11 @@ def _part1(head: dict) -> list[str]:
         rows.append(f"| Tuned champion ({head['p1_champion']}) vs HistGradientBoosting, Adult test AUC | income "
                     f"{head['p1_champ_income']:.4f} vs {head['p1_hgb_income']:.4f}, never-married {head['p1_champ_nm']:.4f} vs "
                     f"{head['p1_hgb_nm']:.4f} | {_ok(head['p1_champ_ok'])} |")
+    if "p1_defaults_champion" in head:
+        rows.append(f"| Defaults-only champion ({head['p1_defaults_champion']}, `configs/adult.yaml` with no search space) "
+                    f"vs HistGradientBoosting − 0.003, Adult test AUC | income {head['p1_defaults_income']:.4f} vs "
+                    f"{head['p1_defaults_hgb_income']:.4f}, never-married {head['p1_defaults_nm']:.4f} vs "
+                    f"{head['p1_defaults_hgb_nm']:.4f} | {_ok(head['p1_defaults_ok'])} |")
     return rows
 
 

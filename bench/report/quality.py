@@ -115,9 +115,59 @@ def part1(rec: dict, img: Path) -> tuple[list[str], dict]:
     head = {"p1_vs_trh": all(checks) if checks else None}
     _plot(models, stats, img / "quality_adult.png")
     lines += ["", "![Adult test AUC](benchmarks/quality_adult.png)", ""]
+    if res.get("carried"):
+        lines = [_carried_line(res["carried"]), ""] + lines
     if res.get("tuned"):
         lines += _part1_tuned(res["tuned"], res["config"], head)
+    if res.get("defaults"):
+        lines += _part1_defaults(res["defaults"], res["config"], head)
     return lines, head
+
+
+def _carried_line(carried: dict) -> str:
+    e = carried.get("env_start") or {}
+    return (f"_Tables A to C were measured {e.get('date', '?')} ({carried.get('mode')} mode, "
+            f"{carried.get('seconds') or 0:.0f} s, load average {(e.get('load_average') or ['?'])[0]} at the start, "
+            f"{e.get('cpu', '?')}); "
+            "this run added the defaults-only table, whose date and load are stated with it._")
+
+
+def _part1_defaults(d: dict, cfgs: dict, head: dict) -> list[str]:
+    """Table D: ``configs/adult.yaml`` with no search space (the default space fitted to the data), its budget."""
+    b, env = d.get("budget", {}), d.get("env", {})
+    tg: dict[str, list[dict]] = {}
+    for r in d["rows"]:
+        tg.setdefault(r["model"], []).append(r)
+    h = tg.pop("HistGradientBoosting", None)
+    best_m = _champion(tg)
+    lines = ["#### Defaults only", "",
+             f"`configs/adult.yaml` as it ships: no `search.space`, so each model searches the default space of "
+             f"`workflow.search.space` fitted to the data (numeric encoding incl. gated bins, tree bins from the train "
+             f"split, AdamW weight decay, lr schedule, widths from the number of columns), {b.get('n_trials')} trials × "
+             f"≤ {b.get('n_epoch')} epochs ({b.get('pruner')} pruner) at the training's batch {b.get('batch_size')}; then "
+             f"≤ {b.get('train_epochs')} epochs, patience {b.get('patience')}, seeds {d.get('seeds')}. "
+             f"Measured {env.get('date', '?')} on {env.get('cpu', '?')}, {env.get('cpus', '?')} CPUs, load average "
+             f"{(env.get('load_average') or ['?'])[0]} at the start."
+             + (f" {d['note']}" if d.get("note") else ""), "",
+             "| model | numeric encoding (best trial) | mean val score | test AUC income | test AUC never-married "
+             "| search: complete / pruned, seconds |", "|---|---|---|---|---|---|"]
+    lines += [_tuned_row(d, m, rs, m == best_m) for m, rs in tg.items()]
+    if not (h and best_m):
+        return lines
+    hi, hn = _ms([r["auc"]["income"] for r in h]), _ms([r["auc"]["never_married"] for r in h])
+    lines.append(f"| HistGradientBoosting (same prepared train split) | raw values | | {_fmt(*hi)} | {_fmt(*hn)} | |")
+    champ = tg[best_m]
+    ci, cn = (_ms([r["auc"][t] for r in champ])[0] for t in ("income", "never_married"))
+    worst = [min(r["auc"][t] for r in champ) for t in ("income", "never_married")]
+    ok_i, ok_n = ci >= hi[0] - 0.003, cn >= hn[0] - 0.003
+    head.update(p1_defaults_champion=best_m, p1_defaults_income=ci, p1_defaults_nm=cn, p1_defaults_ok=ok_i and ok_n,
+                p1_defaults_hgb_income=hi[0], p1_defaults_hgb_nm=hn[0])
+    return lines + ["", f"Target: the defaults-only champion ({best_m}, chosen on validation) within 0.003 of "
+                        f"HistGradientBoosting on both tasks: income {ci:.4f} vs {hi[0]:.4f} (gap {ci - hi[0]:+.4f}, "
+                        f"worst seed {worst[0]:.4f}): {_ok(ok_i)}; never-married {cn:.4f} vs {hn[0]:.4f} (gap "
+                        f"{cn - hn[0]:+.4f}, worst seed {worst[1]:.4f}): {_ok(ok_n)}.",
+                    "", "Best params per search: " + "; ".join(
+                        f"{m}: `{json.dumps(s.get('best_params'), sort_keys=True)}`" for m, s in d["searches"].items())]
 
 
 def _tuned_groups(tuned: dict) -> dict[str, list[dict]]:

@@ -30,10 +30,18 @@ def _rtdl():
 class QuantileBinEmbeddings(nn.Module):
     """Each value's bin (number of inner edges at or below it) looked up in one table holding every feature's bins.
 
-    Comparisons and a sum rather than ``torch.bucketize``, so the ONNX graph needs only elementwise ops."""
+    Comparisons and a sum rather than ``torch.bucketize``, so the ONNX graph needs only elementwise ops.
+    ``gated``: each column's embedding is mixed with ``x w + b`` through a learned sigmoid gate (``QuantileBins``)."""
 
-    def __init__(self, edges: Sequence[Sequence[float]], embed_dim: int, init_std: float = 0.01) -> None:
+    def __init__(self, edges: Sequence[Sequence[float]], embed_dim: int, init_std: float = 0.01,
+                 gated: bool = False) -> None:
         super().__init__()
+        n = len(edges)
+        self.gated = bool(gated)
+        if self.gated:  # [n, D] each: the raw value's linear map and the gate's logits (0: an even mix)
+            self.raw_weight = nn.Parameter(torch.randn(n, embed_dim) * init_std)
+            self.raw_bias = nn.Parameter(torch.zeros(n, embed_dim))
+            self.gate = nn.Parameter(torch.zeros(n, embed_dim))
         n_bins = [len(e) - 1 for e in edges]
         width = max(n_bins) - 1  # inner edges of the feature with the most bins
         inner = torch.full((len(edges), max(width, 1)), float("inf"))  # [n, K-1], padded with +inf (never reached)
@@ -48,14 +56,18 @@ class QuantileBinEmbeddings(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         # x: [B, n] float
         ids = (x.unsqueeze(-1) >= self.inner).to(torch.int64).sum(-1)  # [B, n] bin within the feature
-        return self.table(ids + self.offsets).flatten(1)  # [B, n * D]
+        emb = self.table(ids + self.offsets)  # [B, n, D]
+        if self.gated:
+            g = torch.sigmoid(self.gate)
+            emb = g * emb + (1.0 - g) * (x.unsqueeze(-1) * self.raw_weight + self.raw_bias)
+        return emb.flatten(1)  # [B, n * D]
 
 
 def _group_key(f: DenseFeature) -> Hashable:
     enc = f.encoding
     if isinstance(enc, Periodic):
         return ("periodic", f.embed_dim, enc.n_frequencies, float(enc.sigma))
-    return (type(enc).__name__, f.embed_dim)
+    return (type(enc).__name__, f.embed_dim, bool(getattr(enc, "gated", False)))
 
 
 class NumericEmbeddings(nn.Module):
@@ -74,7 +86,7 @@ class NumericEmbeddings(nn.Module):
     def _block(fs: list[DenseFeature], init_std: float) -> nn.Module:
         enc, dim = fs[0].encoding, fs[0].embed_dim
         if isinstance(enc, QuantileBins):
-            return QuantileBinEmbeddings([f.encoding.edges for f in fs], dim, init_std)
+            return QuantileBinEmbeddings([f.encoding.edges for f in fs], dim, init_std, gated=enc.gated)
         rtdl = _rtdl()
         if isinstance(enc, PiecewiseLinear):
             bins = [torch.tensor(f.encoding.edges, dtype=torch.float32) for f in fs]

@@ -39,8 +39,8 @@ def test_default_spaces_cover_what_each_model_has() -> None:
         assert "bottom_dims" in space and not {"n_expert", "expert_dims", "n_level"} & set(space)
     for name in ("mmoe", "ple", "shared_bottom"):
         assert {"lr", "dropout", "embed_dim", "weighting", "tower_dims"} <= set(default_space(name))
-    assert default_space("mmoe")["n_expert"] == {"low": 2, "high": 16}
-    assert default_space("mmoe")["weighting"] == ["equal", "uwl", "gradnorm"]
+    assert default_space("mmoe")["n_expert"] == {"low": 2, "high": 8}
+    assert default_space("mmoe")["weighting"] == ["equal", "uwl"]
 
 
 def test_overrides_merge_skip_foreign_common_keys_and_reject_unknown_model_keys() -> None:

@@ -25,8 +25,9 @@ if TYPE_CHECKING:
 __all__ = ["FeatureSpec", "FORMAT_VERSION", "SPEC_FILE", "atomic_write_text", "NUMERIC_ENCODINGS"]
 
 # how a model sees the dense features: as standardised values (the default), or embedded by kind: train bins as
-# ids, piecewise-linear over train bins, periodic (see mtl_models.features and docs/search.md)
-NUMERIC_ENCODINGS = ("standard", "bins", "piecewise_linear", "periodic")
+# ids, the bins' embedding mixed with the value through a learned gate, piecewise-linear over train bins, periodic
+# (see mtl_models.features and docs/search.md)
+NUMERIC_ENCODINGS = ("standard", "bins", "gated_bins", "piecewise_linear", "periodic")
 
 FORMAT_VERSION = 1
 SPEC_FILE = "feature_spec.json"  # its name in every prepared, trained and exported folder
@@ -131,8 +132,9 @@ class FeatureSpec:
             edges = f.bin_edges(int(n_bins), bin_source)
             if len(edges) < 2:
                 return DenseFeature(f.name)
-            kind = PiecewiseLinear if numeric_encoding == "piecewise_linear" else QuantileBins
-            return DenseFeature(f.name, numeric_embed_dim, kind(edges))
+            if numeric_encoding == "piecewise_linear":
+                return DenseFeature(f.name, numeric_embed_dim, PiecewiseLinear(edges))
+            return DenseFeature(f.name, numeric_embed_dim, QuantileBins(edges, gated=numeric_encoding == "gated_bins"))
 
         return [SparseFeature(f.name, f.vocab_size, embed_dim) if isinstance(f, SparseEncoder) else dense(f)
                 for f in self.features]

@@ -82,20 +82,31 @@ def _metric_rows(results: Mapping[str, Mapping[str, float]], keys: Sequence[str]
     lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
     order = scores[0] if scores else "test_score"
     for model, m in sorted(results.items(), key=lambda kv: -kv[1].get(order, float("-inf"))):
-        lines.append("| " + " | ".join([model] + [f"{m[s]:.4f}" if s in m else "" for s in scores]
-                                       + [cell(m, k) for k in keys]) + " |")
+        lines.append(_row(model, m, scores, keys))
     return lines
 
 
-def summary_table(results: Mapping[str, Mapping[str, float]], ceiling: Optional[Mapping[str, Any]] = None) -> list[str]:
+def _row(name: str, m: Mapping[str, float], scores: Sequence[str], keys: Sequence[str]) -> str:
+    return "| " + " | ".join([name] + [f"{m[s]:.4f}" if s in m else "" for s in scores]
+                             + [cell(m, k) for k in keys]) + " |"
+
+
+BASELINE_NAMES = {"gbdt": "gbdt baseline (HistGradientBoosting)"}
+
+
+def summary_table(results: Mapping[str, Mapping[str, float]], ceiling: Optional[Mapping[str, Any]] = None,
+                  baselines: Optional[Mapping[str, Mapping[str, float]]] = None) -> list[str]:
     """Markdown rows: one per model (best val_score first, test_score where there is none), each task's AUC with
     its 95 % interval (``0.7129 [0.7061, 0.7197]``), then the ceiling row when the data has one; then, when the models report
-    them, a second table of the other test metrics (GAUC, calibration, binned calibration error, logloss)."""
+    them, a second table of the other test metrics (GAUC, calibration, binned calibration error, logloss).
+    ``baselines`` (e.g. ``gbdt``) get a row each after the models, named as baselines."""
     scores = [k for k in SCORES if any(k in m for m in results.values())]
     keys = sorted({k for m in results.values() for k in m if k not in SCORES and not is_bound(k)})
     headline = [k for k in keys if _is_headline(k)] or keys
     others = [k for k in keys if k not in headline]
     lines = _metric_rows(results, headline, scores)
+    for name, m in (baselines or {}).items():  # after the models: a reference, not a candidate
+        lines.append(_row(BASELINE_NAMES.get(name, f"{name} baseline"), m, scores, headline))
     flat = ceiling_metrics(ceiling)
     if flat:
         lines.append("| true probabilities (ceiling) | " + " | " * len(scores) + " | ".join(

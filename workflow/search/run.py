@@ -20,16 +20,22 @@ from .workers import launch_workers, reap, set_threads, work_loop
 log = logging.getLogger(__name__)
 
 
-def _spec_tasks(prepared_dir: PathLike, model_name: str) -> tuple[list[str], list[str]]:
-    """The prepared data's tasks, once ``model_name`` is known to be scored on its labels (before any trial)."""
+def _load_spec(prepared_dir: PathLike) -> Any:
+    """The prepared data's ``FeatureSpec`` (the default search space is fitted to it)."""
     from ..data.feature_spec import FeatureSpec
-    from ..training.evaluate import check_scored_on_labels
-    from ..training.model_factory import build_model
 
     path = Path(prepared_dir) / "feature_spec.json"
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: run the prepare step first")
-    spec = FeatureSpec.load(path)
+    return FeatureSpec.load(path)
+
+
+def _spec_tasks(prepared_dir: PathLike, model_name: str) -> tuple[list[str], list[str]]:
+    """The prepared data's tasks, once ``model_name`` is known to be scored on its labels (before any trial)."""
+    from ..training.evaluate import check_scored_on_labels
+    from ..training.model_factory import build_model
+
+    spec = _load_spec(prepared_dir)
     check_scored_on_labels(build_model(model_name, spec), model_name, prepared_dir, spec)
     return list(spec.label_names), list(spec.task_types)
 
@@ -98,7 +104,10 @@ def search(prepared_dir: PathLike, model_name: str, work_dir: PathLike, n_trials
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
     _check_args(n_trials, n_epoch, n_workers, pruner)
-    space = build_space(model_name, search_space)
+    space = build_space(model_name, search_space, data=_load_spec(prepared_dir))
+    if space.widened and progress:
+        say.say(model_name, f"the config's search space reaches beyond the default at {space.widened} "
+                            "(applied as written; docs/search.md)")
     tracking_uri = resolve_uri(tracking_uri) if parent_run_id else tracking_uri  # workers get the concrete URI
     settings = _settings(model_name, objective, multi_objective, prepared_dir, space, n_trials=int(n_trials),
                          n_epoch=int(n_epoch), patience=int(patience), pruner=pruner, seed=seed, sampler=sampler,

@@ -17,7 +17,8 @@ The spec forms, as they read in the config file::
 
 Overrides (``search_space`` in the config) are ``{"common": {...}, "<model>": {...}}``, or one flat mapping
 applied to every model. ``common`` keys a model does not have are skipped (a model without experts searches
-only what it has); a key under a model's own section that the model does not have is an error.
+only what it has); a key under a model's own section that the model does not have is an error. Overrides are
+meant to narrow the default (``within``); one that reaches beyond it is applied and listed in ``widened``.
 """
 
 from __future__ import annotations
@@ -30,19 +31,32 @@ from mtl_models import zoo
 
 from ..training.model_factory import default_params
 
-__all__ = ["DEFAULT_COMMON", "SearchSpace", "default_space", "build_space", "DIMS_SHAPES"]
+__all__ = ["DEFAULT_COMMON", "SearchSpace", "default_space", "build_space", "within", "with_default",
+           "DIMS_SHAPES"]
 
 DIMS_SHAPES = ("funnel", "constant", "free")
 
+# Every model searches these, on any data (what worked on Adult, docs/benchmarks.md part 1, made the default):
+# the dense columns' encoding over target-aware tree bins fitted on the train split, AdamW with its weight decay,
+# the lr schedule. ``default_space(name, spec)`` fits them to the prepared data (``_fit_to_data``).
 DEFAULT_COMMON: dict[str, Any] = {
-    "lr": {"low": 1e-4, "high": 1e-2, "log": True},
-    "dropout": {"low": 0.0, "high": 0.4},
+    "numeric_encoding": ["bins", "gated_bins", "periodic"],
+    "bin_source": "tree",
+    "n_bins": [16, 32],
+    "numeric_embed_dim": [8, 16],
+    "periodic_sigma": {"low": 0.05, "high": 1.0, "log": True},
     "embed_dim": [8, 16, 32],
-    "weighting": ["equal", "uwl", "gradnorm"],
-    "tower_dims": {"depth": [1, 3], "widths": [16, 32, 64], "shape": "funnel"},
+    "lr": {"low": 1e-3, "high": 4e-3, "log": True},
+    "lr_schedule": ["constant", "cosine"],
+    "optimizer": "adamw",
+    "weight_decay": {"low": 1e-5, "high": 1e-2, "log": True},
+    "dropout": {"low": 0.0, "high": 0.3},
+    "norm": "none",
+    "weighting": ["equal", "uwl"],
+    "tower_dims": {"depth": [1, 2], "widths": [16, 32, 64], "shape": "funnel"},
 }
-
-
+NUMERIC_KEYS = ("numeric_encoding", "bin_source", "n_bins", "numeric_embed_dim", "periodic_sigma")
+MANY_ROWS, FEW_ROWS = 100_000, 10_000  # train rows from which 64 tree bins per label join, below which 8 replace 32
 def _is_dims_key(name: str) -> bool:
     return name.endswith("_dims")
 
@@ -93,6 +107,7 @@ class SearchSpace:
             _check_spec(model_name, name, spec)
         self.model_name = model_name
         self.specs: dict[str, Any] = copy.deepcopy(dict(specs))
+        self.widened: list[str] = []  # keys a config searches beyond the default space (``build_space``)
 
     def to_dict(self) -> dict[str, Any]:
         return copy.deepcopy(self.specs)
@@ -167,17 +182,89 @@ class SearchSpace:
         return size
 
 
-def default_space(model_name: str) -> dict[str, Any]:
-    """The default spec mapping for ``model_name`` (a copy)."""
-    return {**copy.deepcopy(DEFAULT_COMMON), **zoo.space(model_name)}
+def _fit_to_data(specs: dict[str, Any], spec: Any) -> dict[str, Any]:
+    """The default space fitted to a prepared ``FeatureSpec``: hidden widths follow the number of input columns
+    (the widest choice the power of two at or above 16 per column, within 64..512, and its half and quarter),
+    64 tree bins join from ``MANY_ROWS`` train rows and 8 replace 32 below ``FEW_ROWS``, bins come from quantiles
+    when no label is a classification (trees need one), and data without a varying dense column drops the numeric
+    keys."""
+    from ..data.encoders import DenseEncoder
+
+    dense = [f for f in spec.features if isinstance(f, DenseEncoder) and f.min != f.max]
+    if not dense:
+        for key in NUMERIC_KEYS:
+            specs.pop(key, None)
+    elif "classification" not in spec.task_types or any(f.tree_edges is None for f in dense):
+        specs["bin_source"] = "quantile"
+    elif isinstance(specs.get("n_bins"), list) and int(spec.rows.get("train", 0)) >= MANY_ROWS:
+        specs["n_bins"] = sorted(set(specs["n_bins"]) | {64})
+    elif isinstance(specs.get("n_bins"), list) and int(spec.rows.get("train", 0)) < FEW_ROWS:
+        specs["n_bins"] = sorted(set(specs["n_bins"]) - {32} | {8})
+    widest = min(512, max(64, 1 << max(0, 16 * len(spec.features) - 1).bit_length()))
+    for key, value in specs.items():
+        if key in ("bottom_dims", "expert_dims") and isinstance(value, Mapping):
+            value["widths"] = [widest // 4, widest // 2, widest]
+    return specs
 
 
-def build_space(model_name: str, overrides: Optional[Mapping[str, Any]] = None) -> SearchSpace:
-    """Defaults for ``model_name`` overlaid with the config's ``search_space`` (see the module docstring).
+def default_space(model_name: str, spec: Any = None) -> dict[str, Any]:
+    """The default spec mapping for ``model_name`` (a copy); fitted to the prepared data when ``spec`` (a
+    ``FeatureSpec``) is given, as the search step does."""
+    specs = {**copy.deepcopy(DEFAULT_COMMON), **zoo.space(model_name)}
+    return _fit_to_data(specs, spec) if spec is not None else specs
 
-    A value of ``None`` removes the key from the search (the model default then applies).
+
+def _values(spec: Any) -> Optional[tuple[str, Any]]:
+    """What a spec lets the search pick: ``("range", (lo, hi))``, ``("set", values)`` or ``("fixed", value)``."""
+    if isinstance(spec, Mapping) and "low" in spec:
+        return "range", (spec["low"], spec["high"])
+    if isinstance(spec, (list, tuple)):
+        return "set", list(spec)
+    return "fixed", spec
+
+
+def _dims_within(name: str, spec: Any, default: Any) -> bool:
+    if not isinstance(default, Mapping):
+        return spec == default or isinstance(spec, list) and spec == list(default)
+    depth = default.get("depth", 1)
+    lo, hi = (depth, depth) if isinstance(depth, int) else tuple(depth)
+    widths = set(default.get("widths") or [])
+    if isinstance(spec, list):
+        return lo <= len(spec) <= hi and set(spec) <= widths
+    d = spec.get("depth", 1)
+    slo, shi = (d, d) if isinstance(d, int) else tuple(d)
+    same_shape = spec.get("shape", "funnel") == default.get("shape", "funnel") or (slo == shi == 1)
+    return lo <= slo and shi <= hi and set(spec.get("widths") or []) <= widths and same_shape
+
+
+def within(name: str, spec: Any, default: Any) -> bool:
+    """Whether a config's ``spec`` for ``name`` lies inside the default's (a sub-range, a subset of the choices, a
+    value the default could pick); a key the default does not search (absent or fixed) may be fixed to anything."""
+    if _is_dims_key(name):
+        return default is None or _dims_within(name, spec, default)
+    kind, value = _values(spec)
+    dkind, dvalue = _values(default) if default is not None else ("fixed", None)
+    if dkind == "fixed":
+        return kind == "fixed"
+    if dkind == "set":
+        return set(value if kind == "set" else [value] if kind == "fixed" else [object()]) <= set(dvalue)
+    lo, hi = dvalue
+    if kind == "range":
+        return lo <= value[0] and value[1] <= hi
+    values = value if kind == "set" else [value]
+    return all(isinstance(v, (int, float)) and not isinstance(v, bool) and lo <= v <= hi for v in values)
+
+
+def build_space(model_name: str, overrides: Optional[Mapping[str, Any]] = None, data: Any = None) -> SearchSpace:
+    """Defaults for ``model_name`` (fitted to ``data``, a ``FeatureSpec``, when given) overlaid with the config's
+    ``search_space`` (see the module docstring).
+
+    A value of ``None`` removes the key from the search (the model default then applies). A config's spec is
+    meant to narrow the default's; one that reaches beyond it (``within``) is still applied, and its key is listed
+    in the returned space's ``widened`` (the search step names them on stderr).
     """
-    specs = default_space(model_name)
+    specs = default_space(model_name, data)
+    defaults = copy.deepcopy(specs)
     allowed = default_params(model_name)
     overrides = dict(overrides or {})
     models = zoo.names()
@@ -201,4 +288,21 @@ def build_space(model_name: str, overrides: Optional[Mapping[str, Any]] = None) 
                 specs.pop(name, None)
             else:
                 specs[name] = copy.deepcopy(spec)
-    return SearchSpace(model_name, specs)
+    space = SearchSpace(model_name, specs)
+    space.widened = sorted(n for n, spec in specs.items() if n not in defaults or spec != defaults[n]
+                           if not within(n, spec, defaults.get(n)))
+    return space
+
+
+def with_default(overrides: Optional[Mapping[str, Any]], name: str, value: Any) -> dict[str, Any]:
+    """``overrides`` with ``name`` fixed to ``value`` for every model, unless they already name it (under ``common``,
+    a model's section or the flat mapping): e.g. the final training's ``batch_size``, so trials train as it will."""
+    out = copy.deepcopy(dict(overrides or {}))
+    models = zoo.names()
+    if any(k == "common" or k in models for k in out):
+        if any(name in (section or {}) for section in out.values()):
+            return out
+        out["common"] = {**(out.get("common") or {}), name: value}
+    elif name not in out:
+        out[name] = value
+    return out
