@@ -191,6 +191,9 @@ class ParquetLoader:
             perm = torch.randperm(len(next(iter(x.values()))), generator=gen)
             x = {k: v.index_select(0, perm) for k, v in x.items()}
             y = y.index_select(0, perm) if y is not None else None  # [n, T]
+        if self.device.type == "cuda":  # pinned once per block: every batch is a pinned slice, copied non-blocking
+            x = {k: v.pin_memory() for k, v in x.items()}
+            y = y.pin_memory() if y is not None else None
         return x, y
 
     def __iter__(self) -> Iterator[Any]:
@@ -227,7 +230,7 @@ class ParquetLoader:
         xb = {k: v[sl] for k, v in x.items()}  # views, [B] each
         yb = y[sl] if y is not None else None  # [B, T]
         if self.device.type != "cpu":
-            nb = self.device.type == "cuda"
-            xb = {k: (v.pin_memory() if nb else v).to(self.device, non_blocking=nb) for k, v in xb.items()}
-            yb = (yb.pin_memory() if nb else yb).to(self.device, non_blocking=nb) if yb is not None else None
+            nb = self.device.type == "cuda" and xb[self.features[0]].is_pinned()
+            xb = {k: v.to(self.device, non_blocking=nb) for k, v in xb.items()}
+            yb = yb.to(self.device, non_blocking=nb) if yb is not None else None
         return (xb, yb) if yb is not None else xb
