@@ -186,3 +186,32 @@ def test_a_bad_file_is_named_in_one_line_and_nothing_is_written(tmp_path, defect
         prepare("parquet", out, options={"path": str(folder), "schema": str(schema)})
     assert "\n" not in str(err.value)
     assert_nothing_written(out)
+
+
+def test_hashed_ids_are_the_same_when_serving_reencodes_raw_rows(tmp_path):
+    from workflow.data.feature_spec import FeatureSpec
+    from workflow.serving.log_model import build_spec_package
+
+    frame = _frame(500, seed=5)
+    frame.loc[[3, 7], "device"] = "?"
+    csv, schema = _write(tmp_path, frame)
+    out = tmp_path / "out"
+    prepare("csv", out, options={"path": str(csv), "schema": str(schema), "streaming": True, "chunk_rows": 128})
+    spec = FeatureSpec.load(out)
+    written = pd.concat([_split(out, s) for s in ("train", "val", "test")])
+    raw = pd.read_csv(csv, dtype={"device": str})
+    ids = spec.encode(raw)["device"]
+    assert ids[3] == ids[7] == 0 and (ids[ids > 0] <= 64).all()
+    assert sorted(ids) == sorted(written["device"])  # the prepared ids are what serving computes from raw rows
+    import importlib
+    import sys
+
+    build_spec_package(tmp_path / "pkg")
+    sys.path.insert(0, str(tmp_path / "pkg"))
+    try:
+        copy = importlib.import_module("mtlp_featurespec").FeatureSpec.load(out / "feature_spec.json")
+        assert np.array_equal(copy.encode(raw)["device"], ids)
+    finally:
+        sys.path.remove(str(tmp_path / "pkg"))
+        for name in [m for m in sys.modules if m.startswith("mtlp_featurespec")]:
+            del sys.modules[name]
