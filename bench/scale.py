@@ -7,12 +7,14 @@ own process, so that its peak RSS (VmHWM) is its own.
 The loader's pass reads every train row, so its peak RSS is the peak of a whole epoch's reading; training runs a
 bounded number of steps (``train_steps``: a full epoch of MMOE at 30M rows is ~25 min on this shared 2-core machine),
 its rate does not depend on the split's size. ``paired``: on the 1M split, the trainer's rows/s with the split in
-memory (``TensorLoader``) and streamed (``ParquetLoader``), alternating ABBA in fresh processes.
+memory (``TensorLoader``) and streamed (``ParquetLoader``): one trainer fed from both in alternating windows of a
+few steps (ABBA), so that the machine's changing load falls alike on both.
 
     python -m bench.scale child-raw N_ROWS RAW_DIR                (internal)
     python -m bench.scale child-prepare RAW_DIR SCHEMA OUT_DIR
     python -m bench.scale child-loader PREPARED BATCH
     python -m bench.scale child-train PREPARED STEPS BATCH THREADS STREAM
+    python -m bench.scale child-paired PREPARED STEPS WINDOWS BATCH THREADS
 """
 
 from __future__ import annotations
@@ -141,6 +143,60 @@ def child_train(prepared: str, steps: int, batch: int, threads: int, stream: boo
             "batch": batch, "threads": threads, "n_parameters": sum(p.numel() for p in model.parameters())}
 
 
+class _Alternating:
+    """Batches from several loaders in windows of ``steps``, ABBA order: the trainer's time per window, by loader."""
+
+    def __init__(self, loaders: dict, steps: int, windows: int, task_names: list) -> None:
+        self.loaders, self.steps, self.windows, self.task_names = loaders, steps, windows, task_names
+        self.times: dict = {name: [] for name in loaders}
+
+    def set_epoch(self, epoch: int) -> None:
+        for loader in self.loaders.values():
+            loader.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return self.steps * (self.windows + 1) * len(self.loaders)
+
+    def __iter__(self):
+        its = {name: iter(loader) for name, loader in self.loaders.items()}
+        names = list(its)
+        for name in names:  # warm-up, not timed: the first steps allocate, and each loader fills its first buffer
+            for _ in range(self.steps):
+                yield next(its[name])
+        for w in range(self.windows):
+            for name in names if w % 2 == 0 else names[::-1]:
+                t0 = time.perf_counter()
+                for _ in range(self.steps):
+                    yield next(its[name])
+                self.times[name].append(time.perf_counter() - t0)  # back here once the window's last step trained
+
+
+def child_paired(prepared: str, steps: int, windows: int, batch: int, threads: int) -> dict:
+    """One MMOE trained by one trainer on batches alternating between the in-memory and the streamed train split, in
+    windows of ``steps`` (ABBA): the machine's load drifts alike for both, which fresh processes minutes apart do not."""
+    import torch
+
+    from mtl_models import MTLTrainer
+    from workflow.training.artifacts import read_spec, split_loader
+    from workflow.training.model_factory import build_model
+
+    torch.set_num_threads(threads)
+    spec = read_spec(prepared)
+    loaders = {"memory": split_loader(prepared, "train", spec, batch, shuffle=True, seed=0, stream_above_bytes=1 << 62),
+               "streamed": split_loader(prepared, "train", spec, batch, shuffle=True, seed=0, stream_above_bytes=0)}
+    alternating = _Alternating(loaders, steps, windows, spec.label_names)
+    torch.manual_seed(0)
+    model = build_model("mmoe", spec, {})
+    with tempfile.TemporaryDirectory(prefix="bench-scale-ckpt-") as tmp:
+        trainer = MTLTrainer(model, optimizer_params={"lr": 1e-3}, n_epoch=1, device="cpu", model_path=tmp,
+                             progress=False, seed=0, task_names=spec.label_names, retain_cpu_memory=True)
+        trainer.fit(alternating)
+    rows = steps * batch
+    rates = {name: [rows / t for t in ts] for name, ts in alternating.times.items()}
+    return {"steps": steps, "windows": windows, "batch": batch, "rows_per_s": rates,
+            "loaders": {name: type(loader).__name__ for name, loader in loaders.items()}}
+
+
 def _child(*args: str, timeout: float) -> dict:
     r = subprocess.run([sys.executable, "-m", "bench.scale", *args], cwd=REPO, capture_output=True, text=True,
                        timeout=timeout)
@@ -152,14 +208,12 @@ def _child(*args: str, timeout: float) -> dict:
 def _paired(prepared: str, cfg: dict, log) -> dict:
     from bench.environment import load_average
 
-    runs = []
-    for i, stream in enumerate([False, True, True, False] * cfg["paired_rounds"]):
-        r = _child("child-train", prepared, str(cfg["paired_steps"]), str(cfg["batch"]), str(cfg["threads"]),
-                   str(int(stream)), timeout=cfg["timeout"])
-        r["load"] = load_average()
-        runs.append(r)
-        log(f"  paired {i}: {r['loader']} {r['rows_per_s']:,.0f} rows/s (load {r['load'][0]})")
-    return {"steps": cfg["paired_steps"], "runs": runs}
+    start = load_average()
+    r = _child("child-paired", prepared, str(cfg["paired_steps"]), str(cfg["paired_windows"]), str(cfg["batch"]),
+               str(cfg["threads"]), timeout=cfg["timeout"])
+    r["load"] = [start, load_average()]
+    log("  paired: " + ", ".join(f"{k} {sum(v) / len(v):,.0f} rows/s" for k, v in r["rows_per_s"].items()))
+    return r
 
 
 def run(cfg: dict, log=print) -> dict:
@@ -186,7 +240,7 @@ def run(cfg: dict, log=print) -> dict:
             log(f"  MMOE {cfg['train_steps']} steps streamed: {tr['rows_per_s']:,.0f} rows/s, "
                 f"peak RSS {tr['peak_rss_bytes'] / 2**20:,.0f} MiB")
             rows.append({"n_rows": n, "raw": gen, "prepare": prep, "loader": loader, "train": tr})
-            if n == cfg["sizes"][0] and cfg["paired_rounds"]:
+            if n == cfg["sizes"][0] and cfg["paired_windows"]:
                 paired = _paired(out, cfg, log)
     return {"config": cfg, "rows": rows, "paired": paired}
 
@@ -194,10 +248,10 @@ def run(cfg: dict, log=print) -> dict:
 def config(quick: bool) -> dict:
     if quick:
         return {"sizes": [200_000], "train_steps": 20, "batch": 4096, "threads": 2, "timeout": 900,
-                "paired_rounds": 0, "paired_steps": 20}
+                "paired_windows": 0, "paired_steps": 4}
     # steps kept small: on the shared 2-core machine (load ~20) MMOE trains ~1,000 rows/s, 20 steps take ~80 s
     return {"sizes": [1_000_000, 10_000_000, 30_000_000], "train_steps": 20, "batch": 4096, "threads": 2,
-            "timeout": 3600, "paired_rounds": 1, "paired_steps": 15}
+            "timeout": 3600, "paired_windows": 6, "paired_steps": 4}
 
 
 if __name__ == "__main__":
@@ -208,6 +262,9 @@ if __name__ == "__main__":
         print(json.dumps(child_prepare(sys.argv[2], sys.argv[3], sys.argv[4])))
     elif cmd == "child-loader":
         print(json.dumps(child_loader(sys.argv[2], int(sys.argv[3]))))
+    elif cmd == "child-paired":
+        print(json.dumps(child_paired(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]),
+                                      int(sys.argv[6]))))
     elif cmd == "child-train":
         print(json.dumps(child_train(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]),
                                      bool(int(sys.argv[6])))))

@@ -99,9 +99,9 @@ def synthetic_results() -> dict:
                 "prepare": {"seconds": 1.0, "rows_per_s": 1000, "parquet_bytes": 2**20, "load": [1.0], **peak},
                 "loader": {"rows": 800, "seconds": 0.01, "rows_per_s": 80_000, **peak},
                 "train": {"rows_per_s": 500, **peak}}
-    run = {"loader": "TensorLoader", "rows_per_s": 500, "load": [1.0]}
     p7 = {"config": {"batch": 4096, "threads": 2, "train_steps": 10}, "rows": [scale_row(1000, 500), scale_row(3000, 650)],
-          "paired": {"steps": 10, "runs": [run, {**run, "loader": "ParquetLoader", "rows_per_s": 490}]}}
+          "paired": {"steps": 4, "windows": 2, "rows_per_s": {"memory": [500, 500], "streamed": [480, 500]},
+                     "load": [[1.0], [1.0]]}}
     return {n: _rec(n, r) for n, r in zip(range(1, 8), (p1, p2, p3, p4, p5, p6, p7))}
 
 
