@@ -149,6 +149,7 @@ class _Alternating:
     def __init__(self, loaders: dict, steps: int, windows: int, task_names: list) -> None:
         self.loaders, self.steps, self.windows, self.task_names = loaders, steps, windows, task_names
         self.times: dict = {name: [] for name in loaders}
+        self.cpu: dict = {name: [] for name in loaders}  # process CPU seconds: less sensitive to other jobs' load
 
     def set_epoch(self, epoch: int) -> None:
         for loader in self.loaders.values():
@@ -165,10 +166,11 @@ class _Alternating:
                 yield next(its[name])
         for w in range(self.windows):
             for name in names if w % 2 == 0 else names[::-1]:
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), time.process_time()
                 for _ in range(self.steps):
                     yield next(its[name])
                 self.times[name].append(time.perf_counter() - t0)  # back here once the window's last step trained
+                self.cpu[name].append(time.process_time() - c0)
 
 
 def child_paired(prepared: str, steps: int, windows: int, batch: int, threads: int) -> dict:
@@ -193,7 +195,8 @@ def child_paired(prepared: str, steps: int, windows: int, batch: int, threads: i
         trainer.fit(alternating)
     rows = steps * batch
     rates = {name: [rows / t for t in ts] for name, ts in alternating.times.items()}
-    return {"steps": steps, "windows": windows, "batch": batch, "rows_per_s": rates,
+    cpu = {name: [rows / t for t in ts] for name, ts in alternating.cpu.items()}
+    return {"steps": steps, "windows": windows, "batch": batch, "rows_per_s": rates, "rows_per_cpu_s": cpu,
             "loaders": {name: type(loader).__name__ for name, loader in loaders.items()}}
 
 

@@ -183,18 +183,24 @@ class ParquetLoader:
             if not cycle or not units:
                 return
 
-    def _batches(self, block: dict[str, list[np.ndarray]], gen: Optional[torch.Generator]
-                 ) -> tuple[dict[str, Tensor], Optional[Tensor]]:
-        x = {c: _as_tensor(block[c]) for c in self.features}
-        y = torch.stack([_as_tensor(block[c]).float() for c in self.labels], dim=1) if self.labels else None
-        if gen is not None:
-            perm = torch.randperm(len(next(iter(x.values()))), generator=gen)
-            x = {k: v.index_select(0, perm) for k, v in x.items()}
-            y = y.index_select(0, perm) if y is not None else None  # [n, T]
-        if self.device.type == "cuda":  # pinned once per block: every batch is a pinned slice, copied non-blocking
-            x = {k: v.pin_memory() for k, v in x.items()}
-            y = y.pin_memory() if y is not None else None
-        return x, y
+    def _block_tensors(self, block: dict[str, list[np.ndarray]], carry: dict[str, Tensor],
+                       gen: Optional[torch.Generator]) -> dict[str, Tensor]:
+        """One tensor per column: the previous block's remainder, then the block's rows, permuted when shuffling.
+        The block's pieces are popped as they are copied, so at most two copies of a block live at once."""
+        out: dict[str, Tensor] = {}
+        for c in list(block):
+            parts = block.pop(c)
+            if carry:
+                parts.insert(0, carry[c].numpy())
+            out[c] = _as_tensor(parts)
+            del parts
+        if gen is not None:  # the remainder stays first (it is owed to this epoch's next batch), the rest is mixed
+            k = len(next(iter(carry.values()))) if carry else 0
+            perm = torch.randperm(len(next(iter(out.values()))) - k, generator=gen) + k
+            perm = torch.cat([torch.arange(k), perm]) if k else perm
+            for c in out:
+                out[c] = out[c].index_select(0, perm)
+        return out
 
     def __iter__(self) -> Iterator[Any]:
         units = self._rank_units(self._order())
@@ -204,13 +210,15 @@ class ParquetLoader:
             gen = torch.Generator().manual_seed((self.seed * 1_000_003 + self.epoch) * 1009 + self.rank + 1)
         self.epoch += 1  # a plain loop without set_epoch still sees a new order every epoch
         b, done = self.batch_size, 0
-        carry_x: dict[str, Tensor] = {}
-        carry_y: Optional[Tensor] = None
+        carry: dict[str, Tensor] = {}
         for block in self._blocks(units, cycle=steps is not None):
-            x, y = self._batches(block, gen)
-            if carry_x:  # the previous block's remainder first
-                x = {k: torch.cat([carry_x[k], v]) for k, v in x.items()}
-                y = torch.cat([carry_y, y]) if y is not None else None
+            cols = self._block_tensors(block, carry, gen)
+            x = {c: cols[c] for c in self.features}
+            y = torch.stack([cols[c].float() for c in self.labels], dim=1) if self.labels else None  # [n, T]
+            del cols
+            if self.device.type == "cuda":  # pinned once per block: each batch is a pinned slice, copied non-blocking
+                x = {k: v.pin_memory() for k, v in x.items()}
+                y = y.pin_memory() if y is not None else None
             n = len(next(iter(x.values())))
             full = n // b
             for i in range(full):
@@ -218,13 +226,18 @@ class ParquetLoader:
                     return
                 yield self._deliver(x, y, slice(i * b, (i + 1) * b))
                 done += 1
-            carry_x = {k: v[full * b:] for k, v in x.items()}
-            carry_y = y[full * b:] if y is not None else None
+            # the remainder (under a batch) is copied out, so the block's memory is freed before the next is read
+            carry = {k: v[full * b:].clone() for k, v in x.items()}
+            if self.labels:
+                carry.update({c: y[full * b:, i].clone() for i, c in enumerate(self.labels)})
+            del x, y
             if steps is not None and done >= steps:
                 return
-        rest = len(next(iter(carry_x.values()))) if carry_x else 0
+        rest = len(next(iter(carry.values()))) if carry else 0
         if rest and not self.drop_last and (steps is None or done < steps):
-            yield self._deliver(carry_x, carry_y, slice(0, rest))
+            x = {c: carry[c] for c in self.features}
+            y = torch.stack([carry[c] for c in self.labels], dim=1) if self.labels else None
+            yield self._deliver(x, y, slice(0, rest))
 
     def _deliver(self, x: dict[str, Tensor], y: Optional[Tensor], sl: slice) -> Any:
         xb = {k: v[sl] for k, v in x.items()}  # views, [B] each

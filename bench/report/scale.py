@@ -42,10 +42,17 @@ def _paired(paired: dict | None) -> list[str]:
                                                                                     ("streamed", streamed)))
     spread = max(memory + streamed) / min(memory + streamed) - 1
     load = paired.get("load")
-    return ["", f"Paired check on the 1M split, {how}: the trainer's rows/s with the split in memory "
-            f"{mean(memory):,.0f}, streamed {mean(streamed):,.0f} (streamed / memory = "
-            f"{mean(streamed) / mean(memory):.3f}; per window {values}; the spread across all windows is "
-            f"{spread * 100:.0f} %" + (f", load {load[0][0]:.1f} → {load[1][0]:.1f}" if load else "") + ")."]
+    lines = ["", f"Paired check on the 1M split, {how}: the trainer's rows/s with the split in memory "
+             f"{mean(memory):,.0f}, streamed {mean(streamed):,.0f} (streamed / memory = "
+             f"{mean(streamed) / mean(memory):.3f}; per window {values}; the spread across all windows is "
+             f"{spread * 100:.0f} %" + (f", load {load[0][0]:.1f} → {load[1][0]:.1f}" if load else "") + ")."]
+    cpu = paired.get("rows_per_cpu_s")
+    if cpu and cpu.get("memory") and cpu.get("streamed"):
+        m, st = cpu["memory"], cpu["streamed"]
+        lines += ["", f"Per CPU second of the process (its own work, less sensitive to the other jobs' load than wall "
+                  f"time): memory {mean(m):,.0f} rows, streamed {mean(st):,.0f} rows (streamed / memory = "
+                  f"{mean(st) / mean(m):.3f}; windows ranged {min(m + st):,.0f}–{max(m + st):,.0f})."]
+    return lines
 
 
 def part7(rec: dict, img: Path) -> tuple[list[str], dict]:
@@ -81,4 +88,5 @@ def part7(rec: dict, img: Path) -> tuple[list[str], dict]:
               "dominate at 1M rows. The load averages are those of a machine shared with other jobs: rates measured "
               "minutes apart are not comparable, the loader/training ratio is measured a minute apart."]
     lines += _paired(res.get("paired"))
+    lines += [line for note in res.get("notes", []) for line in ("", note)]  # what a merged run needs said
     return lines, head
