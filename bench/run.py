@@ -29,7 +29,7 @@ PARTS = {1: "bench.quality", 2: "bench.mmoe_synthetic", 3: "bench.esmm_cvr", 4: 
          5: "bench.inference", 6: "bench.pipeline_overhead", 7: "bench.scale"}
 TITLES = {1: "Quality on Adult", 2: "MMOE synthetic experiment", 3: "Entire-space CVR (ESMM)",
           4: "Training throughput", 5: "Inference: ONNX Runtime vs PyTorch", 6: "Search and pipeline wall time",
-          7: "Scale: 1M and 10M rows"}
+          7: "Scale: data bigger than memory"}
 DEFAULT_OUT = REPO / "bench" / "results"
 
 

@@ -103,11 +103,15 @@ def synthetic_results() -> dict:
           "direct": {"seconds": 20.0, "by_step": {"prepare": 1.0, "train": 9.0}},
           "startup": {"median": 1.5, "seconds": [1.5], "bare_python_median": 0.02}, "overhead": 0.5,
           "pipeline_config_used": {"models": ["mmoe"], "dataset": "synthetic-funnel", "options": {}, "search": {}, "train": {}}}
-    p7 = {"config": {"batch": 4096, "threads": 2}, "rows": [
-        {"n_rows": 1000, "parquet_bytes": 2**20,
-         "prepare": {"seconds": 1.0, "rows_per_s": 1000, "peak_rss_bytes": 2**28, "data_bytes": 2**20},
-         "train": {"train_rows_total": 800, "rows_trained": 500, "load_seconds": 0.1, "epoch_seconds": 1.0,
-                   "rows_per_s": 500, "peak_rss_bytes": 2**29}}]}
+    def scale_row(n: int, mib: int) -> dict:
+        peak = {"peak_rss_bytes": mib * 2**20}
+        return {"n_rows": n, "raw": {"bytes": 2**20},
+                "prepare": {"seconds": 1.0, "rows_per_s": 1000, "parquet_bytes": 2**20, "load": [1.0], **peak},
+                "loader": {"rows": 800, "seconds": 0.01, "rows_per_s": 80_000, **peak},
+                "train": {"rows_per_s": 500, **peak}}
+    p7 = {"config": {"batch": 4096, "threads": 2, "train_steps": 10}, "rows": [scale_row(1000, 500), scale_row(3000, 650)],
+          "paired": {"steps": 4, "windows": 2, "rows_per_s": {"memory": [500, 500], "streamed": [480, 500]},
+                     "load": [[1.0], [1.0]]}}
     return {n: _rec(n, r) for n, r in zip(range(1, 8), (p1, p2, p3, p4, p5, p6, p7))}
 
 
@@ -130,6 +134,9 @@ def test_report_renders_every_part_from_results(tmp_path):
     assert "load average" in text and "test cpu" in text
     # targets are judged from the numbers: ours/TRH 4.3x met, local runner +50 % missed with its cause
     assert "≥ 3× **met**" in text and "(target ≤ 15 %: **missed**)" in text
+    # part 7 judges its targets from the numbers: 650 / 500 MiB = 1.30x missed, loader 160x training met
+    assert "1.30× that at 1,000 rows" in text and "target ≤ 1.2×: **missed**" in text and "(target ≥ 5×: **met**)" in text
+    assert "streamed / memory = 0.980" in text
     # parts 2 and 3 state their verdicts from the per-seed values: MMOE ahead at p = 0.5 only, ESMM ahead on every seed
     assert "The paper's trend **reproduces**" in text and "p = 0.5: 0.100 [0.100, 0.100], p = 1.0: 0.000 [0.000, 0.000]" in text
     assert "| correlated | all impressions (100.0%) | 0.7100 [" in text and "paired lead 0.0200 [0.0200, 0.0200] (excludes 0)" in text

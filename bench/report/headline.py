@@ -70,7 +70,14 @@ def _parts567(head: dict) -> list[str]:
                     f"({head['p6_overhead'] * 100:+.0f} %) | ≤ 15 % {_ok(head['p6_overhead'] <= 0.15)} |")
     if "p7" in head:
         rows.append("| Scale (prepare rows/s, MMOE train rows/s, peak RSS) | " + "; ".join(
-            f"{n / 1e6:g}M: {a:,.0f}, {b:,.0f}, {m / 2**30:.1f} GiB" for n, a, b, m in head["p7"]) + " | — |")
+            f"{n / 1e6:g}M: {a:,.0f}, {b:,.0f}, {m / 2**30:.2f} GiB" for n, a, b, m in head["p7"]) + " | — |")
+    if "p7_rss_ratio" in head:
+        big, small, ratio = head["p7_rss_ratio"]
+        rows.append(f"| Peak RSS at {big / 1e6:g}M rows / at {small / 1e6:g}M rows (streaming prepare, loader, training) "
+                    f"| {ratio:.2f}× | ≤ 1.2× {_ok(ratio <= 1.2)} |")
+    if "p7_loader_ratio" in head:
+        rows.append(f"| Streaming loader rows/s / MMOE training rows/s | ≥ {head['p7_loader_ratio']:,.0f}× | "
+                    f"≥ 5× {_ok(head['p7_loader_ratio'] >= 5)} |")
     return rows
 
 

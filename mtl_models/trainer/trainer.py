@@ -23,7 +23,6 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from ..allocator import retain_freed_memory
-from ..data import TensorLoader
 from ..device import DeviceSpec
 from ..models.base import MultiTaskModel
 from ..weighting import Weighting, build_weighting
@@ -62,7 +61,7 @@ class MTLTrainer(InferenceMixin, StateMixin):
     Under ``torchrun`` (``WORLD_SIZE > 1``) the same code trains data-parallel: the trainer joins the process
     group (``backend``: ``nccl`` on CUDA, ``gloo`` on CPU, unless the caller initialised one), takes
     ``cuda:LOCAL_RANK`` when the device is ``"auto"``/``"cuda"``, wraps the model in
-    ``DistributedDataParallel``, shards loaders that have ``shard`` (``TensorLoader``; the batch size stays
+    ``DistributedDataParallel``, shards loaders that have ``shard`` (``TensorLoader``, ``ParquetLoader``; the batch size stays
     the global batch), evaluates on the whole validation set (every rank's predictions gathered), and only
     rank 0 writes checkpoints, exports ONNX and runs the callbacks (their ``StopTraining`` reaches every rank).
     See docs/distributed.md.
@@ -159,7 +158,8 @@ class MTLTrainer(InferenceMixin, StateMixin):
         self.dist.broadcast_tensors(list(self.weighting.state_dict().values()))
 
     def _prepare_loader(self, loader: Any) -> Any:
-        if isinstance(loader, TensorLoader) and loader.device != self.device:
+        """Batches delivered on the trainer's device by the loaders that can (``TensorLoader``, ``ParquetLoader``)."""
+        if hasattr(loader, "to") and hasattr(loader, "set_epoch") and getattr(loader, "device", None) != self.device:
             loader.to(self.device)
         return loader
 

@@ -1,6 +1,8 @@
 """Encoders fitted on the train split only, and applied identically at preparation and serving time.
 
-Sparse: raw category -> id in ``[1, vocab_size)``, id 0 for unseen or missing values.
+Sparse: raw category -> id in ``[1, vocab_size)``, id 0 for unseen or missing values; with ``hash_buckets`` a
+category's id is a fixed hash of its spelling instead (``1 + hash % hash_buckets``): no vocabulary, an embedding
+table of fixed size for ids with millions of values.
 Dense: raw number -> float32, missing -> the train median, then optional (signed) log1p and standardisation;
 the train split's quantiles of that encoded value are kept too, for the models' numeric embeddings (bin edges).
 Labels: raw value -> float32, with strict checks, because a wrong label silently ruins every later step.
@@ -18,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Optional, Sequence
 import numpy as np
 
 from .errors import DataError
+from .tree_bins import TREE_BIN_COUNTS, fit_tree_edges
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -25,14 +28,13 @@ if TYPE_CHECKING:
 __all__ = [
     "SparseEncoder", "DenseEncoder", "LabelSpec", "TASK_TYPES",
     "fit_sparse", "fit_dense", "encode_label", "as_category_strings", "as_numbers", "QUANTILE_LEVELS",
-    "TREE_BIN_COUNTS", "BIN_SOURCES", "fit_tree_edges",
+    "TREE_BIN_COUNTS", "BIN_SOURCES", "fit_tree_edges", "hash_ids", "value_counts", "sparse_from_counts",
+    "check_hash_buckets",
 ]
 
 TASK_TYPES = ("classification", "regression")
 QUANTILE_LEVELS = 257  # quantiles kept per dense feature: bin edges for up to 256 bins at 1/256 resolution
-TREE_BIN_COUNTS = (8, 16, 32, 64)  # leaves of the target-aware trees kept per dense feature
 BIN_SOURCES = ("quantile", "tree")
-_TREE_MAX_ROWS = 200_000  # trees are fitted on at most this many train rows (a fixed-seed sample beyond)
 
 
 def _examples(values: Iterable[Any], limit: int = 5) -> str:
@@ -86,7 +88,8 @@ def as_numbers(values: pd.Series, column: str, missing_values: Sequence[str] = (
 
 @dataclass
 class SparseEncoder:
-    """Vocabulary encoder (ids 1..len(vocabulary)) or identity encoder for raw ids already in ``[0, id_range)``.
+    """Vocabulary encoder (ids 1..len(vocabulary)), identity encoder for raw ids already in ``[0, id_range)``, or
+    hashing encoder (ids ``1 + h % hash_buckets``, ``h`` pandas' fixed-key SipHash of the category's spelling).
 
     The identity form exists for generated data whose ids are dense integers: encoding is then one addition.
     """
@@ -96,11 +99,12 @@ class SparseEncoder:
     vocabulary: Optional[list[str]] = None
     id_range: Optional[int] = None
     min_frequency: int = 1
+    hash_buckets: Optional[int] = None
     _index: Optional[pd.Index] = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        if (self.vocabulary is None) == (self.id_range is None):
-            raise ValueError(f"sparse feature {self.name!r} needs exactly one of vocabulary or id_range")
+        if sum(v is not None for v in (self.vocabulary, self.id_range, self.hash_buckets)) != 1:
+            raise ValueError(f"sparse feature {self.name!r} needs exactly one of vocabulary, id_range or hash_buckets")
 
     @property
     def kind(self) -> str:
@@ -109,6 +113,8 @@ class SparseEncoder:
     @property
     def vocab_size(self) -> int:
         """Number of embedding rows, including the reserved id 0."""
+        if self.hash_buckets is not None:
+            return int(self.hash_buckets) + 1
         return (len(self.vocabulary) if self.vocabulary is not None else int(self.id_range)) + 1
 
     def encode(self, values: pd.Series | np.ndarray, missing_values: Sequence[str] = (),
@@ -118,9 +124,11 @@ class SparseEncoder:
             return self._encode_identity(values, inplace)
         import pandas as pd
 
+        strings = as_category_strings(pd.Series(values), missing_values)
+        if self.hash_buckets is not None:
+            return hash_ids(strings, int(self.hash_buckets))
         if self._index is None:
             self._index = pd.Index(self.vocabulary, dtype="string")
-        strings = as_category_strings(pd.Series(values), missing_values)
         return self._index.get_indexer(strings).astype(np.int64) + 1  # -1 (unseen/NA) -> 0
 
     def _encode_identity(self, values: pd.Series | np.ndarray, inplace: bool = False) -> np.ndarray:
@@ -137,7 +145,9 @@ class SparseEncoder:
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"name": self.name, "kind": "sparse", "source": self.source,
                                "vocab_size": self.vocab_size}
-        if self.vocabulary is not None:
+        if self.hash_buckets is not None:
+            out.update(encoding="hash", hash_buckets=int(self.hash_buckets))
+        elif self.vocabulary is not None:
             out.update(encoding="vocabulary", min_frequency=self.min_frequency, vocabulary=list(self.vocabulary))
         else:
             out.update(encoding="identity", id_range=int(self.id_range))
@@ -146,21 +156,53 @@ class SparseEncoder:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "SparseEncoder":
         return cls(name=d["name"], source=d.get("source", d["name"]), vocabulary=d.get("vocabulary"),
-                   id_range=d.get("id_range"), min_frequency=int(d.get("min_frequency", 1)))
+                   id_range=d.get("id_range"), min_frequency=int(d.get("min_frequency", 1)),
+                   hash_buckets=d.get("hash_buckets"))
 
 
-def fit_sparse(name: str, source: str, values: pd.Series, missing_values: Sequence[str] = (),
-               min_frequency: int = 1) -> SparseEncoder:
-    """Vocabulary of the train values seen at least ``min_frequency`` times, most frequent first (ties by value)."""
+def hash_ids(strings: pd.Series, buckets: int) -> np.ndarray:
+    """Category strings (NA = missing) -> int64 ids ``1 + h % buckets`` (0 for missing); ``h`` is pandas'
+    ``hash_array`` (SipHash with a fixed key), the same in every process and on every machine."""
     import pandas as pd
 
-    if isinstance(min_frequency, bool) or not isinstance(min_frequency, int) or min_frequency < 1:
-        raise DataError(f"min_frequency for {name!r} must be a positive int, got {min_frequency!r}")
-    counts = as_category_strings(values, missing_values).value_counts(dropna=True)
+    present = strings.notna().to_numpy()
+    out = np.zeros(len(strings), dtype=np.int64)
+    if present.any():
+        h = pd.util.hash_array(strings[present].to_numpy(dtype=object), categorize=False)
+        out[present] = (h % np.uint64(buckets)).astype(np.int64) + 1
+    return out
+
+
+def check_hash_buckets(name: str, buckets: Any) -> int:
+    if isinstance(buckets, bool) or not isinstance(buckets, int) or buckets < 1:
+        raise DataError(f"hash_buckets for {name!r} must be a positive int, got {buckets!r}")
+    return int(buckets)
+
+
+def value_counts(values: pd.Series, missing_values: Sequence[str] = ()) -> pd.Series:
+    """Counts of each category spelling (missing left out): what ``fit_sparse`` keeps, summable over chunks."""
+    return as_category_strings(values, missing_values).value_counts(dropna=True)
+
+
+def sparse_from_counts(name: str, source: str, counts: pd.Series, min_frequency: int = 1) -> SparseEncoder:
+    """Vocabulary of the values counted at least ``min_frequency`` times, most frequent first (ties by value)."""
+    import pandas as pd
+
     counts = counts[counts >= min_frequency]
     table = pd.DataFrame({"value": counts.index.astype(str), "count": counts.to_numpy()})
     table = table.sort_values(["count", "value"], ascending=[False, True], kind="stable")
     return SparseEncoder(name=name, source=source, vocabulary=table["value"].tolist(), min_frequency=min_frequency)
+
+
+def fit_sparse(name: str, source: str, values: pd.Series, missing_values: Sequence[str] = (),
+               min_frequency: int = 1, hash_buckets: Optional[int] = None) -> SparseEncoder:
+    """Vocabulary of the train values seen at least ``min_frequency`` times, most frequent first (ties by value);
+    with ``hash_buckets``, the hashing encoder (nothing to count)."""
+    if isinstance(min_frequency, bool) or not isinstance(min_frequency, int) or min_frequency < 1:
+        raise DataError(f"min_frequency for {name!r} must be a positive int, got {min_frequency!r}")
+    if hash_buckets is not None:
+        return SparseEncoder(name=name, source=source, hash_buckets=check_hash_buckets(name, hash_buckets))
+    return sparse_from_counts(name, source, value_counts(values, missing_values), min_frequency)
 
 
 @dataclass
@@ -241,33 +283,6 @@ class DenseEncoder:
                    quantiles=[float(v) for v in d["quantiles"]] if d.get("quantiles") is not None else None,
                    tree_edges={str(k): [float(v) for v in e] for k, e in d["tree_edges"].items()}
                    if d.get("tree_edges") is not None else None)
-
-
-def fit_tree_edges(encoder: DenseEncoder, encoded: np.ndarray, labels: Sequence[np.ndarray], seed: int = 0) -> None:
-    """Set ``encoder.tree_edges``: per leaf count, the thresholds of a decision tree on this one encoded train
-    column against each 0/1 label, merged, with the column's train min and max as the outer edges. Bins where the
-    label's rate changes, so a tree's split (capital-gain above 7,000) is a bin edge rather than mid-bin."""
-    from sklearn.tree import DecisionTreeClassifier
-
-    x = np.asarray(encoded, dtype=np.float32)
-    if x.size == 0 or not labels:
-        return
-    rows = np.arange(x.size)
-    if x.size > _TREE_MAX_ROWS:
-        rows = np.random.default_rng(seed).choice(x.size, _TREE_MAX_ROWS, replace=False)
-    outer = np.array([x.min(), x.max()], dtype=np.float32)
-    edges: dict[str, list[float]] = {}
-    for n in TREE_BIN_COUNTS:
-        cuts = [outer]
-        for y in labels:
-            tree = DecisionTreeClassifier(max_leaf_nodes=n, min_samples_leaf=max(16, len(rows) // 1000),
-                                          random_state=seed)
-            tree.fit(x[rows].reshape(-1, 1), np.asarray(y)[rows])
-            inner = tree.tree_.threshold[tree.tree_.feature >= 0]  # split nodes only (leaves hold -2)
-            cuts.append(inner.astype(np.float32))
-        merged = np.unique(np.concatenate(cuts))
-        edges[str(n)] = [float(v) for v in merged[(merged >= outer[0]) & (merged <= outer[1])]]
-    encoder.tree_edges = edges
 
 
 def _signed_log1p_inplace(x: np.ndarray) -> None:

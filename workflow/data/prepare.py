@@ -22,6 +22,8 @@ from .datasets import DATASETS, get_builder
 from .datasets.base import PreparedData
 from .errors import DataError
 from .feature_spec import SPEC_FILE, FeatureSpec
+from .split_writer import swap_into_place as _swap_into_place
+from .streaming import maybe_stream, split_stream_options
 
 __all__ = ["prepare", "write_outputs", "main", "SPLIT_FILES", "SPEC_FILE"]
 
@@ -34,12 +36,20 @@ def prepare(dataset: str, out_dir: str | os.PathLike, data_dir: Optional[str | o
             user_column: Optional[str] = None) -> FeatureSpec:
     """Prepare ``dataset`` into ``out_dir``/{train,val,test}.parquet + feature_spec.json and return the spec.
 
+    ``csv`` / ``parquet`` inputs that are a folder, a glob, an fsspec URL or a file above 256 MiB are prepared
+    streaming instead (``workflow.data.streaming``): ``out_dir``/{train,val,test}/part-NNNNN.parquet shards.
     ``user_column``: the raw feature column naming the user (GAUC's groups); default: the feature column
     ``user_id`` when there is one, else none (no GAUC)."""
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise DataError(f"seed must be a non-negative int, got {seed!r}")
     build = get_builder(dataset)
-    prepared = build(data_dir, int(seed), float(val_fraction), dict(options or {}))
+    own, stream = split_stream_options(dataset, dict(options or {}))
+    streamed = maybe_stream(dataset, out_dir, data_dir, int(seed), float(val_fraction), own, stream)
+    if streamed is not None:  # csv / parquet too big for memory, or several files: two passes, sharded output
+        streamed.user_column = _user_column(streamed, user_column)
+        streamed.save(Path(out_dir) / SPEC_FILE)
+        return streamed
+    prepared = build(data_dir, int(seed), float(val_fraction), own)
     prepared.spec.user_column = _user_column(prepared.spec, user_column)
     write_outputs(prepared, out_dir)
     return prepared.spec
@@ -92,24 +102,6 @@ def write_outputs(prepared: PreparedData, out_dir: str | os.PathLike) -> None:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-
-
-def _swap_into_place(tmp: Path, out_dir: Path) -> None:
-    if out_dir.exists() and not out_dir.is_dir():
-        raise DataError(f"output path {out_dir} exists and is not a directory")
-    if out_dir.is_dir() and not any(out_dir.iterdir()):
-        out_dir.rmdir()
-    if not out_dir.exists():
-        os.replace(tmp, out_dir)
-        return
-    old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
-    os.replace(out_dir, old)
-    try:
-        os.replace(tmp, out_dir)
-    except BaseException:
-        os.replace(old, out_dir)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def parse_options(pairs: Sequence[str]) -> dict[str, Any]:

@@ -29,7 +29,7 @@ __all__ = ["SPEC_PACKAGE", "PYFUNC_FILE", "build_spec_package", "raw_signature",
            "pip_requirements", "log_candidate_model"]
 
 SPEC_PACKAGE = "mtlp_featurespec"
-SPEC_MODULES = ("feature_spec.py", "encoders.py", "errors.py")
+SPEC_MODULES = ("feature_spec.py", "encoders.py", "tree_bins.py", "errors.py")
 PYFUNC_FILE = Path(__file__).with_name("pyfunc_model.py")
 
 
@@ -96,6 +96,8 @@ def example_rows(spec: Any, n: int = 2) -> pd.DataFrame:
         elif f.vocabulary is not None:
             vocab = f.vocabulary or [""]
             values = [vocab[i % len(vocab)] for i in range(n)]
+        elif f.hash_buckets is not None:  # any spelling has an id: the row's position
+            values = [str(i) for i in range(n)]
         else:
             values = [i % max(int(f.id_range), 1) for i in range(n)]
         data[f.source] = [_as_raw(v, _raw_type(spec, f.source, None)) for v in values]

@@ -21,7 +21,7 @@ from mtl_models.trainer import task_mean
 
 from ..data.errors import DataError
 from ..data.feature_spec import FeatureSpec
-from .artifacts import load_trained, split_labels, split_loader, split_users
+from .artifacts import iter_split_labels, load_trained, split_labels, split_loader, split_users
 
 __all__ = ["Evaluation", "evaluate", "val_score", "with_intervals", "check_scored_on_labels", "predict_prepared",
            "write_plots", "INTERVAL_SUFFIXES"]
@@ -63,13 +63,18 @@ def check_scored_on_labels(model: torch.nn.Module, model_name: str, prepared_dir
     would compare different questions: a one-line error naming the label, before any training."""
     if type(model).training_targets is MultiTaskModel.training_targets:
         return  # the labels themselves: nothing to read
-    labels = torch.from_numpy(split_labels(prepared_dir, "train", spec).astype(np.float32))  # [N, n_task]
-    differs = model.training_targets(labels) != labels  # [N, n_task]
-    tasks = [name for name, bad in zip(spec.label_names, differs.any(dim=0).tolist()) if bad]
+    bad_task = torch.zeros(len(spec.label_names), dtype=torch.bool)  # [n_task]
+    rows = total = 0
+    for part in iter_split_labels(prepared_dir, "train", spec):  # a row group at a time: bounded memory
+        labels = torch.from_numpy(part)  # [n, n_task]
+        differs = model.training_targets(labels) != labels  # [n, n_task]
+        bad_task |= differs.any(dim=0)
+        rows += int(differs.any(dim=1).sum())
+        total += len(labels)
+    tasks = [name for name, bad in zip(spec.label_names, bad_task.tolist()) if bad]
     if tasks:
-        rows = int(differs.any(dim=1).sum())
         raise DataError(f"{model_name} trains on targets derived from the labels, which differ from label "
-                         f"{tasks[0]!r} on {rows:,} of {len(labels):,} train rows of dataset {spec.dataset!r}: its "
+                         f"{tasks[0]!r} on {rows:,} of {total:,} train rows of dataset {spec.dataset!r}: its "
                          f"scores would not compare with other models'; use it on funnel labels (each task "
                          f"positive only where the one before is) or leave {model_name} out of models")
 

@@ -8,10 +8,9 @@ from pathlib import Path
 from typing import Optional, Union
 
 import numpy as np
-import pyarrow.parquet as pq
 import torch
 
-from .artifacts import ONNX_FILE, column, load_trained
+from .artifacts import ONNX_FILE, load_trained, split_paths
 
 __all__ = ["ExportResult", "export"]
 
@@ -31,8 +30,12 @@ def _parity_inputs(model: torch.nn.Module, feature_names: list[str], prepared_di
     if prepared_dir is None:
         from mtl_models.onnx_export import example_inputs
         return example_inputs(model, batch_size=n_check)
-    table = pq.read_table(Path(prepared_dir) / f"{split}.parquet", columns=feature_names).slice(0, n_check)
-    return {n: torch.from_numpy(column(table, n)) for n in feature_names}
+    from mtl_models.parquet_loader import ParquetLoader
+
+    # streamed: the first row groups only, whatever the split's size
+    loader = ParquetLoader([str(p) for p in split_paths(prepared_dir, split)], feature_names, batch_size=n_check,
+                           buffer_rows=n_check)
+    return next(iter(loader))
 
 
 def export(out_dir: PathLike, prepared_dir: Optional[PathLike] = None, split: str = "test", n_check: int = 2048,

@@ -19,7 +19,7 @@ if TYPE_CHECKING:  # pandas only in annotations here: generated datasets (synthe
     import pandas as pd
 
 __all__ = ["TableSchema", "RawTables", "PreparedData", "build_from_raw", "random_split_indices",
-           "column_split_masks", "feature_name", "check_options", "split_fractions", "raw_type", "raw_types"]
+           "column_split_masks", "column_split_keys", "feature_name", "check_options", "split_fractions", "raw_type", "raw_types"]
 
 SPLITS = ("train", "val", "test")
 
@@ -41,6 +41,7 @@ class TableSchema:
     log1p: list[str] = field(default_factory=list)
     extra_columns: list[str] = field(default_factory=list)
     names: dict[str, str] = field(default_factory=dict)  # raw column -> model input name
+    hash_buckets: dict[str, int] = field(default_factory=dict)  # sparse column -> hashed into this many ids
 
     def name_of(self, source: str) -> str:
         return self.names.get(source) or feature_name(source)
@@ -128,15 +129,22 @@ def random_split_indices(n: int, seed: int, fractions: Sequence[float]) -> list[
     return [np.sort(p) for p in parts]
 
 
+def column_split_keys(counts: pd.Series, val_fraction: float, test_fraction: float) -> tuple[Any, Any]:
+    """Which values of a split column go to train and to val (the rest: test), from the count of rows per value:
+    earliest values train, then val, latest test. Counts summed over chunks give what the whole column gives."""
+    counts = counts.sort_index()
+    cumulative = counts.cumsum().to_numpy() / counts.sum()
+    keys = counts.index
+    train_keys = keys[cumulative <= 1 - val_fraction - test_fraction + 1e-12]
+    val_keys = keys[(cumulative > 1 - val_fraction - test_fraction + 1e-12) & (cumulative <= 1 - test_fraction + 1e-12)]
+    return train_keys, val_keys
+
+
 def column_split_masks(values: pd.Series, val_fraction: float, test_fraction: float) -> list[np.ndarray]:
     """Split by a column's order (e.g. a date): earliest rows train, then val, latest test; equal values stay together."""
     if values.isna().any():
         raise DataError(f"split column {values.name!r} has missing values")
-    counts = values.value_counts().sort_index()
-    cumulative = counts.cumsum().to_numpy() / len(values)
-    keys = counts.index
-    train_keys = keys[cumulative <= 1 - val_fraction - test_fraction + 1e-12]
-    val_keys = keys[(cumulative > 1 - val_fraction - test_fraction + 1e-12) & (cumulative <= 1 - test_fraction + 1e-12)]
+    train_keys, val_keys = column_split_keys(values.value_counts(), val_fraction, test_fraction)
     is_train = values.isin(train_keys).to_numpy()
     is_val = values.isin(val_keys).to_numpy()
     return [is_train, is_val, ~(is_train | is_val)]
@@ -226,7 +234,7 @@ def build_from_raw(dataset: str, raw: RawTables, seed: int, val_fraction: float,
     features = []
     for source in schema.sparse:
         features.append(fit_sparse(schema.name_of(source), source, train[source], schema.missing_values,
-                                   schema.min_frequency_of(source)))
+                                   schema.min_frequency_of(source), schema.hash_buckets.get(source)))
     dense_numbers = {}
     for source in schema.dense:
         for split, frame in frames.items():  # every split must be numeric, not only train

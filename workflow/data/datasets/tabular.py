@@ -2,7 +2,7 @@
 
 Example schema::
 
-    sparse: [user_id, {column: item_id, min_frequency: 5}, 101, "109_14"]
+    sparse: [user_id, {column: item_id, min_frequency: 5}, 101, "109_14", {column: device_id, hash_buckets: 1000000}]
     dense: [price, {column: views, log1p: true}]
     labels:
       - {column: click, task_type: classification}                       # 0/1
@@ -28,7 +28,7 @@ from typing import Any, Mapping, Optional
 
 import pandas as pd
 
-from ..encoders import TASK_TYPES, LabelSpec
+from ..encoders import TASK_TYPES, LabelSpec, check_hash_buckets
 from ..errors import DataError
 from ..raw_files import check_nonempty, sha256_of
 from .base import PreparedData, RawTables, TableSchema, build_from_raw, check_options
@@ -132,7 +132,9 @@ def read_schema(path: Path) -> tuple[TableSchema, dict[str, Any]]:
         missing_values=[_name(v) or str(v) for v in doc.get("missing_values") or []],
         min_frequency={e["column"]: int(e.get("min_frequency", default_min)) for e in sparse_entries},
         log1p=[e["column"] for e in dense_entries if e.get("log1p")],
-        extra_columns=[_name(c) or str(c) for c in doc.get("ground_truth") or []])
+        extra_columns=[_name(c) or str(c) for c in doc.get("ground_truth") or []],
+        hash_buckets={e["column"]: check_hash_buckets(e["column"], e["hash_buckets"]) for e in sparse_entries
+                      if e.get("hash_buckets") is not None})
     split = dict(doc.get("split") or {"method": "random"})
     if split.get("method", "random") not in ("random", "column"):
         raise DataError(f"schema split method must be 'random' or 'column', got {split.get('method')!r}")
