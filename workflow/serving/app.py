@@ -35,19 +35,22 @@ DEFAULT_MAX_BATCH_ROWS = 4096
 
 
 class Batcher:
-    """Scores queued frames of one model together: one predict call per group of frames with the same columns."""
+    """Scores queued requests of one model together: one predict call per group of requests with the same columns.
+
+    A request is ``(columns, rows)`` as JSON gave them; a group's rows become one DataFrame, the predictions one
+    list of records, and each request gets its own slice back."""
 
     def __init__(self, model: Any, max_rows: int = DEFAULT_MAX_BATCH_ROWS) -> None:
         self.model = model
         self.max_rows = max(int(max_rows), 1)
-        self._pending: list[tuple[Any, asyncio.Future]] = []
+        self._pending: list[tuple[tuple, list, asyncio.Future]] = []
         self._draining = False
         self.calls = 0  # predict calls made (batches), for tests and the bench
 
-    async def predict(self, frame: Any) -> Any:
+    async def predict(self, columns: tuple, rows: list) -> list:
         loop = asyncio.get_running_loop()
         future = loop.create_future()
-        self._pending.append((frame, future))
+        self._pending.append((columns, rows, future))
         if not self._draining:
             self._draining = True
             loop.create_task(self._drain())
@@ -56,47 +59,48 @@ class Batcher:
     async def _drain(self) -> None:
         try:
             while self._pending:
-                batch, rows = [], 0
-                while self._pending and (not batch or rows + len(self._pending[0][0]) <= self.max_rows):
+                batch, n = [], 0
+                while self._pending and (not batch or n + len(self._pending[0][1]) <= self.max_rows):
                     item = self._pending.pop(0)
                     batch.append(item)
-                    rows += len(item[0])
+                    n += len(item[1])
                 groups: dict[tuple, list] = {}
                 for item in batch:
-                    groups.setdefault(tuple(item[0].columns), []).append(item)
-                for items in groups.values():
-                    await self._score(items)
+                    groups.setdefault(item[0], []).append(item)
+                for columns, items in groups.items():
+                    await self._score(columns, items)
         finally:
             self._draining = False
 
-    async def _score(self, items: list) -> None:
+    async def _score(self, columns: tuple, items: list) -> None:
         try:
-            out = await asyncio.to_thread(self._predict_together, [f for f, _ in items])
-        except Exception as e:  # a bad frame spoils the batch: its requests are answered one by one instead
-            for _, future in items:
+            records = await asyncio.to_thread(self._predict_together, columns, [rows for _, rows, _ in items])
+        except Exception as e:  # a bad request spoils the batch: its requests are answered one by one instead
+            for _, _, future in items:
                 if not future.done():
                     future.set_exception(e)
             return
         start = 0
-        for frame, future in items:
+        for _, rows, future in items:
             if not future.done():  # the client may have gone (request timeout): nobody waits for it
-                future.set_result(out.iloc[start:start + len(frame)].reset_index(drop=True))
-            start += len(frame)
+                future.set_result(records[start:start + len(rows)])
+            start += len(rows)
 
-    def _predict_together(self, frames: list) -> Any:
+    def _predict_together(self, columns: tuple, parts: list) -> list:
         import pandas as pd
 
         self.calls += 1
-        frame = frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
+        rows = parts[0] if len(parts) == 1 else [row for part in parts for row in part]
+        frame = pd.DataFrame(rows, columns=list(columns))
         out = self.model.predict(frame)
         out = out if isinstance(out, pd.DataFrame) else pd.DataFrame(out)
         if len(out) != len(frame):
             raise ValueError(f"predict answered {len(out)} rows for {len(frame)}")
-        return out
+        return out.to_dict(orient="records")  # what MLflow's predictions_to_json writes for a DataFrame
 
 
-def _fast_frame(body: bytes, content_type: Optional[str]) -> Optional[Any]:
-    """The DataFrame of a plain ``{"dataframe_split": {"columns": [...], "data": [[...], ...]}}`` JSON request;
+def _fast_split(body: bytes, content_type: Optional[str]) -> Optional[tuple[tuple, list]]:
+    """``(columns, rows)`` of a plain ``{"dataframe_split": {"columns": [...], "data": [[...], ...]}}`` JSON request;
     ``None`` for anything else (MLflow's own parsing then handles it, errors included)."""
     if content_type is None:
         return None
@@ -117,9 +121,7 @@ def _fast_frame(body: bytes, content_type: Optional[str]) -> Optional[Any]:
             and len(set(columns)) == len(columns) and all(isinstance(r, list) and len(r) == len(columns)
                                                           for r in data)):
         return None
-    import pandas as pd
-
-    return pd.DataFrame(data, columns=columns)
+    return tuple(columns), data
 
 
 async def _respond(send: Any, status: int, body: bytes | str, media_type: str, version: str) -> None:
@@ -199,15 +201,15 @@ class ScoringApp:
     async def _score(self, served: Any, body: bytes, content_type: Optional[str]) -> tuple[int, str, str]:
         from mlflow.pyfunc import scoring_server
 
-        frame = _fast_frame(body, content_type)
-        if frame is not None:
+        split = _fast_split(body, content_type)
+        if split is not None:
             try:
-                predictions = await served.batcher.predict(frame)
+                records = await served.batcher.predict(*split)
             except Exception:
                 pass  # answered below by MLflow's own path, with its own error for this request
             else:
                 out = StringIO()
-                scoring_server.predictions_to_json(predictions, out)
+                scoring_server.predictions_to_json(records, out)
                 return 200, out.getvalue(), "application/json"
         if content_type is None:
             content_type = ""  # no Content-Type: MLflow's invocations answers 415, naming the types it takes
