@@ -19,15 +19,13 @@ from __future__ import annotations
 
 import logging
 import re
-import shutil
 import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable, Optional
 
-__all__ = ["ServedVersion", "VersionRefused", "AliasFollower", "parse_alias_uri", "check_version"]
+__all__ = ["ServedVersion", "VersionRefused", "AliasFollower", "parse_alias_uri", "read_sample", "check_version"]
 
 log = logging.getLogger("workflow.serving.follow")
 
@@ -43,8 +41,8 @@ class ServedVersion:
     """One loaded, checked model: ``version`` is the registry's version number ('' for a URI without one)."""
     version: str
     model_uri: str
-    model: Any             # mlflow.pyfunc.PyFuncModel
-    local_path: str
+    model: Any             # mlflow.pyfunc.PyFuncModel (in memory: its downloaded files are gone once it is loaded)
+    sample: Any            # the sample rows stored with it (its input example), kept to re-check it on a rollback
     checked_rows: int
     loaded_at: float = field(default_factory=time.time)
     app: Any = None        # the ASGI app answering with this version (set by the server)
@@ -56,14 +54,8 @@ def parse_alias_uri(model_uri: str) -> Optional[tuple[str, str]]:
     return (m.group("name"), m.group("alias")) if m else None
 
 
-def check_version(model: Any, local_path: str) -> int:
-    """Score the sample rows stored with the model; raise :class:`VersionRefused` saying what was wrong.
-
-    Passing means: sample rows exist, ``predict`` answers without error, one output row per sample row, every
-    value a finite number, and the output columns are the signature's (when it has output columns).
-    Returns the number of rows checked."""
-    import numpy as np
-    import pandas as pd
+def read_sample(local_path: str) -> Any:
+    """The sample rows stored with the model at ``local_path`` (its input example); ``VersionRefused`` without."""
     from mlflow.models import Model
 
     try:
@@ -72,6 +64,17 @@ def check_version(model: Any, local_path: str) -> int:
         raise VersionRefused(f"its sample rows could not be read: {type(e).__name__}: {e}") from None
     if sample is None or len(sample) == 0:
         raise VersionRefused("it has no sample rows stored with it (input example) to check it on")
+    return sample
+
+
+def check_version(model: Any, sample: Any) -> int:
+    """Score ``sample`` (the rows stored with the model); raise :class:`VersionRefused` saying what was wrong.
+
+    Passing means: ``predict`` answers without error, one output row per sample row, every value a finite number,
+    and the output columns are the signature's (when it has output columns). Returns the number of rows checked."""
+    import numpy as np
+    import pandas as pd
+
     try:
         out = model.predict(sample)
     except Exception as e:
@@ -93,18 +96,22 @@ def check_version(model: Any, local_path: str) -> int:
     return len(sample)
 
 
-def _load(model_uri: str, version: str, dest: Path) -> ServedVersion:
+def _load(model_uri: str, version: str) -> ServedVersion:
+    """Download, load and check one version; its files are deleted once it is in memory (nothing is left in /tmp,
+    however the process ends)."""
     from mlflow.artifacts import download_artifacts
     from mlflow.pyfunc import scoring_server
 
-    try:
-        local = download_artifacts(artifact_uri=model_uri, dst_path=str(dest))
-        model = scoring_server.load_model_with_mlflow_config(local)
-    except Exception as e:
-        first = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
-        raise VersionRefused(f"it could not be loaded: {type(e).__name__}: {first}") from None
-    rows = check_version(model, local)
-    return ServedVersion(version, model_uri, model, local, rows)
+    with tempfile.TemporaryDirectory(prefix="mtlp-serve-") as tmp:
+        try:
+            local = download_artifacts(artifact_uri=model_uri, dst_path=tmp)
+            model = scoring_server.load_model_with_mlflow_config(local)
+        except Exception as e:
+            first = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
+            raise VersionRefused(f"it could not be loaded: {type(e).__name__}: {first}") from None
+        sample = read_sample(local)
+    rows = check_version(model, sample)
+    return ServedVersion(version, model_uri, model, sample, rows)
 
 
 class AliasFollower:
@@ -115,13 +122,12 @@ class AliasFollower:
     before it becomes :attr:`current` (the server builds its app there)."""
 
     def __init__(self, model_uri: str, interval: float, on_swap: Optional[Callable[[ServedVersion], None]] = None,
-                 client: Any = None, work_dir: Optional[str] = None) -> None:
+                 client: Any = None) -> None:
         self.model_uri = model_uri
         self.alias = parse_alias_uri(model_uri)
         self.interval = float(interval)
         self.on_swap = on_swap
         self._client = client
-        self._dir = Path(work_dir or tempfile.mkdtemp(prefix="mtlp-serve-"))
         self.current: Optional[ServedVersion] = None
         self.previous: Optional[ServedVersion] = None
         self.refused: dict[str, str] = {}  # version -> why
@@ -152,15 +158,11 @@ class AliasFollower:
         if old is not None and old.version != served.version:
             self.previous = old
         self.swaps += 1
-        keep = {v.local_path for v in (self.current, self.previous) if v is not None}
-        for child in self._dir.iterdir():  # files of versions no longer held (the models are in memory)
-            if not any(p.startswith(str(child)) for p in keep):
-                shutil.rmtree(child, ignore_errors=True)
 
     def start(self) -> ServedVersion:
         version, uri = self._target()
         start = time.perf_counter()
-        served = _load(uri, version, self._dir / (version or "fixed"))  # VersionRefused: nothing to serve
+        served = _load(uri, version)  # VersionRefused: nothing to serve
         self._install(served)
         log.info("serving %s%s (checked on %d sample rows, loaded in %.1fs)", self.model_uri,
                  f" = version {version}" if version else "", served.checked_rows, time.perf_counter() - start)
@@ -196,9 +198,9 @@ class AliasFollower:
             try:
                 if self.previous is not None and self.previous.version == version:  # a rollback: still in memory
                     served = self.previous
-                    served.checked_rows = check_version(served.model, served.local_path)
+                    served.checked_rows = check_version(served.model, served.sample)
                 else:
-                    served = _load(uri, version, self._dir / version)
+                    served = _load(uri, version)
             except VersionRefused as e:
                 self.refused[version] = str(e)
                 log.error("refused version %s of %s: %s; still serving version %s", version, self.model_uri, e,
