@@ -26,10 +26,11 @@ if str(REPO) not in sys.path:
 from bench.environment import environment, load_average  # noqa: E402
 
 PARTS = {1: "bench.quality", 2: "bench.mmoe_synthetic", 3: "bench.esmm_cvr", 4: "bench.throughput",
-         5: "bench.inference", 6: "bench.pipeline_overhead", 7: "bench.scale"}
+         5: "bench.inference", 6: "bench.pipeline_overhead", 7: "bench.scale",
+         8: "bench.serving_load"}
 TITLES = {1: "Quality on Adult", 2: "MMOE synthetic experiment", 3: "Entire-space CVR (ESMM)",
           4: "Training throughput", 5: "Inference: ONNX Runtime vs PyTorch", 6: "Search and pipeline wall time",
-          7: "Scale: data bigger than memory"}
+          7: "Scale: data bigger than memory", 8: "Serving under load"}
 DEFAULT_OUT = REPO / "bench" / "results"
 
 
@@ -62,7 +63,7 @@ def run_part(n: int, quick: bool, out: Path, overrides: dict | None = None) -> d
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="small sizes, 1 seed (under 10 minutes)")
-    ap.add_argument("--parts", default="1,2,3,4,5,6,7", help="comma-separated part numbers")
+    ap.add_argument("--parts", default="1,2,3,4,5,6,7,8", help="comma-separated part numbers")
     ap.add_argument("--out", default=str(DEFAULT_OUT), help="folder for the part JSON files")
     ap.add_argument("--docs", default=str(REPO / "docs"), help="where benchmarks.md and benchmarks/ go")
     ap.add_argument("--report-only", action="store_true")
@@ -87,7 +88,7 @@ def main(argv=None) -> int:
         from bench import report
 
         cmd = args.command or ("python -m bench.run" + (" --quick" if args.quick else "")
-                               + (f" --parts {args.parts}" if args.parts != "1,2,3,4,5,6,7" else ""))
+                               + (f" --parts {args.parts}" if args.parts != "1,2,3,4,5,6,7,8" else ""))
         docs = Path(args.docs)
         # the README's headline table follows the published page only, never a quick run rendered elsewhere
         readme = REPO / "README.md" if docs.resolve() == (REPO / "docs").resolve() else None

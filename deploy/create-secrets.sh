@@ -3,7 +3,10 @@
 # written to disk or committed. Existing Secrets are left as they are (PostgreSQL keeps the passwords
 # it was initialised with; to rotate one, ALTER ROLE in the database, then replace the Secret).
 #
-#   deploy/create-secrets.sh          # mtl-postgres-admin, mtl-mlflow-db, mtl-optuna-db; optuna-db in kubeflow
+#   deploy/create-secrets.sh          # mtl-postgres-admin, mtl-mlflow-db, mtl-optuna-db; optuna-db in kubeflow;
+#                                     # MLflow's users: mtl-mlflow-admin, mtl-mlflow-pipeline (+ mlflow-credentials
+#                                     # in kubeflow, the same user), mtl-serving-mlflow; mtl-mlflow-people from
+#                                     # $MTLP_PEOPLE_FILE (name:password:role lines) when it is set
 #   deploy/create-secrets.sh --s3     # also mtl-mlflow-s3 from $AWS_ACCESS_KEY_ID/$AWS_SECRET_ACCESS_KEY
 #
 # Namespaces: MTLP_NAMESPACE (default mtl-pipeline) and KFP_NAMESPACE (default kubeflow, where pipeline
@@ -43,6 +46,32 @@ create "$NS" mtl-optuna-db username=optuna "password=$optuna_pw"
 create "$KFP_NS" optuna-db \
     "OPTUNA_STORAGE=postgresql+psycopg2://optuna:${optuna_pw}@mtl-postgres.${NS}.svc.cluster.local:5432/optuna"
 unset optuna_pw
+
+# MLflow's basic-auth users (deploy/README.md "Security"); the mlflow-users Job creates them from these.
+create "$NS" mtl-mlflow-admin "password=$(rand)" "flask-secret-key=$(rand)"
+# The pipeline's MLflow user, twice: the Job creates the user from mtl-mlflow-pipeline, the pipeline's pods sign
+# in with mlflow-credentials (pipeline.config's secrets.mlflow: MLFLOW_TRACKING_USERNAME / _PASSWORD).
+if exists "$NS" mtl-mlflow-pipeline; then
+    pipeline_pw="$(kubectl -n "$NS" get secret mtl-mlflow-pipeline -o jsonpath='{.data.password}' | base64 -d)"
+else
+    pipeline_pw="$(rand)"
+fi
+create "$NS" mtl-mlflow-pipeline username=pipeline "password=$pipeline_pw"
+create "$KFP_NS" mlflow-credentials MLFLOW_TRACKING_USERNAME=pipeline "MLFLOW_TRACKING_PASSWORD=$pipeline_pw"
+unset pipeline_pw
+# The model server reads the registry as user model-server (a reader; the mlflow-users Job creates it).
+if exists "$NS" mtl-serving-mlflow; then
+    serving_pw="$(kubectl -n "$NS" get secret mtl-serving-mlflow -o jsonpath='{.data.password}' | base64 -d)"
+else
+    serving_pw="$(rand)"
+fi
+create "$NS" mtl-serving-mlflow username=model-server "password=$serving_pw"
+unset serving_pw
+# People: one name:password:role line each (role promoter or reader), from a file you keep outside the repo.
+if [ -n "${MTLP_PEOPLE_FILE:-}" ] && ! exists "$NS" mtl-mlflow-people; then
+    kubectl -n "$NS" create secret generic mtl-mlflow-people --from-file=users="$MTLP_PEOPLE_FILE" >/dev/null
+    echo "secret $NS/mtl-mlflow-people created"
+fi
 
 if [ "${1:-}" = "--s3" ]; then
     : "${AWS_ACCESS_KEY_ID:?set AWS_ACCESS_KEY_ID}" "${AWS_SECRET_ACCESS_KEY:?set AWS_SECRET_ACCESS_KEY}"

@@ -18,7 +18,8 @@ K8S = DEPLOY / "k8s"
 K8S_VERSION = "1.33.0"
 
 MLFLOW_NS, KFP_NS = "mtl-pipeline", "kubeflow"
-SECRET_NAMES = {"mtl-postgres-admin", "mtl-mlflow-db", "mtl-optuna-db", "mtl-mlflow-s3"}
+SECRET_NAMES = {"mtl-postgres-admin", "mtl-mlflow-db", "mtl-optuna-db", "mtl-mlflow-s3", "mtl-mlflow-admin",
+                "mtl-mlflow-pipeline", "mtl-mlflow-people", "mtl-serving-mlflow"}
 WORKLOAD_KINDS = {"Deployment", "StatefulSet", "DaemonSet", "Job", "CronJob", "Pod"}
 SECRETISH = re.compile(r"PASSWORD|PASSWD|SECRET|TOKEN|ACCESS_KEY|API_KEY|CREDENTIAL", re.I)
 

@@ -112,7 +112,16 @@ def synthetic_results() -> dict:
     p7 = {"config": {"batch": 4096, "threads": 2, "train_steps": 10}, "rows": [scale_row(1000, 500), scale_row(3000, 650)],
           "paired": {"steps": 4, "windows": 2, "rows_per_s": {"memory": [500, 500], "streamed": [480, 500]},
                      "load": [[1.0], [1.0]]}}
-    return {n: _rec(n, r) for n, r in zip(range(1, 8), (p1, p2, p3, p4, p5, p6, p7))}
+    cell = {"clients": 8, "requests": 100, "answered": 100, "errors": 0, "seconds": 1.0, "p50_ms": 5.0, "p99_ms": 9.0,
+            "load": [1.0, 1.0, 1.0], "round": 0}
+    p8 = {"config": {"clients": 8, "batches": [1, 100], "seconds": 1.0, "max_requests": 100, "rounds": 1},
+          "cells": [{**cell, "server": "ours", "batch": 1, "rows_s": 300.0},
+                    {**cell, "server": "mlflow", "batch": 1, "rows_s": 100.0},
+                    {**cell, "server": "ours", "batch": 100, "rows_s": 9000.0},
+                    {**cell, "server": "mlflow", "batch": 100, "rows_s": 6000.0}],
+          "summary": {"1": {"ours_rows_s": 300.0, "mlflow_rows_s": 100.0, "ratio": 3.0, "errors": 0},
+                      "100": {"ours_rows_s": 9000.0, "mlflow_rows_s": 6000.0, "ratio": 1.5, "errors": 0}}}
+    return {n: _rec(n, r) for n, r in zip(range(1, 9), (p1, p2, p3, p4, p5, p6, p7, p8))}
 
 
 def test_report_renders_every_part_from_results(tmp_path):
@@ -144,7 +153,9 @@ def test_report_renders_every_part_from_results(tmp_path):
                 "pipeline_steps.png"):
         assert (tmp_path / "docs" / "benchmarks" / png).stat().st_size > 1000
     merged = json.loads((tmp_path / "docs" / "benchmarks" / "results.json").read_text())
-    assert sorted(merged["parts"]) == [str(n) for n in range(1, 8)]
+    assert sorted(merged["parts"]) == [str(n) for n in range(1, 9)]
+    assert "Batch 1: ours 300 rows/s vs MLflow 100 rows/s: **3.0×** (0 errors)" in text
+    assert "≥ 2×, 0 errors: **met**" in readme.read_text()
     new_readme = readme.read_text()
     assert "old" not in new_readme and "| benchmark | result | target |" in new_readme
 

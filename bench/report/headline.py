@@ -81,8 +81,15 @@ def _parts567(head: dict) -> list[str]:
     return rows
 
 
+def _part8(head: dict) -> list[str]:
+    if head.get("p8_ratio_b1") is None:
+        return []
+    return [f"| Serving under load, batch 1: ours / `mlflow models serve` rows/s | {head['p8_ratio_b1']:.1f}×, "
+            f"{head['p8_errors']} errors | ≥ 2×, 0 errors: {_ok(head['p8_ok'])} |"]
+
+
 def headline(head: dict) -> list[str]:
     rows = ["| benchmark | result | target |", "|---|---|---|"]
-    for part in (_part1, _part2, _part3, _part4, _parts567):
+    for part in (_part1, _part2, _part3, _part4, _parts567, _part8):
         rows += part(head)
     return rows

@@ -177,11 +177,13 @@ def test_serve_command_runs_the_capped_server():
 
 
 def test_model_server_imports_no_torch():
-    """The serving process stays torch-free (ONNX Runtime pyfunc): the module and MLflow's scoring app alone."""
+    """The serving process stays torch-free (ONNX Runtime pyfunc): the server's modules, the encoders and MLflow's
+    scoring app (the serving image has no torch: deploy/Dockerfile's `serving` target checks the same imports)."""
     import subprocess
     import sys
 
-    code = ("import sys, workflow.serving.model_server, mlflow.pyfunc.scoring_server\n"
+    code = ("import sys, workflow.serving, workflow.serving.model_server, workflow.serving.app, workflow.serving.follow\n"
+            "import workflow.data.encoders, workflow.data.feature_spec, mlflow.pyfunc.scoring_server\n"
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'mtl_models')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]

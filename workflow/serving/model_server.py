@@ -1,20 +1,27 @@
-"""The model server: MLflow's scoring app behind a request-size cap.
+"""The model server: MLflow's scoring protocol behind a request-size cap, following the alias it serves.
 
-``python -m workflow.serving.model_server -m models:/<name>@champion --port 8080`` serves a pyfunc exactly like
-``mlflow models serve --env-manager local`` (same FastAPI app from ``mlflow.pyfunc.scoring_server``: ``/ping``,
-``/health``, ``/version``, ``POST /invocations``, the same answers and error messages) and adds one thing
-MLflow 3.17's scoring server does not have: a maximum request body size. A body larger than the cap is
-refused with HTTP 413 and an MLflow-style JSON error before the model sees it:
+``python -m workflow.serving.model_server -m models:/<name>@champion --port 8080`` answers like
+``mlflow models serve --env-manager local`` (``/ping``, ``/health``, ``POST /invocations``, the same answers and
+error messages: :mod:`.app` calls MLflow's own ``invocations``) and adds:
 
-* a ``Content-Length`` above the cap is refused up front: the body is never handed to MLflow;
-* a body without a length (chunked transfer), or longer than its ``Content-Length``, is counted while it
-  arrives and refused once it passes the cap, so at most ``cap`` bytes (plus one chunk) are ever held.
+* **Following the alias** (:mod:`.follow`): every ``--follow-interval`` seconds (``$MTLP_FOLLOW_INTERVAL``,
+  default 30; 0 never) the server asks the registry where the alias points; a new version is loaded, checked on
+  the sample rows stored with it, and swapped in atomically; requests in flight finish on the old one. A version
+  that fails its check is refused and logged; the old one keeps serving. ``X-Model-Version`` on every response
+  and ``GET /version`` name the version that answered.
+* **Concurrent requests scored together** (:mod:`.app`): ``dataframe_split`` requests that arrive while a predict
+  call runs share the next one (up to ``--max-batch-rows``).
+* **A maximum request body size.** A body larger than the cap is refused with HTTP 413 and an MLflow-style JSON
+  error before the model sees it:
 
-A refused body is read on and discarded (up to 64 MiB) before the 413 is sent, so that clients which write the
-whole body before reading (``urllib``) get the answer rather than a reset connection. The answer never quotes
-the request body. The cap is ``--max-request-bytes``, else the environment variable
-``MTLP_MAX_REQUEST_BYTES``, else 16 MiB (``0`` turns it off). Accepted bodies are passed to MLflow's app
-unchanged, chunk by chunk.
+  * a ``Content-Length`` above the cap is refused up front: the body is never handed to MLflow;
+  * a body without a length (chunked transfer), or longer than its ``Content-Length``, is counted while it
+    arrives and refused once it passes the cap, so at most ``cap`` bytes (plus one chunk) are ever held.
+
+  A refused body is read on and discarded (up to 64 MiB) before the 413 is sent, so that clients which write the
+  whole body before reading (``urllib``) get the answer rather than a reset connection. The answer never quotes
+  the request body. The cap is ``--max-request-bytes``, else the environment variable ``MTLP_MAX_REQUEST_BYTES``,
+  else 16 MiB (``0`` turns it off). Accepted bodies are passed on unchanged, chunk by chunk.
 
 No torch import: this module needs only MLflow, uvicorn and the model's own dependencies.
 """
@@ -29,12 +36,17 @@ import sys
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Optional
 
-__all__ = ["DEFAULT_MAX_REQUEST_BYTES", "MAX_BYTES_ENV", "BodySizeLimit", "max_request_bytes", "build_app",
-           "app_from_env", "main", "serve_command", "serve_environment"]
+from .app import DEFAULT_MAX_BATCH_ROWS
+
+__all__ = ["DEFAULT_MAX_REQUEST_BYTES", "MAX_BYTES_ENV", "FOLLOW_ENV", "BodySizeLimit", "max_request_bytes",
+           "follow_interval", "build_app", "app_from_env", "main", "serve_command", "serve_environment"]
 
 DEFAULT_MAX_REQUEST_BYTES = 16 * 1024 * 1024
 MAX_BYTES_ENV = "MTLP_MAX_REQUEST_BYTES"
-MODEL_PATH_ENV = "MTLP_SERVE_MODEL_PATH"  # local copy of the model, set by main() for uvicorn's workers
+MODEL_URI_ENV = "MTLP_SERVE_MODEL_URI"  # set by main() for uvicorn's workers
+FOLLOW_ENV = "MTLP_FOLLOW_INTERVAL"
+DEFAULT_FOLLOW_INTERVAL = 30.0
+BATCH_ENV = "MTLP_MAX_BATCH_ROWS"
 TOO_LARGE_CODE = "RESOURCE_LIMIT_EXCEEDED"  # an MLflow ErrorCode name; the HTTP status is 413
 DRAIN_BYTES = 64 * 1024 * 1024  # a refused body is read and discarded up to this size before the 413 (see below)
 
@@ -146,24 +158,54 @@ class BodySizeLimit:
         await self.app(scope, receive_again, send)
 
 
-def build_app(model_path: str, max_bytes: Optional[int] = None) -> Any:
-    """MLflow's scoring app for the pyfunc at ``model_path`` (a local folder or any model URI) behind the cap."""
-    from mlflow.pyfunc import scoring_server
+def build_app(model_uri: str, max_bytes: Optional[int] = None, interval: float = 0,
+              max_batch_rows: int = DEFAULT_MAX_BATCH_ROWS, follower: Any = None) -> Any:
+    """The scoring app (:mod:`.app`) for ``model_uri`` behind the body cap. The first version is loaded and checked
+    on its sample rows now (``VersionRefused`` if it fails: nothing to serve); for ``models:/<name>@<alias>`` and
+    ``interval > 0`` the alias is then followed every ``interval`` seconds (:mod:`.follow`)."""
+    from .app import Batcher, ScoringApp, serving_environment
+    from .follow import AliasFollower
 
-    model = scoring_server.load_model_with_mlflow_config(model_path)
+    def on_swap(served: Any) -> None:
+        served.batcher = Batcher(served.model, max_batch_rows)
+
+    serving_environment()
+    follower = follower or AliasFollower(model_uri, interval, on_swap=on_swap)
+    follower.on_swap = follower.on_swap or on_swap
+    follower.start()
     cap = max_request_bytes() if max_bytes is None else max_bytes
-    return BodySizeLimit(scoring_server.init(model), cap)
+    app = BodySizeLimit(ScoringApp(follower), cap)
+    app.follower = follower
+    return app
+
+
+def follow_interval(value: Optional[str | float] = None) -> float:
+    """Seconds between alias checks: ``value``, else ``$MTLP_FOLLOW_INTERVAL``, else 30. 0 = never re-check."""
+    source = "--follow-interval"
+    if value is None:
+        value, source = os.environ.get(FOLLOW_ENV), FOLLOW_ENV
+    if value is None or value == "":
+        return DEFAULT_FOLLOW_INTERVAL
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{source} must be a number of seconds, got {value!r}") from None
+    if not seconds >= 0:
+        raise ValueError(f"{source} must be >= 0 (0: never re-check the alias), got {value!r}")
+    return seconds
 
 
 def app_from_env() -> Any:
-    """uvicorn factory (``--workers > 1`` re-imports the app in each worker): the model ``main`` downloaded."""
-    return build_app(os.environ[MODEL_PATH_ENV])
+    """uvicorn factory (each of ``--workers`` builds its own): the URI, cap and interval ``main`` resolved."""
+    return build_app(os.environ[MODEL_URI_ENV], interval=follow_interval(),
+                     max_batch_rows=int(os.environ.get(BATCH_ENV) or DEFAULT_MAX_BATCH_ROWS))
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m workflow.serving.model_server",
-        description="Serve an MLflow pyfunc (MLflow's scoring server) with a request body size cap.")
+        description="Serve an MLflow pyfunc with MLflow's scoring protocol: a request body cap, concurrent "
+                    "requests scored together, and a models:/<name>@<alias> URI followed as the alias moves.")
     p.add_argument("-m", "--model-uri", required=True, help="e.g. models:/<name>@champion, runs:/..., a folder")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("-p", "--port", type=int, default=5000)
@@ -173,6 +215,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--max-request-bytes", default=None,
                    help=f"largest accepted request body; default ${MAX_BYTES_ENV} or "
                         f"{DEFAULT_MAX_REQUEST_BYTES} (16 MiB); 0: no limit")
+    p.add_argument("--follow-interval", default=None,
+                   help=f"seconds between checks of the alias of a models:/<name>@<alias> URI; default "
+                        f"${FOLLOW_ENV} or {DEFAULT_FOLLOW_INTERVAL:g}; 0: load once, never follow")
+    p.add_argument("--max-batch-rows", type=int, default=None,
+                   help=f"most rows scored in one predict call when concurrent requests are scored together "
+                        f"(default ${BATCH_ENV} or {DEFAULT_MAX_BATCH_ROWS})")
     return p
 
 
@@ -181,37 +229,52 @@ def main(argv: Optional[list[str]] = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         cap = max_request_bytes(args.max_request_bytes)
+        interval = follow_interval(args.follow_interval)
     except ValueError as err:
         print(f"workflow.serving.model_server: error: {err}", file=sys.stderr)
         return 2
     if args.workers < 1:
         print("workflow.serving.model_server: error: --workers must be >= 1", file=sys.stderr)
         return 2
+    if args.max_batch_rows is not None and args.max_batch_rows < 1:
+        print("workflow.serving.model_server: error: --max-batch-rows must be >= 1", file=sys.stderr)
+        return 2
 
     import uvicorn
-    from mlflow.artifacts import download_artifacts
 
-    local_path = download_artifacts(artifact_uri=args.model_uri)
-    os.environ[MODEL_PATH_ENV] = local_path
-    os.environ[MAX_BYTES_ENV] = str(cap)  # the workers read the resolved cap
+    from .follow import VersionRefused
+
+    os.environ[MODEL_URI_ENV] = args.model_uri
+    os.environ[MAX_BYTES_ENV] = str(cap)  # the workers read the resolved settings
+    os.environ[FOLLOW_ENV] = str(interval)
+    if args.max_batch_rows is not None:
+        os.environ[BATCH_ENV] = str(args.max_batch_rows)
     if args.timeout is not None:
         os.environ["MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT"] = str(args.timeout)
-    log.info("serving %s (local copy %s) on %s:%d, %d worker(s), request bodies up to %s", args.model_uri,
-             local_path, args.host, args.port, args.workers, f"{cap} bytes" if cap else "any size (no cap)")
-    uvicorn.run("workflow.serving.model_server:app_from_env", factory=True, host=args.host, port=args.port,
-                workers=args.workers)
+    log.info("serving %s on %s:%d, %d worker(s), request bodies up to %s, %s", args.model_uri, args.host,
+             args.port, args.workers, f"{cap} bytes" if cap else "any size (no cap)",
+             f"alias checked every {interval:g}s" if interval else "not following any alias")
+    try:
+        uvicorn.run("workflow.serving.model_server:app_from_env", factory=True, host=args.host, port=args.port,
+                    workers=args.workers, lifespan="off")
+    except VersionRefused as err:
+        print(f"workflow.serving.model_server: error: cannot serve {args.model_uri}: {err}", file=sys.stderr)
+        return 1
     return 0
 
 
 def serve_command(model_uri: str, port: int, host: str = "127.0.0.1", workers: int = 1,
-                  max_request_bytes: Optional[int] = None) -> list[str]:
-    """The model server in this environment: ``python -m workflow.serving.model_server``, MLflow's scoring app (what
-    ``mlflow models serve --env-manager local`` runs) behind a request body cap (413 above it; default
-    ``$MTLP_MAX_REQUEST_BYTES`` or 16 MiB)."""
+                  max_request_bytes: Optional[int] = None, follow_interval: Optional[float] = None) -> list[str]:
+    """The model server in this environment: ``python -m workflow.serving.model_server``, MLflow's scoring protocol
+    (what ``mlflow models serve --env-manager local`` answers) behind a request body cap (413 above it; default
+    ``$MTLP_MAX_REQUEST_BYTES`` or 16 MiB), following a ``models:/<name>@<alias>`` URI's alias
+    (``follow_interval`` seconds, default ``$MTLP_FOLLOW_INTERVAL`` or 30)."""
     cmd = [sys.executable, "-m", "workflow.serving.model_server", "-m", model_uri, "--host", host, "-p", str(port),
            "-w", str(workers)]
     if max_request_bytes is not None:
         cmd += ["--max-request-bytes", str(max_request_bytes)]
+    if follow_interval is not None:
+        cmd += ["--follow-interval", str(follow_interval)]
     return cmd
 
 

@@ -115,10 +115,22 @@ def _check_health(base: str, shown: str, timeout: float) -> None:
                                   "unset MLFLOW_TRACKING_URI to use the embedded SQLite store") from None
 
 
+def _credentials() -> dict[str, str]:
+    """The Authorization header MLflow's client sends: MLFLOW_TRACKING_USERNAME/PASSWORD (basic), else TOKEN."""
+    import base64
+
+    user, password = os.environ.get("MLFLOW_TRACKING_USERNAME"), os.environ.get("MLFLOW_TRACKING_PASSWORD")
+    if user and password:
+        return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
+    token = os.environ.get("MLFLOW_TRACKING_TOKEN")
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
 def _check_rest(base: str, shown: str, timeout: float) -> None:
     query = urllib.parse.urlencode({"experiment_name": "Default"})
+    request = urllib.request.Request(f"{base}/api/2.0/mlflow/experiments/get-by-name?{query}", headers=_credentials())
     try:
-        with urllib.request.urlopen(f"{base}/api/2.0/mlflow/experiments/get-by-name?{query}", timeout=timeout):
+        with urllib.request.urlopen(request, timeout=timeout):
             pass
     except urllib.error.HTTPError as e:
         if e.code in (401, 403):
