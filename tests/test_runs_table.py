@@ -73,3 +73,16 @@ def test_runs_without_a_store_says_where_it_looked(tmp_path, monkeypatch, capsys
     assert main(["runs"]) == 2
     assert capsys.readouterr().err.startswith("mtlp runs: error: no MLflow store found (no mtlp-runs/mlflow.db")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_runs_lists_a_run_that_registered_nothing_yet(tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)
+    seed_store(tmp_path / "mtlp-runs")
+    (tmp_path / "mtlp-runs" / "first").mkdir()
+    steps.start_pipeline_run({"tracking": {"experiment": EXP}}, tmp_path / "mtlp-runs" / "first", "first",
+                             tracking_uri=local_store.run_store_uri("mtlp-runs"))
+    assert main(["runs"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[4].split()[:1] == ["first"] and out[4].split()[3:] == ["RUNNING", "(no", "model", "finished)", "-", "-", "-"]
+    assert out[5].split() == ["champion", "after", "this", "run:", "none", "(no", "promotion", "recorded)"]

@@ -39,8 +39,14 @@ def _registered_model(parent: Any, experiment: str) -> str:
 def _champion_after_runs(client: Any, name: str, run_of: dict[str, str]) -> dict[str, str]:
     """pipeline run -> the champion right after its own promotion, walking the audit in order (manual moves and
     rollbacks between runs included). ``run_of``: version -> the pipeline run that registered it."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        actions = registry.audit(client, name)
+    except MlflowException:  # nothing registered yet (the first run is still training)
+        return {}
     champion, after = None, {}
-    for a in registry.audit(client, name):
+    for a in actions:
         if a.get("action") in ("manual_promote", "rollback") or a.get("decision") in ("promoted", "no_champion"):
             champion = str(a["version"])
         if a.get("action") == "promote" and str(a.get("version")) in run_of and champion is not None:
