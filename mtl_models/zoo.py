@@ -20,7 +20,7 @@ from .features import Feature
 from .models import AITM, ESMM, MMOE, PLE, MultiTaskModel, SharedBottom
 
 __all__ = ["ZooEntry", "COMMON_DEFAULTS", "register", "unregister", "names", "get", "entries", "defaults", "space",
-           "build", "mlp", "towers"]
+           "build", "mlp", "towers", "HIDDEN_WIDTHS"]
 
 # keys every model has: its towers and the settings shared by all its MLPs
 COMMON_DEFAULTS: dict[str, Any] = {"tower_dims": [32], "dropout": 0.1, "activation": "relu", "norm": "none"}
@@ -128,9 +128,9 @@ def build(name: str, features: Sequence[Feature], task_types: Sequence[str],
 
 # hidden widths over 64..256 (the workflow's search fits them to the data's number of columns); experts are
 # several per model, so they stay shallower than a bottom
-_WIDTHS = [64, 128, 256]
-_BOTTOM_SPACE = {"bottom_dims": {"depth": [1, 3], "widths": _WIDTHS, "shape": "funnel"}}
-_EXPERT_SPACE = {"expert_dims": {"depth": [1, 2], "widths": _WIDTHS, "shape": "funnel"}}
+HIDDEN_WIDTHS = [64, 128, 256]
+_BOTTOM_SPACE = {"bottom_dims": {"depth": [1, 3], "widths": HIDDEN_WIDTHS, "shape": "funnel"}}
+_EXPERT_SPACE = {"expert_dims": {"depth": [1, 2], "widths": HIDDEN_WIDTHS, "shape": "funnel"}}
 
 
 def _shared_bottom(features: Sequence[Feature], task_types: Sequence[str], p: Mapping[str, Any]) -> MultiTaskModel:

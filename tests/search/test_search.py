@@ -16,7 +16,10 @@ from workflow.training.train import train
 
 TINY_SPACE = {
     "common": {"embed_dim": [4, 8], "tower_dims": {"depth": [1, 2], "widths": [8, 16]},
-               "lr": {"low": 1e-3, "high": 3e-2, "log": True}, "batch_size": 256},
+               "lr": {"low": 1e-3, "high": 3e-2, "log": True}, "batch_size": 256,
+               # the model defaults (standard values, Adam, constant lr): a tiny space, few keys
+               **{k: None for k in ("numeric_encoding", "bin_source", "n_bins", "numeric_embed_dim", "periodic_sigma",
+                                    "optimizer", "weight_decay", "lr_schedule")}},
     "mmoe": {"n_expert": {"low": 2, "high": 4}, "expert_dims": {"depth": [1, 2], "widths": [16, 32]}},
     "ple": {"n_level": {"low": 1, "high": 2}, "n_expert_specific": {"low": 1, "high": 2},
             "n_expert_shared": {"low": 1, "high": 2}, "expert_dims": {"depth": [1, 2], "widths": [16, 32]}},

@@ -183,8 +183,8 @@ class SearchSpace:
 
 
 def _fit_to_data(specs: dict[str, Any], spec: Any) -> dict[str, Any]:
-    """The default space fitted to a prepared ``FeatureSpec``: hidden widths follow the number of input columns
-    (the widest choice the power of two at or above 16 per column, within 64..512, and its half and quarter),
+    """The default space fitted to a prepared ``FeatureSpec``: the zoo's hidden widths follow the number of input
+    columns (the widest choice the power of two at or above 16 per column, within 64..512, its half and quarter),
     64 tree bins join from ``MANY_ROWS`` train rows and 8 replace 32 below ``FEW_ROWS``, bins come from quantiles
     when no label is a classification (trees need one), and data without a varying dense column drops the numeric
     keys."""
@@ -201,8 +201,8 @@ def _fit_to_data(specs: dict[str, Any], spec: Any) -> dict[str, Any]:
     elif isinstance(specs.get("n_bins"), list) and int(spec.rows.get("train", 0)) < FEW_ROWS:
         specs["n_bins"] = sorted(set(specs["n_bins"]) - {32} | {8})
     widest = min(512, max(64, 1 << max(0, 16 * len(spec.features) - 1).bit_length()))
-    for key, value in specs.items():
-        if key in ("bottom_dims", "expert_dims") and isinstance(value, Mapping):
+    for key, value in specs.items():  # a registered model's own widths are its author's choice: kept
+        if key in ("bottom_dims", "expert_dims") and isinstance(value, Mapping) and value["widths"] == zoo.HIDDEN_WIDTHS:
             value["widths"] = [widest // 4, widest // 2, widest]
     return specs
 
