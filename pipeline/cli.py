@@ -91,7 +91,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"{containers.containers_run} containers of {containers.image} ran the tasks.")
     print(f"Run {result.run_name} finished in {result.seconds:.0f} s. Run folder {_shown(result.work_dir)}, "
           f"task logs in {_shown(result.logs_dir)}.")
-    print(f"MLflow UI: {ui_command} ui {_shown(result.work_dir)}")
+    if containers is not None:  # the tasks logged to the tracking server, not to a store in the run folder
+        print(f"MLflow UI: {config.tracking.uri or os.environ.get('MLFLOW_TRACKING_URI')}")
+    else:
+        print(f"MLflow UI: {ui_command} ui {_shown(result.work_dir)}")
     return 0
 
 

@@ -187,7 +187,9 @@ def run_local(config: PipelineConfig, run_name: Optional[str] = None, runs_root:
             raise error
         raise PipelineFailed(failure.message, work_dir, failure, ended) from error
     summary = task.outputs["Output"] if hasattr(task, "outputs") and "Output" in getattr(task, "outputs", {}) else ""
-    if containers is not None and summary:  # the summary task wrote its copy in its own container
-        (work_dir / "summary.md").write_text(str(summary))
+    if containers is not None:  # the summary task wrote its copy in its own container; its artifact is here
+        written = sorted((work_dir / "kfp").glob("*/summarize-run/summary"), key=lambda p: p.stat().st_mtime)
+        if written:
+            shutil.copyfile(written[-1], work_dir / "summary.md")
     return LocalRun(run_name=run_name, work_dir=work_dir, seconds=seconds, summary=str(summary),
                     task_seconds=list(tasks.task_seconds), logs_dir=logs_dir, tracking_uri=store)

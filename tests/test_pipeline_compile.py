@@ -161,3 +161,20 @@ def test_a_test_promotion_metric_is_refused() -> None:
     from pipeline.config import ConfigError
     with pytest.raises(ConfigError, match="promotion.metric must be a validation metric.*'test_score'"):
         load_config({"promotion": {"metric": "test_score"}})
+
+
+def test_the_local_graph_has_sibling_search_workers(tmp_path) -> None:
+    """KFP's local runner mis-resolves a nested loop's inputs (model_name and model_run_id became the worker
+    index): locally the N workers are sibling tasks, and the search task waits for all of them."""
+    from kfp import compiler
+
+    from pipeline.graph import build_pipeline
+    config = load_config({"image": IMAGE, "search": {"n_workers": 2}})
+    compiler.Compiler().compile(build_pipeline(config, local=True), str(tmp_path / "local.yaml"))
+    inner = loop_tasks(next(yaml.safe_load_all((tmp_path / "local.yaml").read_text())))
+    assert not [n for n in inner if n.startswith("for-loop")]
+    workers = sorted(n for n in inner if n.startswith("search-model") and n != "search-model-3")
+    assert workers == ["search-model", "search-model-2"]
+    assert set(inner["search-model-3"]["dependentTasks"]) >= set(workers)
+    assert inner["train-model"]["inputs"]["parameters"]["best_params"]["taskOutputParameter"]["producerTask"] == \
+        "search-model-3"
