@@ -69,7 +69,9 @@ def _parts567(head: dict) -> list[str]:
         rows.append(f"| `mtlp run` local runner vs direct step calls | {head['p6_local']:.0f} s vs {head['p6_direct']:.0f} s "
                     f"({head['p6_overhead'] * 100:+.0f} %) | ≤ 15 % {_ok(head['p6_overhead'] <= 0.15)} |")
     if "p7" in head:
-        rows.append("| Scale (prepare rows/s, MMOE train rows/s, peak RSS) | " + "; ".join(
+        loads = head.get("p7_load") or []
+        at = f"; load {min(loads):.0f}–{max(loads):.0f} on 2 cores" if loads else ""
+        rows.append(f"| Scale, streamed from raw Parquet (prepare rows/s, MMOE train rows/s, peak RSS{at}) | " + "; ".join(
             f"{n / 1e6:g}M: {a:,.0f}, {b:,.0f}, {m / 2**30:.2f} GiB" for n, a, b, m in head["p7"]) + " | — |")
     if "p7_rss_ratio" in head:
         big, small, ratio = head["p7_rss_ratio"]

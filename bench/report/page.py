@@ -41,7 +41,8 @@ RENDER = {1: part1, 2: part2, 3: part3, 4: part4, 5: part5, 6: part6, 7: part7, 
 TITLES = {1: "1. Quality on Adult census (income, never-married)", 2: "2. The MMOE paper's synthetic experiment",
           3: "3. Entire-space CVR: ESMM vs a clicked-only CVR model", 4: "4. Training throughput",
           5: "5. Inference: ONNX Runtime vs PyTorch eager", 6: "6. Search pruning and `mtlp run` wall time",
-          7: "7. Scale: synthetic-funnel at 1M and 10M rows", 8: "8. Serving under load: ours vs `mlflow models serve`"}
+          7: "7. Scale: data bigger than memory, streamed (synthetic-funnel, 1M to 30M rows)",
+          8: "8. Serving under load: ours vs `mlflow models serve`"}
 
 
 def _merge(results_dir: Path, img: Path) -> dict:

@@ -72,7 +72,8 @@ def part7(rec: dict, img: Path) -> tuple[list[str], dict]:
              "loader s | loader rows/s | loader peak RSS MiB | MMOE train rows/s | train peak RSS MiB | "
              "loader / training | load at prepare |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     lines += [_row(r) for r in rows]
-    head: dict = {"p7": [(r["n_rows"], r["prepare"]["rows_per_s"], r["train"]["rows_per_s"], peak(r)) for r in rows]}
+    head: dict = {"p7": [(r["n_rows"], r["prepare"]["rows_per_s"], r["train"]["rows_per_s"], peak(r)) for r in rows],
+                  "p7_load": [r["prepare"]["load"][0] for r in rows if r["prepare"].get("load")]}
     if len(rows) > 1:
         small, big = rows[0], rows[-1]
         ratio = peak(big) / peak(small)

@@ -65,7 +65,13 @@ def _open(path: str) -> IO[bytes]:
 def file_digest(path: str, chunk: int = 1 << 20) -> str:
     """sha256 of the file's bytes (provenance in the feature spec)."""
     digest = hashlib.sha256()
-    with _open(path) as f:
+    if is_url(path):
+        import fsspec
+
+        handle = fsspec.open(path, "rb").open()  # the stored bytes, compressed or not
+    else:
+        handle = open(path, "rb")
+    with handle as f:
         while block := f.read(chunk):
             digest.update(block)
     return digest.hexdigest()
