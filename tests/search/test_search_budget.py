@@ -13,7 +13,9 @@ from pipeline.config import ConfigError, load_config
 from workflow.search import open_storage, search, workers
 from workflow.search.objective import count_parameters
 
-SPACE = {"common": {"embed_dim": [4, 64], "tower_dims": [8], "lr": 0.01, "batch_size": 512},
+# only embed_dim changes a sampled model's size: the default space's numeric encodings are pinned to plain values
+SPACE = {"common": {"embed_dim": [4, 64], "tower_dims": [8], "lr": 0.01, "batch_size": 512,
+                    "numeric_encoding": "standard", "n_bins": 32, "numeric_embed_dim": 8},
          "shared_bottom": {"bottom_dims": [16]}}
 KW = dict(model_name="shared_bottom", n_epoch=1, pruner="none", search_space=SPACE, device="cpu", threads=1,
           progress=False, plots=False)
