@@ -108,7 +108,7 @@ class ParquetLoader:
         out.__dict__.update(self.__dict__)
         out.rank, out.world_size, out.pad = int(rank), int(world_size), bool(pad)
         out.batch_size = -(-self.batch_size // world_size)
-        if pad and len(self.units) < world_size:  # too few row groups to deal: cut each into world_size slices
+        if len(self.units) < world_size:  # too few row groups for every rank to get one: cut each into slices
             out._slices = world_size
         return out
 

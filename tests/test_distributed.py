@@ -80,12 +80,16 @@ def _torchrun(args: list[str], report: Path, nproc: int = 2) -> subprocess.Compl
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("weighting", ["gradnorm", "uwl"])
-def test_two_ranks_match_one_process_and_write_once(adult_prepared, tmp_path, weighting):
+@pytest.mark.parametrize("weighting, stream", [("gradnorm", False), ("uwl", False), ("uwl", True)])
+def test_two_ranks_match_one_process_and_write_once(adult_prepared, tmp_path, weighting, stream, monkeypatch):
     """Dropout is off (each rank's dropout masks come from its own stream, which one process cannot reproduce).
     BatchNorm, the MLPs' default, normalises each rank over its half of the global batch, as DDP does by default,
-    so the two runs differ by that as well as by the order of floating-point sums."""
+    so the two runs differ by that as well as by the order of floating-point sums. ``stream``: every split is read
+    by the streaming ``ParquetLoader`` (each rank its own slices of Adult's one row group)."""
     from mlflow import MlflowClient
+
+    if stream:
+        monkeypatch.setenv("MTLP_STREAM_ABOVE_BYTES", "0")  # torchrun's ranks inherit it, and so does the single run
 
     from workflow.training.torchrun import worker_args
     from workflow.training.train import train

@@ -70,10 +70,11 @@ def test_training_shards_read_their_own_row_groups_with_equal_steps(tmp_path, n,
         assert all(not a & b for i, a in enumerate(sets) for b in sets[i + 1:])  # each rank reads its own rows
 
 
-def test_evaluation_shards_cover_each_row_once_in_file_order(tmp_path):
-    loader = ParquetLoader(_write_shards(tmp_path, 1003, 3, 40), ["id"], ["y"], batch_size=100)
+@pytest.mark.parametrize("row_group", [40, 5000])  # 5000: one row group, fewer than ranks: it is cut in slices
+def test_evaluation_shards_cover_each_row_once_in_file_order(tmp_path, row_group):
+    loader = ParquetLoader(_write_shards(tmp_path, 1003, 1, row_group), ["id"], ["y"], batch_size=100)
     parts = [sum(_ids(loader.shard(r, 3, pad=False), 0), []) for r in range(3)]
-    assert sum(parts, []) == list(range(1003)) and all(parts)
+    assert sum(parts, []) == list(range(1003)) and all(parts)  # every rank has rows: each joins the gathers
 
 
 def test_bad_shards_are_named(tmp_path):
