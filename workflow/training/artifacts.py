@@ -22,7 +22,8 @@ from ..data.feature_spec import SPEC_FILE, FeatureSpec
 from .model_factory import build_model
 
 __all__ = ["WEIGHTS_FILE", "PARAMS_FILE", "METRICS_FILE", "ONNX_FILE", "PLOTS_DIR", "SPEC_FILE", "read_spec",
-           "column", "split_paths", "split_bytes", "split_loader", "split_labels", "iter_split_labels", "load_trained", "STREAM_ABOVE_BYTES"]
+           "column", "split_paths", "split_bytes", "split_loader", "split_labels", "iter_split_labels", "split_users",
+           "load_trained", "STREAM_ABOVE_BYTES"]
 
 PathLike = Union[str, os.PathLike]
 WEIGHTS_FILE, PARAMS_FILE, METRICS_FILE, ONNX_FILE = "model.pt", "params.json", "metrics.json", "model.onnx"
@@ -124,7 +125,9 @@ def split_users(prepared_dir: PathLike, split: str, spec: FeatureSpec) -> Option
     """``[N]`` encoded user ids of a prepared split (GAUC's groups), or None when the spec names no user column."""
     if spec.user_feature is None:
         return None
-    return column(pq.read_table(_split_path(prepared_dir, split), columns=[spec.user_feature]), spec.user_feature)
+    parts = [column(pq.read_table(p, columns=[spec.user_feature]), spec.user_feature)
+             for p in split_paths(prepared_dir, split)]  # one column: small even for a sharded split
+    return np.concatenate(parts)
 
 
 def load_trained(out_dir: PathLike) -> tuple[torch.nn.Module, FeatureSpec, dict[str, Any]]:
