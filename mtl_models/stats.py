@@ -9,7 +9,8 @@ all call these. Conventions:
 - **Every other metric** (GAUC, calibration, binned calibration error, logloss, RMSE, MAE): a seeded percentile
   bootstrap of ``N_BOOT`` = 200 resamples (seed ``BOOT_SEED`` = 0): rows are resampled, except for GAUC, whose
   resampling unit is the user (a user's impressions are not independent). Paired bootstraps resample the same
-  rows (users) for both models; their p-value is the normal approximation from the bootstrap's standard error.
+  rows (users) for both models; their p-value is read off the same resamples (twice the share on the far side of
+  0, at least 1 / ``N_BOOT``), so it agrees with the percentile interval.
 - **GAUC**: each user's AUC, weighted by the user's impressions, over the users who have both classes.
 - **Calibration**: mean prediction / mean label (1 is calibrated); **ECE**: the binned calibration error, the
   row-weighted mean over ``N_BINS`` = 10 equal-count bins of the prediction of |mean prediction − mean label|.
@@ -117,6 +118,13 @@ def auc_interval(y: np.ndarray, p: np.ndarray, level: float = LEVEL) -> Interval
     return Interval(auc, max(0.0, auc - half), min(1.0, auc + half))
 
 
+def _boot_p(d: np.ndarray) -> float:
+    """Two-sided bootstrap p-value of H0 "no difference" from the resampled differences ``d``."""
+    if not len(d):
+        return math.nan
+    return float(min(1.0, max(2.0 * min(np.mean(d <= 0), np.mean(d >= 0)), 1.0 / len(d))))
+
+
 def _p_value(delta: float, sd: float) -> float:
     if not math.isfinite(sd) or not math.isfinite(delta):
         return math.nan
@@ -192,7 +200,7 @@ def _gauc_paired(y, p_a, p_b, users, level, n_boot, seed) -> Comparison:
     ga, gb = float(np.sum(a * w) / np.sum(w)), float(np.sum(b * w) / np.sum(w))
     boot = _user_boot(b - a, w, n_boot, seed)
     lo, hi = np.quantile(boot, [level / 2, 1 - level / 2])
-    return Comparison("gauc", ga, gb, gb - ga, float(lo), float(hi), _p_value(gb - ga, float(np.std(boot))))
+    return Comparison("gauc", ga, gb, gb - ga, float(lo), float(hi), _boot_p(boot))
 
 
 # ---- calibration and per-row metrics -------------------------------------------------------------------------
@@ -296,7 +304,7 @@ def _boot_paired(name, y, p_a, p_b, level, n_boot, seed) -> Comparison:
     d = d[np.isfinite(d)]
     lo, hi = np.quantile(d, [level / 2, 1 - level / 2]) if len(d) else (math.nan, math.nan)
     delta = float(off(b) - off(a))
-    return Comparison(name, a, b, delta, float(lo), float(hi), _p_value(delta, float(np.std(d)) if len(d) else math.nan))
+    return Comparison(name, a, b, delta, float(lo), float(hi), _boot_p(d))
 
 
 # calibration is compared by its distance from 1 (the change in miscalibration: below 0 is better)

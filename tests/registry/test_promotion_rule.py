@@ -80,6 +80,20 @@ def test_the_words_name_the_models_the_gain_its_interval_and_why():
     assert v.promoted and v.words.startswith("ple (v5) is now champion: +0.0") and "over mmoe (v3)" in v.words
 
 
+def test_the_top_two_words_say_which_way_they_differ():
+    from workflow.registry.rule import separable
+
+    rng = np.random.default_rng(8)
+    labels, worse, better = simulate(rng, (0.70, 0.75), (0.76, 0.75))
+    apart, words = separable(labels, better, worse, TASKS, PairedRule(), None, "ple (v4)", "mmoe (v3)")
+    assert apart and words.startswith("ple (v4), the run's best by val_score, is told apart from the runner-up mmoe")
+    apart, words = separable(labels, worse, better, TASKS, PairedRule(), None, "ple (v4)", "mmoe (v3)")
+    assert apart and "ple (v4), the run's best by val_score, scores worse, on the primary metric, than the " \
+                     "runner-up mmoe (v3) on the validation rows: -0.0" in words
+    apart, words = separable(labels, worse, worse, TASKS, PairedRule(), None, "ple (v4)", "mmoe (v3)")
+    assert not apart and "cannot be separated from" in words
+
+
 def test_primary_and_guardrails_can_be_any_metric_and_task():
     rng = np.random.default_rng(5)
     labels, a, b = simulate(rng, (0.72, 0.70), (0.72, 0.76))

@@ -144,7 +144,10 @@ def separable(labels: np.ndarray, p_first: np.ndarray, p_second: np.ndarray, tas
     """Whether a run's top candidate (``first``) is told apart from the runner-up on the primary metric, in words."""
     task, metric = rule.primary_of(tasks)
     c = compare_tasks(labels, p_second, p_first, tasks, [metric], users, rule.level)[f"{task}/{metric}"]
-    apart = math.isfinite(c["lo"]) and (c["lo"] > 0 or c["hi"] < 0)
-    verb = "is told apart from" if apart else "cannot be separated from"
-    return apart, (f"{first}, the run's best by val_score, {verb} the runner-up {second} on the validation rows: "
-                   f"{delta_words(task, metric, c)} ({p_words(c['p_value'])})")
+    up = stats.HIGHER_IS_BETTER[metric]
+    ahead = math.isfinite(c["lo"]) and (c["lo"] > 0 if up else c["hi"] < 0)
+    behind = math.isfinite(c["lo"]) and (c["hi"] < 0 if up else c["lo"] > 0)
+    verb = ("is told apart from" if ahead else "scores worse, on the primary metric, than" if behind
+            else "cannot be separated from")
+    return ahead or behind, (f"{first}, the run's best by val_score, {verb} the runner-up {second} on the "
+                             f"validation rows: {delta_words(task, metric, c)} ({p_words(c['p_value'])})")
