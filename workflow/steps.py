@@ -317,7 +317,7 @@ def _ceiling_metrics(ceiling: Optional[Mapping[str, Any]]) -> dict[str, float]:
 
 
 # columns only some models have, and what they are
-EXTRA_COLUMNS = {"cvr/auc": "ESMM's own CVR tower (conversion given a click), scored on the clicked test rows only; "
+EXTRA_COLUMNS = {"cvr/": "ESMM's own CVR tower (conversion given a click), scored on the clicked test rows only; "
                             "the other models predict no such thing"}
 
 
@@ -335,7 +335,7 @@ def summary_table(results: Mapping[str, Mapping[str, float]], ceiling: Optional[
             f"{flat[t]:.4f}" if t in flat else "" for t in scores + tasks) + " |")
         lines += ["", f"Ceiling: {ceiling.get('source', 'the true probabilities')}, on the same "
                       f"{ceiling.get('split', 'test')} rows: no model can expect to score above it."]
-    lines += [f"`{col}`: {why}." for col, why in EXTRA_COLUMNS.items() if col in tasks]
+    lines += [f"`{col}*`: {why}." for col, why in EXTRA_COLUMNS.items() if any(t.startswith(col) for t in tasks)]
     return lines
 
 
