@@ -71,8 +71,8 @@ def _is_headline(key: str) -> bool:
     return key.endswith(("/auc", "/rmse"))
 
 
-# columns only some models have, and what they are
-EXTRA_COLUMNS = {"cvr/auc": "ESMM's own CVR tower (conversion given a click), scored on the clicked test rows only; "
+# column prefixes only some models have, and what they are
+EXTRA_COLUMNS = {"cvr/": "ESMM's own CVR tower (conversion given a click), scored on the clicked test rows only; "
                             "the other models predict no such thing"}
 SCORES = ("val_score", "test_score")  # val_score first: what promotion selects on
 
@@ -121,5 +121,5 @@ def summary_table(results: Mapping[str, Mapping[str, float]], ceiling: Optional[
         lines += ["", "Within-user ranking (GAUC), calibration (mean prediction / mean label, 1 is calibrated), "
                       "binned calibration error (ece) and logloss, on the same test rows:", ""]
         lines += _metric_rows(results, others, [])
-    notes = [f"`{col}`: {why}." for col, why in EXTRA_COLUMNS.items() if col in keys]
+    notes = [f"`{col}*`: {why}." for col, why in EXTRA_COLUMNS.items() if any(k.startswith(col) for k in keys)]
     return lines + ([""] + notes if notes else [])
