@@ -88,14 +88,16 @@ def _delong(y: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(AUCs [k], their covariance [k, k]) of the score rows ``scores`` ([k, n]) against labels ``y``."""
     pos = np.asarray(y).ravel() > 0.5
     m, n = int(pos.sum()), int((~pos).sum())
-    if m < 2 or n < 2:
-        k = scores.shape[0]
+    k = scores.shape[0]
+    if m < 1 or n < 1:  # one class only: no AUC
         return np.full(k, math.nan), np.full((k, k), math.nan)
     x, yy = scores[:, pos], scores[:, ~pos]
     tx, ty, tz = _midrank(x), _midrank(yy), _midrank(np.concatenate([x, yy], axis=1))
     aucs = tz[:, :m].sum(axis=1) / (m * n) - (m + 1.0) / (2.0 * n)
     v01 = (tz[:, :m] - tx) / n          # each positive: share of negatives it outranks
     v10 = 1.0 - (tz[:, m:] - ty) / m    # each negative: share of positives that outrank it
+    if m < 2 or n < 2:  # the AUC is defined, its variance is not (a class with one row has no spread)
+        return aucs, np.full((k, k), math.nan)
     cov = np.atleast_2d(np.cov(v01)) / m + np.atleast_2d(np.cov(v10)) / n
     return aucs, cov
 
@@ -105,15 +107,16 @@ def _scores(*preds: np.ndarray) -> np.ndarray:
 
 
 def delong_variance(y: np.ndarray, p: np.ndarray) -> tuple[float, float]:
-    """(AUC, DeLong's variance of it); NaN for both with fewer than two rows of either class."""
+    """(AUC, DeLong's variance of it); the AUC is NaN without both classes, the variance with fewer than two rows
+    of either."""
     aucs, cov = _delong(y, _scores(p))
     return float(aucs[0]), float(cov[0, 0])
 
 
 def auc_interval(y: np.ndarray, p: np.ndarray, level: float = LEVEL) -> Interval:
     auc, var = delong_variance(y, p)
-    if math.isnan(auc):
-        return Interval(math.nan, math.nan, math.nan)
+    if math.isnan(auc) or math.isnan(var):
+        return Interval(auc, math.nan, math.nan)
     half = _z(level) * math.sqrt(max(var, 0.0))
     return Interval(auc, max(0.0, auc - half), min(1.0, auc + half))
 

@@ -119,7 +119,8 @@ def test_mtlp_run_prints_one_line_per_task_and_the_summary_once(tmp_path) -> Non
     assert len(tasks) == 2 * len(functions)
     assert [line for line in out if line.startswith("    [search shared_bottom] trial")][:1]
     assert len([line for line in out if re.match(r"^    epoch \d+: train/loss=", line)]) == 2
-    assert sum(line.startswith("| model |") for line in out) == 1  # the summary, once
+    # the summary, once (its first table: the scores; a second table of GAUC and calibration follows it)
+    assert sum(line.startswith("| model | val_score | test_score |") for line in out) == 1
     assert any(line.startswith("Champion of `quiet-model`: shared_bottom (v1) is now champion: there was none")
                and "test_score, reported" in line for line in out)
     assert len(out) <= 45, "\n".join(out)

@@ -128,3 +128,12 @@ def test_paired_comparisons_of_a_model_with_itself_are_zero():
     users = np.arange(len(y)) % 40
     for name, c in stats.compare_metrics(y, p, p, ["auc", "gauc", "ece", "calibration", "logloss"], users).items():
         assert c.delta == 0 and c.lo == 0 and c.hi == 0, name
+
+
+def test_one_row_of_a_class_gives_the_auc_without_an_interval() -> None:
+    """One positive among many: the AUC is defined (the share of negatives it outranks), its variance is not."""
+    y = np.array([1.0] + [0.0] * 9)
+    p = np.array([0.55, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9])  # the positive outranks 5 of 9 negatives
+    iv = stats.auc_interval(y, p)
+    assert iv.value == pytest.approx(5 / 9) and math.isnan(iv.lo) and math.isnan(iv.hi)
+    assert math.isnan(stats.auc_interval(np.zeros(10), p).value)  # one class only: no AUC at all

@@ -19,11 +19,13 @@ PathLike = str | os.PathLike
 
 
 def flat_metrics(saved: Mapping[str, Any]) -> dict[str, float]:
-    """``<task>/<metric>`` for each test metric of a saved ``metrics.json``, then ``test_score`` and, when recorded
-    and finite, ``val_score`` (what promotion selects on)."""
+    """``<task>/<metric>`` for each finite test metric of a saved ``metrics.json`` (an undefined one, e.g. GAUC where
+    no user has both classes, is left out: KFP's Metrics refuse NaN), then ``test_score`` and, when recorded and
+    finite, ``val_score`` (what promotion selects on)."""
     import math
 
-    flat = {f"{task}/{name}": float(v) for task, ms in saved["test_metrics"].items() for name, v in ms.items()}
+    flat = {f"{task}/{name}": float(v) for task, ms in saved["test_metrics"].items() for name, v in ms.items()
+            if isinstance(v, (int, float)) and math.isfinite(v)}
     flat["test_score"] = float(saved["test_score"])
     val = saved.get("val_score")
     if isinstance(val, (int, float)) and math.isfinite(val):
