@@ -256,8 +256,6 @@ def promote_step(versions: Sequence[str], registered_model: str, work_dir: PathL
     through their logged models (``workflow.registry.rule``); ``margin`` compares recorded scores."""
     from dataclasses import asdict
 
-    import mlflow
-
     from . import registry
     from .registry.rescore import read_rows
     from .registry.rule import PairedRule
@@ -267,8 +265,7 @@ def promote_step(versions: Sequence[str], registered_model: str, work_dir: PathL
     client, uri = tracking.open_client(work_dir, tracking_uri)
     rows = None
     if rule == "paired":
-        mlflow.set_tracking_uri(uri)  # models:/ URIs resolve on this store
-        mlflow.set_registry_uri(uri)
+        tracking.use_globally(uri)  # models:/ URIs resolve on this store (no MLFLOW_* variable left behind)
         rows = read_rows(prepared_dir, "val") if prepared_dir else None
     decision = registry.promote_best(client, registered_model, list(versions), metric=metric, margin=margin,
                                      reason="pipeline promotion", rule=rule, paired=PairedRule.from_config(cfg),

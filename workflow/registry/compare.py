@@ -82,11 +82,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    import mlflow
     from mlflow.exceptions import MlflowException
 
     from .. import registry
-    from ..tracking import TrackingUnavailable, check_tracking_reachable, client_for
+    from ..tracking import TrackingUnavailable, check_tracking_reachable, client_for, use_globally
     from .cli import resolve_store
     from .rescore import NotComparable
 
@@ -96,8 +95,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print(f"mtlp compare: {note}", file=sys.stderr)
         check_tracking_reachable(uri, timeout=10.0)
         client = client_for(uri)
-        mlflow.set_tracking_uri(uri)
-        mlflow.set_registry_uri(uri)
+        use_globally(uri)  # models:/ URIs resolve on this store
         a = args.a or registry.champion_version(client, args.model)
         b = args.b or registry.challenger_version(client, args.model)
         if a is None or b is None:
