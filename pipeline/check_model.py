@@ -34,7 +34,7 @@ CHECK: dict[str, Any] = {
                 "options": {"n_rows": 4000, "n_users": 200, "n_items": 60, "ctr": 0.3, "cvr": 0.3}},
     "search": {"n_trials": N_TRIALS, "n_epoch": 1, "pruner": "none"},
     "train": {"n_epoch": 2, "patience": 1, "batch_size": 256, "device": "cpu"},
-    "tracking": {"experiment": "mtlp-check-model"},
+    "tracking": {"experiment": "mtlp-check-model", "isolated": True},  # its own store, in its run folder
 }
 
 
@@ -79,7 +79,8 @@ def verdicts(config: PipelineConfig, work_dir: Path) -> list[Verdict]:
     client = client_for(f"sqlite:///{Path(work_dir) / 'mlflow.db'}")
     experiment = client.get_experiment_by_name(config.tracking.experiment)
     runs = client.search_runs([experiment.experiment_id], max_results=1000) if experiment else []
-    model_runs = [r for r in runs if r.data.tags.get("mtlp.role") == "model" and r.info.run_name == name]
+    model_runs = [r for r in runs if r.data.tags.get("mtlp.role") == "model"  # named <pipeline run>/<model>
+                  and r.info.run_name.rsplit("/", 1)[-1] == name]
     if len(model_runs) != 1:
         return [Verdict("runs", False, f"expected one model run named {name!r}, found {len(model_runs)}")]
     model_run = model_runs[0]
