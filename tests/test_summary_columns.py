@@ -65,6 +65,25 @@ def test_chart_has_val_score_bars_from_near_the_values_and_marks_the_champion(tm
     assert ("ple (champion)", "bold") in labels and ("mmoe", "normal") in labels
 
 
+def test_chart_draws_each_models_interval_as_an_error_bar(tmp_path, monkeypatch) -> None:
+    table = {"mmoe": {"test_score": 0.70, "click/auc": 0.71, "click/auc_lo": 0.69, "click/auc_hi": 0.73},
+             "ple": {"test_score": 0.69, "click/auc": 0.72, "click/auc_lo": 0.705, "click/auc_hi": 0.735}}
+    seen = {}
+    real_save = plots.save_figure
+
+    def keep(fig, path, dpi=100):
+        seen["bars"] = [[seg.tolist() for c in ax.containers if type(c).__name__ == "ErrorbarContainer"
+                         for seg in c.lines[2][0].get_segments()] for ax in fig.axes]
+        return real_save(fig, path, dpi)
+
+    monkeypatch.setattr(plots, "save_figure", keep)
+    plots.model_comparison(table, tmp_path / "cmp.png")
+    no_interval, auc = seen["bars"]  # test_score has no interval; click/auc has one per model
+    assert no_interval == []
+    # best on top: ple's bar at y=1 spans its interval, mmoe's at y=0
+    assert sorted((round(a[0], 4), round(b[0], 4), a[1]) for a, b in auc) == [(0.69, 0.73, 0.0), (0.705, 0.735, 1.0)]
+
+
 def test_summary_step_titles_the_chart_with_the_champion(tmp_path, monkeypatch) -> None:
     """The chart names the champion; its bar is marked only when this run registered it."""
     from workflow import registry, tracking

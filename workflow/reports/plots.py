@@ -107,7 +107,8 @@ def model_comparison(table: Mapping[str, Mapping[str, float]], path: str | os.Pa
                      champion: Optional[str] = None) -> Path:
     """One panel per key metric (``val_score``, ``test_score``, ``<task>/auc``...), a horizontal bar per model, best
     on top, the value written on each bar, the axis and the bars starting near the smallest value, not at 0 (AUCs
-    of 0.670 and 0.674 must look different) and, when ``reference`` names a metric, its value as a dashed line
+    of 0.670 and 0.674 must look different), each bar's 95 % interval as an error bar where the table has one
+    (``<metric>_lo`` / ``<metric>_hi``) and, when ``reference`` names a metric, its value as a dashed line
     (e.g. the generator's ceiling AUC). ``champion``: that model's label reads ``<model> (champion)``, in bold.
     Sized to stay legible in MLflow's artifact preview (about 800 px wide)."""
     plt = pyplot()
@@ -125,7 +126,9 @@ def model_comparison(table: Mapping[str, Mapping[str, float]], path: str | os.Pa
         rows.sort(key=lambda r: (not np.isfinite(r[1]), r[1] if lower_better else -r[1]))
         rows.reverse()  # barh draws the first row at the bottom: the best ends on top
         values = np.array([v for _, v in rows], dtype=float)
-        finite = values[np.isfinite(values)]
+        bounds = np.array([[float(table[m].get(f"{metric}{end}", np.nan)) for m, _ in rows]
+                           for end in ("_lo", "_hi")])  # [2, n_models]; NaN where no interval
+        finite = np.concatenate([values[np.isfinite(values)], bounds[np.isfinite(bounds)]])
         ref = reference.get(metric)
         span = np.concatenate([finite, [ref]]) if ref is not None and np.isfinite(ref) else finite
         y = np.arange(len(rows))
@@ -138,6 +141,10 @@ def model_comparison(table: Mapping[str, Mapping[str, float]], path: str | os.Pa
             left = lo - pad if not metric.endswith("auc") else max(lo - pad, 0.0)
             ax.set_xlim(left, hi + pad)
         ax.barh(y, np.where(np.isfinite(values), values - left, 0.0), left=left, color=colors, height=0.7)
+        has = np.isfinite(bounds).all(axis=0) & np.isfinite(values)
+        if has.any():  # xerr: distances below and above the value
+            ax.errorbar(values[has], y[has], xerr=np.abs(bounds[:, has] - values[has]), fmt="none",
+                        ecolor="#333333", elinewidth=1.2, capsize=3)
         for yi, v in zip(y, values):
             if np.isfinite(v):
                 ax.text(v, yi, f" {v:.4f}", va="center", ha="left", fontsize=10)
