@@ -176,11 +176,13 @@ def defaults_budget() -> dict:
     search space (none: the default space fitted to the data) with trials at the training's batch size."""
     import yaml
 
+    from pipeline.config import load_config
     from workflow.search.space import with_default
 
     cfg = yaml.safe_load(ADULT_CONFIG.read_text())
     s, t = cfg.get("search", {}), cfg.get("train", {})
-    return {"models": cfg["models"], "n_trials": s.get("n_trials", 4), "n_epoch": s.get("n_epoch", 2),
+    # the model list as `mtlp run` resolves it (the config says `{exclude: [esmm]}`, not names)
+    return {"models": load_config(ADULT_CONFIG).models, "n_trials": s.get("n_trials", 4), "n_epoch": s.get("n_epoch", 2),
             "pruner": s.get("pruner", "median"), "train_epochs": t.get("n_epoch", 5), "patience": t.get("patience", 2),
             "batch_size": t.get("batch_size", 1024), "config_space": s.get("space") or None,
             "space": with_default(s.get("space") or None, "batch_size", t.get("batch_size", 1024))}
@@ -286,7 +288,9 @@ def _previous_part1(path: Path) -> dict:
     import json
 
     rec = json.loads(Path(path).read_text())["parts"]["1"]
-    return {**rec["result"], "carried": {k: rec.get(k) for k in ("env_start", "seconds", "load_average_end", "mode")}}
+    # a record that was itself a defaults-only run carries tables A-C's own measurement: keep that one
+    carried = rec["result"].get("carried") or {k: rec.get(k) for k in ("env_start", "seconds", "load_average_end", "mode")}
+    return {**rec["result"], "carried": carried}
 
 
 _DATA: dict = {}

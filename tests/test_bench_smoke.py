@@ -309,3 +309,24 @@ def test_throughput_report_pairs_each_rounds_epochs(tmp_path):
     text = "\n".join(report.part4(_rec(4, {"config": {"threads": 2, "epochs": 4, "warmup": 1}, "rows": [compiled]}), tmp_path)[0])
     assert "| 20,480, 2.50× |" in text
     assert "compiled / TRH PLE@1024/2t 2.50× (paired 2.50×); compiled / eager MTLTrainer PLE@1024/2t 1.25× (paired 1.25×)." in text
+
+
+def test_a_defaults_only_rerun_keeps_when_tables_a_to_c_were_measured(tmp_path):
+    """Part 1 run for its defaults-only table alone carries tables A-C over; a second such run must still date them
+    by their own measurement, not by the first defaults-only run's."""
+    import json
+
+    from bench.quality import _previous_part1
+
+    tables_abc = {"env_start": {"date": "2026-12-06T02:43:23+00:00", "cpu": "Xeon"}, "seconds": 2755.6,
+                  "load_average_end": [19.5], "mode": "full"}
+    first_defaults_run = {"env_start": {"date": "2026-12-07T03:14:41+00:00", "cpu": "EPYC"}, "seconds": 1939,
+                          "load_average_end": [30.6], "mode": "full",
+                          "result": {"rows": [], "carried": tables_abc, "defaults": {"rows": []}}}
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps({"parts": {"1": first_defaults_run}}))
+    assert _previous_part1(path)["carried"] == tables_abc
+    # a record of a full part 1 run (no carried block) is itself the measurement of tables A-C
+    full_run = {**first_defaults_run, "result": {"rows": []}}
+    path.write_text(json.dumps({"parts": {"1": full_run}}))
+    assert _previous_part1(path)["carried"]["env_start"]["date"] == "2026-12-07T03:14:41+00:00"
