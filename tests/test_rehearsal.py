@@ -30,6 +30,7 @@ def _missing() -> str:
     return ""
 
 
+@pytest.mark.timeout(1800)  # the suite's 900 s per test is for tests that start no containers
 def test_the_rehearsal_runs_every_task_in_a_container(tmp_path) -> None:
     why = _missing()
     if why:

@@ -176,3 +176,18 @@ def test_numeric_category_ids_score_as_pandas_reads_them(shared_data, tmp_path):
     # the ids matter: an unseen id (reserved embedding 0) changes the scores
     unseen = model.predict(rows.assign(**{"101": 10**9}))
     assert not np.allclose(unseen.to_numpy(), scored.to_numpy())
+
+
+def test_loading_the_served_model_class_prints_no_mlflow_type_hint_warning():
+    """`mtlp compare` and the model server load the pyfunc class: MLflow warned on stderr, once per load, that
+    ``predict`` had no type hints. A ``pd.DataFrame`` hint is one MLflow infers no schema from: silent, and the
+    input handling is unchanged (a dict of columns is still accepted, as before)."""
+    import subprocess
+    code = ("import warnings, mlflow.pyfunc\n"
+            "with warnings.catch_warnings(record=True) as w:\n"
+            "    warnings.simplefilter('always')\n"
+            "    from workflow.serving.pyfunc_model import RawRowsMultiTaskModel\n"
+            "print(len([x for x in w if 'type hint' in str(x.message)]))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
+    assert out.stdout.strip() == "0", out.stdout + out.stderr

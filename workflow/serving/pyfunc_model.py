@@ -32,7 +32,7 @@ class RawRowsMultiTaskModel(PythonModel):
             raise ValueError(f"ONNX model inputs {sorted(missing)} are not features of the feature spec")
         self.columns = list(self.spec.label_names)
 
-    def predict(self, context, model_input, params=None):
+    def predict(self, context, model_input: pd.DataFrame, params=None):  # a hint MLflow infers no schema from: it says nothing at load
         if not isinstance(model_input, pd.DataFrame):
             model_input = pd.DataFrame(model_input)
         if len(model_input) == 0:
