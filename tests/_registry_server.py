@@ -3,6 +3,7 @@ embedded pipeline's models in it: the follow-the-alias and authentication tests 
 
 from __future__ import annotations
 
+import configparser
 import contextlib
 import os
 from pathlib import Path
@@ -11,6 +12,17 @@ from typing import Optional
 from _servers import background, free_port, mlflow_bin, wait_http
 
 ADMIN = ("admin", "admin-password-1234")
+SHIPPED_AUTH_INI = Path(__file__).resolve().parents[1] / "deploy" / "k8s" / "mlflow" / "basic_auth.ini"
+
+
+def auth_ini(folder: Path) -> str:
+    """The cluster's basic-auth settings (``deploy/k8s/mlflow/basic_auth.ini``: default permission, credential cache),
+    with this server's user store and admin in place of the cluster's database and Secret."""
+    shipped = configparser.ConfigParser()
+    shipped.read(SHIPPED_AUTH_INI)
+    options = {**shipped["mlflow"], "database_uri": f"sqlite:///{folder / 'auth.db'}",
+               "admin_username": ADMIN[0], "admin_password": ADMIN[1]}
+    return "[mlflow]\n" + "".join(f"{k} = {v}\n" for k, v in options.items())
 
 
 def server_env(extra: Optional[dict] = None) -> dict:
@@ -23,8 +35,8 @@ def server_env(extra: Optional[dict] = None) -> dict:
 @contextlib.contextmanager
 def mlflow_server(folder: Path, auth: bool = False, workers: int = 1):
     """``mlflow server`` over a fresh SQLite store in ``folder``, proxying artifacts; with ``auth`` the basic-auth
-    app (its users in ``folder/auth.db``, admin ``ADMIN``, default permission READ: the cluster's settings,
-    deploy/k8s/mlflow/basic_auth.ini). Yields ``(url, log path)``."""
+    app (its users in ``folder/auth.db``, admin ``ADMIN``, the rest as the cluster's
+    deploy/k8s/mlflow/basic_auth.ini says). Yields ``(url, log path)``."""
     folder.mkdir(parents=True, exist_ok=True)
     port = free_port()
     url = f"http://127.0.0.1:{port}"
@@ -36,10 +48,7 @@ def mlflow_server(folder: Path, auth: bool = False, workers: int = 1):
     extra = {}
     if auth:
         ini = folder / "basic_auth.ini"
-        ini.write_text("[mlflow]\ndefault_permission = READ\n"
-                       f"database_uri = sqlite:///{folder / 'auth.db'}\n"
-                       f"admin_username = {ADMIN[0]}\nadmin_password = {ADMIN[1]}\n"
-                       "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n")
+        ini.write_text(auth_ini(folder))
         cmd += ["--app-name", "basic-auth"]
         extra["MLFLOW_AUTH_CONFIG_PATH"] = str(ini)
         extra["MLFLOW_FLASK_SERVER_SECRET_KEY"] = "test-secret-key-not-for-production"

@@ -34,6 +34,8 @@ def test_mlflow_runs_the_basic_auth_app_with_its_secrets(base):
     ini = configparser.ConfigParser()
     ini.read_string(_one(base, "ConfigMap", config_map)["data"]["basic_auth.ini"])
     assert ini["mlflow"]["default_permission"] == "READ"  # signed-in users browse; anonymous: 401
+    # a password check is a scrypt hash per request: cached, but a revoked password lives at most a minute
+    assert 0 < int(ini["mlflow"]["auth_cache_ttl_seconds"]) <= 60
     assert "admin_password" not in ini["mlflow"] and "@" in ini["mlflow"]["database_uri"]
     assert ":" not in ini["mlflow"]["database_uri"].split("//", 1)[1].split("@")[0]  # no password in the URI
     assert "CREATE DATABASE mlflow_auth OWNER mlflow" in (K8S / "mlflow" / "postgres-init.sh").read_text()
