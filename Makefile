@@ -16,11 +16,14 @@ $(VENV)/.installed: pyproject.toml
 	$(VENV)/bin/pip install -q -e ".[dev]"
 	touch $@
 
+# Two pytest worker processes, each taking whole test files (their module fixtures are built once): many tests wait
+# on a subprocess or a server, and a second process uses the core they leave idle. PYTEST_WORKERS=0: one process.
+PYTEST_WORKERS ?= 2
 test: setup
-	$(PY) -m pytest -q --durations=15
+	$(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile --durations=15
 
 test-fast: setup
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile -m "not slow"
 
 run: setup
 	$(VENV)/bin/mtlp run
