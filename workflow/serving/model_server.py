@@ -34,7 +34,7 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Optional
+from typing import Any, Awaitable, Callable, Optional, TypeVar
 
 from .app import DEFAULT_MAX_BATCH_ROWS
 
@@ -56,22 +56,31 @@ Scope = dict
 Message = dict
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
+N = TypeVar("N", int, float)
+
+
+def _setting(value: Optional[str | int | float], flag: str, env: str, default: N, parse: Callable[[Any], N],
+             unit: str, zero: str) -> N:
+    """A server setting: ``value`` (from ``flag``) if given, else ``$env``, else ``default``; parsed, >= 0.
+    The error names where the bad value came from, the flag or the variable."""
+    source = flag
+    if value is None:
+        value, source = os.environ.get(env), env
+    if value is None or value == "":
+        return default
+    try:
+        parsed = parse(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{source} must be {unit}, got {value!r}") from None
+    if not parsed >= 0:  # also refuses NaN
+        raise ValueError(f"{source} must be >= 0 (0: {zero}), got {value!r}")
+    return parsed
 
 
 def max_request_bytes(value: Optional[str | int] = None) -> int:
     """The cap in bytes: ``value`` if given, else ``$MTLP_MAX_REQUEST_BYTES``, else 16 MiB. 0 = no cap."""
-    source = "--max-request-bytes"
-    if value is None:
-        value, source = os.environ.get(MAX_BYTES_ENV), MAX_BYTES_ENV
-    if value is None or value == "":
-        return DEFAULT_MAX_REQUEST_BYTES
-    try:
-        n = int(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{source} must be a whole number of bytes, got {value!r}") from None
-    if n < 0:
-        raise ValueError(f"{source} must be >= 0 (0: no limit), got {n}")
-    return n
+    return _setting(value, "--max-request-bytes", MAX_BYTES_ENV, DEFAULT_MAX_REQUEST_BYTES, int,
+                    "a whole number of bytes", "no limit")
 
 
 def _mib(n: int) -> str:
@@ -181,18 +190,8 @@ def build_app(model_uri: str, max_bytes: Optional[int] = None, interval: float =
 
 def follow_interval(value: Optional[str | float] = None) -> float:
     """Seconds between alias checks: ``value``, else ``$MTLP_FOLLOW_INTERVAL``, else 30. 0 = never re-check."""
-    source = "--follow-interval"
-    if value is None:
-        value, source = os.environ.get(FOLLOW_ENV), FOLLOW_ENV
-    if value is None or value == "":
-        return DEFAULT_FOLLOW_INTERVAL
-    try:
-        seconds = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{source} must be a number of seconds, got {value!r}") from None
-    if not seconds >= 0:
-        raise ValueError(f"{source} must be >= 0 (0: never re-check the alias), got {value!r}")
-    return seconds
+    return _setting(value, "--follow-interval", FOLLOW_ENV, DEFAULT_FOLLOW_INTERVAL, float,
+                    "a number of seconds", "never re-check the alias")
 
 
 def app_from_env() -> Any:
