@@ -53,6 +53,7 @@ make_local_base() {
     mirror="$(awk '/^URIs:/ {print $2; exit}' /etc/apt/sources.list.d/debian.sources 2>/dev/null || true)"
     mirror="${mirror:-http://deb.debian.org/debian}"
     tmp="$(mktemp -d /tmp/mtlp-base.XXXXXX)"
+    trap 'rm -rf "$tmp"' EXIT  # a failed or interrupted debootstrap leaves no root file system behind
     log "building $LOCAL_BASE with debootstrap from $mirror (about a minute)"
     debootstrap --variant=minbase --include=python3,python3-venv,python3-pip,ca-certificates \
         bookworm "$tmp/rootfs" "$mirror" >"$tmp/debootstrap.log" 2>&1 \
@@ -60,6 +61,7 @@ make_local_base() {
     tar -C "$tmp/rootfs" -cf "$tmp/base.tar" .
     podman import "$tmp/base.tar" "$LOCAL_BASE" >/dev/null
     rm -rf "$tmp"
+    trap - EXIT
 }
 
 resolve_base() {
