@@ -56,6 +56,15 @@ def seed_store(work_dir: Path) -> Path:
     return work_dir
 
 
+def embedded_tracking(work_dir: Path, experiment: str, monkeypatch: Any) -> Any:
+    """``workflow.tracking.setup_tracking`` on a fresh embedded store in ``work_dir``, whatever
+    ``MLFLOW_TRACKING_URI`` the calling shell has set (the registry follows the tracking store)."""
+    from workflow import tracking
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    return tracking.setup_tracking(experiment, work_dir=seed_store(work_dir))
+
+
 def store_with_versions(folder: Path, model: str, n_versions: int) -> tuple[Path, str]:
     """An embedded store in ``folder`` holding registered model ``model`` with ``n_versions`` versions and no
     aliases; ``(work dir, sqlite URI)``."""

@@ -12,9 +12,9 @@ import pytest
 
 pytest.importorskip("mlflow")
 
-from _mlflow_helpers import quiet_mlflow, seed_store  # noqa: E402
+from _mlflow_helpers import embedded_tracking, quiet_mlflow, seed_store  # noqa: E402
 
-from workflow import registry, tracking  # noqa: E402
+from workflow import registry  # noqa: E402
 from workflow.registry import cli as promote_cli  # noqa: E402
 
 quiet_mlflow()
@@ -23,8 +23,7 @@ NAME = "cli-test"
 
 @pytest.fixture
 def trk(tmp_path, monkeypatch):
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    return tracking.setup_tracking("promote-cli", work_dir=seed_store(tmp_path / "store"))
+    return embedded_tracking(tmp_path / "store", "promote-cli", monkeypatch)
 
 
 def add(trk, val: float, test: float, arch: str, pipeline: str) -> str:

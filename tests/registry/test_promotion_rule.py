@@ -119,9 +119,9 @@ def test_config_names_the_bad_promotion_key():
 # ---- the registry's promotion with the paired rule ------------------------------------------------------------
 
 pytest.importorskip("mlflow")
-from _mlflow_helpers import quiet_mlflow, seed_store  # noqa: E402
+from _mlflow_helpers import embedded_tracking, quiet_mlflow  # noqa: E402
 
-from workflow import registry, tracking  # noqa: E402
+from workflow import registry  # noqa: E402
 
 quiet_mlflow()
 NAME = "rule-test"
@@ -129,8 +129,7 @@ NAME = "rule-test"
 
 @pytest.fixture
 def store(tmp_path, monkeypatch):
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    trk = tracking.setup_tracking("rule-tests", work_dir=seed_store(tmp_path))
+    trk = embedded_tracking(tmp_path, "rule-tests", monkeypatch)
     (tmp_path / "fake-model").mkdir()
     return trk, str(tmp_path / "fake-model")
 

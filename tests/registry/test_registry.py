@@ -11,11 +11,10 @@ import pytest
 
 pytest.importorskip("mlflow")
 
-from _mlflow_helpers import quiet_mlflow, seed_store  # noqa: E402
+from _mlflow_helpers import embedded_tracking, quiet_mlflow  # noqa: E402
 
 from workflow.registry import cli as promote_cli# noqa: E402
 from workflow import registry# noqa: E402
-from workflow import tracking# noqa: E402
 
 quiet_mlflow()
 NAME = "reg-test"
@@ -23,8 +22,7 @@ NAME = "reg-test"
 
 @pytest.fixture
 def env(tmp_path, monkeypatch):
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    trk = tracking.setup_tracking("registry-tests", work_dir=seed_store(tmp_path))
+    trk = embedded_tracking(tmp_path, "registry-tests", monkeypatch)
     source = tmp_path / "fake-model"
     source.mkdir()
     return trk, str(source), tmp_path

@@ -17,7 +17,7 @@ import pytest
 pytest.importorskip("mlflow")
 
 from _mlflow_helpers import (REPO, check_champion_parity, check_layout, check_promotion_rules,  # noqa: E402
-                             embedded_pipeline, prepared_adult, quiet_mlflow, seed_store)
+                             embedded_pipeline, embedded_tracking, prepared_adult, quiet_mlflow, seed_store)
 from _servers import free_port  # noqa: E402
 
 from workflow.reports import plots# noqa: E402
@@ -28,8 +28,7 @@ quiet_mlflow()
 
 @pytest.fixture
 def trk(tmp_path, monkeypatch):
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    return tracking.setup_tracking("unit-tests", work_dir=seed_store(tmp_path))
+    return embedded_tracking(tmp_path, "unit-tests", monkeypatch)
 
 
 # ---- where runs go -------------------------------------------------------------------------------------------
