@@ -19,7 +19,6 @@ import contextlib
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -32,29 +31,11 @@ from typing import Optional
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from pipeline.loopback import free_port, wait_http  # noqa: E402
 from workflow import tracking# noqa: E402
 
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
                   "--disable-component-update", "--disable-sync", "--hide-scrollbars", "--disable-dev-shm-usage"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_http(url: str, proc: subprocess.Popen, timeout: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"mlflow ui exited with code {proc.returncode}")
-        try:
-            with urllib.request.urlopen(url, timeout=2):
-                return
-        except OSError:
-            time.sleep(0.5)
-    raise TimeoutError(f"{url} did not answer within {timeout:.0f} s")
 
 
 class Browser:
@@ -210,7 +191,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                                  "127.0.0.1", "--port", str(port)], stdout=log, stderr=subprocess.STDOUT,
                                 cwd=args.run_dir, start_new_session=True)
         try:
-            wait_http(f"{base}/health", proc)
+            wait_http(f"{base}/health", proc, 120)
             browser = Browser(args.chromium, size)
             try:
                 for name, url, ready, unfold in views(uri, base):

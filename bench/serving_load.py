@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.environment import load_average
+from pipeline.loopback import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL = "bench-serving"
@@ -35,14 +36,6 @@ def config(quick: bool) -> dict:
     return {"clients": 8, "batches": [1, 100], "seconds": 8.0 if quick else 20.0,
             "max_requests": 20000 if quick else 50000, "rounds": 1 if quick else 2, "warmup_requests": 20,
             "data_dir": os.environ.get("MTLP_SHARED_DATA", str(REPO.parent / "shared" / "data")) + "/adult"}
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def build_model(work: Path, data_dir: Path, log) -> tuple[str, str]:
@@ -147,7 +140,7 @@ def _command(server: str, model_uri: str, port: int) -> list[str]:
 
 def serve_and_load(server: str, model_uri: str, tracking_uri: str, cfg: dict, payloads: dict, work: Path,
                    log) -> list[dict]:
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri, "PATH": f"{Path(sys.executable).parent}:"
            f"{os.environ.get('PATH', '')}", "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true"}
     log_path = work / f"{server}-{port}.log"

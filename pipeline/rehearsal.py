@@ -17,70 +17,27 @@ import contextlib
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import time
-import urllib.request
 from pathlib import Path
 from typing import Iterator, Optional, Sequence
+
+from .loopback import background, free_port, postgres_server, wait_http
 
 __all__ = ["postgres", "mlflow_server", "check_runs", "run_statuses", "main"]
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = REPO / "configs" / "rehearsal.yaml"
-PG_USER, PG_PASSWORD = "mtlp", "rehearsal-password"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _as_postgres(cmd: list[str]) -> list[str]:
-    """PostgreSQL refuses to run as root: as root, run it as the ``postgres`` user."""
-    return ["runuser", "-u", "postgres", "--", *cmd] if os.geteuid() == 0 else cmd
+PG_PASSWORD = "rehearsal-password"
 
 
 @contextlib.contextmanager
 def postgres(databases: Sequence[str]) -> Iterator[dict[str, str]]:
-    """A throwaway PostgreSQL on 127.0.0.1 in a temporary folder (removed afterwards; as root, owned by the
-    ``postgres`` user, which must reach it); yields ``{database: SQLAlchemy URL}``."""
-    for tool in ("initdb", "pg_ctl"):
-        if shutil.which(tool) is None:
-            raise FileNotFoundError(f"the rehearsal needs PostgreSQL's {tool} on PATH (Debian: postgresql)")
-    with tempfile.TemporaryDirectory(prefix="mtlp-rehearsal-pg-") as tmp:
-        with _postgres_in(Path(tmp), databases) as urls:
-            yield urls
-
-
-@contextlib.contextmanager
-def _postgres_in(root: Path, databases: Sequence[str]) -> Iterator[dict[str, str]]:
-    pwfile, data, port = root / "pw", root / "data", free_port()
-    pwfile.write_text(PG_PASSWORD)
-    if os.geteuid() == 0:
-        for path in (root, pwfile):
-            shutil.chown(path, "postgres", "postgres")
-    subprocess.run(_as_postgres(["initdb", "-D", str(data), "-U", PG_USER, "-A", "md5", f"--pwfile={pwfile}",
-                                 "-E", "UTF8"]), check=True, capture_output=True, text=True)
-    opts = f"-c listen_addresses=127.0.0.1 -p {port} -c unix_socket_directories={root} -c max_connections=200"
-    ctl = ["pg_ctl", "-D", str(data), "-w", "-t", "60"]
-    subprocess.run(_as_postgres([*ctl, "-o", opts, "-l", str(root / "server.log"), "start"]), check=True,
-                   capture_output=True, text=True)
-    try:
-        import psycopg2
-
-        conn = psycopg2.connect(host="127.0.0.1", port=port, user=PG_USER, password=PG_PASSWORD, dbname="postgres")
-        conn.autocommit = True
-        with conn.cursor() as cur:
-            for name in databases:
-                cur.execute(f'CREATE DATABASE "{name}"')
-        conn.close()
-        yield {name: f"postgresql+psycopg2://{PG_USER}:{PG_PASSWORD}@127.0.0.1:{port}/{name}" for name in databases}
-    finally:
-        subprocess.run(_as_postgres([*ctl, "-m", "fast", "stop"]), capture_output=True, check=False)
+    """A throwaway PostgreSQL on 127.0.0.1 (``pipeline.loopback``) holding ``databases``; yields ``{database:
+    SQLAlchemy URL}``. Missing binaries: ``FileNotFoundError`` saying which."""
+    with postgres_server(password=PG_PASSWORD) as server:
+        yield {name: server.create_database(name) for name in databases}
 
 
 @contextlib.contextmanager
@@ -91,29 +48,10 @@ def mlflow_server(backend_uri: str, artifacts: Path, log_path: Path, timeout: fl
     cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend_uri, "--artifacts-destination",
            str(artifacts), "--host", "127.0.0.1", "--port", str(port), "--workers", "2"]
     env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true"}
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + timeout
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"mlflow server exited ({proc.returncode}): {log_path.read_text()[-2000:]}")
-            with contextlib.suppress(OSError):
-                with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"mlflow server at {url} did not answer within {timeout:.0f} s (log: {log_path})")
-            time.sleep(0.5)
+    with background(cmd, log_path, env) as proc:
+        url = f"http://127.0.0.1:{port}"
+        wait_http(f"{url}/health", proc, timeout, log_path)
         yield url
-    finally:
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, sig)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout=20)
-                break
 
 
 def run_statuses(uri: str, experiment: str, run_name: str) -> dict[str, int]:
