@@ -40,8 +40,14 @@ def test_gbdt_baseline_scores_each_task_with_the_models_metrics(prepared) -> Non
 
     result = gbdt_baseline(prepared, seed=0, threads=1)  # one OpenMP thread: no spinning on a shared machine
     assert list(result.test_metrics) == ["click", "buy"]
-    assert set(result.test_metrics["click"]) == {"auc", "logloss"}
+    # the models' metrics, each with its 95 % interval (no gauc: this data names no user column)
+    assert set(result.test_metrics["click"]) == {f"{m}{end}" for m in ("auc", "logloss", "calibration", "ece")
+                                                 for end in ("", "_lo", "_hi")}
     assert result.test_metrics["click"]["auc"] > 0.85 and result.test_metrics["buy"]["auc"] > 0.75  # learnable
+    for task in ("click", "buy"):
+        m = result.test_metrics[task]
+        assert m["auc_lo"] < m["auc"] < m["auc_hi"] and m["auc_hi"] - m["auc_lo"] < 0.15  # 450 test rows
+        assert m["logloss_lo"] < m["logloss"] < m["logloss_hi"]
     assert result.test_score == pytest.approx((result.test_metrics["click"]["auc"] + result.test_metrics["buy"]["auc"]) / 2)
     assert result.categorical == ["city"]  # 400 users exceed the trees' 255 categories: fed as ids
     flat = result.flat()
@@ -67,6 +73,7 @@ def test_gbdt_step_logs_a_baseline_run_and_the_summary_prints_its_row(prepared, 
     assert len(runs) == 1 and runs[0].info.run_name == "gbdt" and runs[0].info.status == "FINISHED"
     assert runs[0].data.tags[tracking.TAGS["parent"]] == parent
     assert runs[0].data.metrics["test/click/auc"] == flat["click/auc"]
+    assert runs[0].data.metrics["test/click/auc_lo"] == flat["click/auc_lo"] < flat["click/auc"]
     assert runs[0].data.metrics["test_score"] == flat["test_score"]
 
     results = {"mmoe": {"click/auc": 0.61, "buy/auc": 0.7, "test_score": 0.655}}
@@ -74,8 +81,10 @@ def test_gbdt_step_logs_a_baseline_run_and_the_summary_prints_its_row(prepared, 
     text = steps.summary_step(parent, results, decision, "m", work, tmp_path / "summary.md", baselines={"gbdt": flat})
     lines = text.splitlines()
     assert lines[2].startswith("| mmoe | 0.6550 |")
-    assert lines[3] == (f"| gbdt baseline (HistGradientBoosting) | {flat['test_score']:.4f} | {flat['buy/auc']:.4f} | "
-                        f"{flat['click/auc']:.4f} |")
+    with_interval = {t: f"{flat[t + '/auc']:.4f} [{flat[t + '/auc_lo']:.4f}, {flat[t + '/auc_hi']:.4f}]"
+                     for t in ("buy", "click")}  # read against the models' rows, as theirs are
+    assert lines[3] == (f"| gbdt baseline (HistGradientBoosting) | {flat['test_score']:.4f} | {with_interval['buy']} | "
+                        f"{with_interval['click']} |")
 
 
 def test_baselines_config_key() -> None:

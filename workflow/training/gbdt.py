@@ -2,10 +2,10 @@
 
 What a user compares the multi-task models with on their own data: the same train rows and test rows the models
 saw (the prepared Parquet and its feature spec), untuned (scikit-learn's defaults, its own early stopping on a
-slice of train), scored with the same metrics (``mtl_models.metrics.task_metrics``) and the same ``test_score``
-(``task_mean``). Sparse columns are the spec's ids: categorical where they fit the trees' 255 bins, their id as a
-number otherwise (the id order is the encoder's, so such a column is a weak feature for the trees); dense columns
-are the spec's encoded values.
+slice of train), scored with the same metrics (``mtl_models.metrics.task_metrics``) and the same 95 % intervals
+(``evaluate.with_intervals``), and the same ``test_score`` (``task_mean``). Sparse columns are the spec's ids:
+categorical where they fit the trees' 255 bins, their id as a number otherwise (the id order is the encoder's, so
+such a column is a weak feature for the trees); dense columns are the spec's encoded values.
 """
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ from mtl_models.metrics import task_metrics
 from mtl_models.trainer import task_mean
 
 from ..data.feature_spec import FeatureSpec
-from .artifacts import column, read_spec
+from .artifacts import column, read_spec, split_users
+from .evaluate import with_intervals
 
 __all__ = ["GbdtResult", "gbdt_baseline", "MAX_CATEGORIES"]
 
@@ -33,7 +34,7 @@ MAX_CATEGORIES = 255  # HistGradientBoosting's limit on a categorical column's c
 
 @dataclass
 class GbdtResult:
-    test_metrics: dict[str, dict[str, float]]  # {task: {metric: value}}, the models' metric names
+    test_metrics: dict[str, dict[str, float]]  # {task: {metric: value, metric_lo, metric_hi}}, the models' names
     test_score: float
     seconds: float
     categorical: list[str]  # the sparse columns fed as categories (the others as ordinal ids)
@@ -69,16 +70,22 @@ def _fit_and_score(prepared_dir: PathLike, seed: int) -> GbdtResult:
     xt, yt = _matrix(prepared_dir, "test", spec)
     categorical = [f.name for f in spec.sparse_features if f.vocab_size <= MAX_CATEGORIES]
     mask = np.array([name in categorical for name in spec.feature_names])
-    metrics: dict[str, dict[str, float]] = {}
-    for i, (task, kind) in enumerate(zip(spec.label_names, spec.task_types)):
+    predictions = np.empty_like(yt)  # [N_test, n_task]
+    for i, kind in enumerate(spec.task_types):
         if kind == "classification":
             model = HistGradientBoostingClassifier(categorical_features=mask, random_state=seed)
             model.fit(x, y[:, i].astype(np.int64))
-            pred = model.predict_proba(xt)[:, 1]
+            predictions[:, i] = model.predict_proba(xt)[:, 1]
         else:
             model = HistGradientBoostingRegressor(categorical_features=mask, random_state=seed)
             model.fit(x, y[:, i])
-            pred = model.predict(xt)
-        metrics[task] = {k: float(v) for k, v in task_metrics(kind, yt[:, i], pred).items() if math.isfinite(float(v))}
+            predictions[:, i] = model.predict(xt)
+    # the models' test metrics, and their 95 % intervals the same way (evaluate.with_intervals), so that the
+    # summary's baseline row can be read against the models' rows
+    scored = with_intervals(spec, yt, predictions, split_users(prepared_dir, "test", spec))
+    metrics: dict[str, dict[str, float]] = {}
+    for i, (task, kind) in enumerate(zip(spec.label_names, spec.task_types)):
+        found = {**task_metrics(kind, yt[:, i], predictions[:, i]), **scored[task]}
+        metrics[task] = {k: float(v) for k, v in found.items() if math.isfinite(float(v))}
     return GbdtResult(test_metrics=metrics, test_score=task_mean(metrics, spec.label_names, spec.task_types),
                       seconds=time.perf_counter() - start, categorical=categorical)
