@@ -246,7 +246,7 @@ def test_compare_scores_two_versions_through_their_logged_models(tmp_path_factor
     import json
 
     from workflow.registry import compare
-    from workflow.training.evaluate import INTERVAL_SUFFIXES
+    from workflow.reports.intervals import SUFFIXES
 
     run = embedded_pipeline(adult_dir, tmp_path_factory.getbasetemp())
     a, b = run.candidates[:2]
@@ -255,7 +255,7 @@ def test_compare_scores_two_versions_through_their_logged_models(tmp_path_factor
         saved = json.loads((run.work / cand.model_name / "metrics.json").read_text())
         for task, metrics in saved["val_metrics"].items():
             assert result["comparisons"][f"{task}/auc"][side] == pytest.approx(metrics["auc"], abs=1e-5)
-            assert all(metrics["auc" + s] == metrics["auc" + s] for s in INTERVAL_SUFFIXES)  # recorded, not NaN
+            assert all(metrics["auc" + s] == metrics["auc" + s] for s in SUFFIXES)  # recorded, not NaN
     c = result["comparisons"]["income/auc"]
     assert c["delta"] == pytest.approx(c["b"] - c["a"]) and c["lo"] < c["delta"] < c["hi"]
     assert compare.main(["--model", "adult-mtl", "--a", a.version, "--b", b.version, "--prepared",

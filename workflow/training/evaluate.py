@@ -21,12 +21,12 @@ from mtl_models.trainer import task_mean
 
 from ..data.errors import DataError
 from ..data.feature_spec import FeatureSpec
+from ..reports.intervals import SUFFIXES
 from .artifacts import iter_split_labels, load_trained, split_labels, split_loader, split_users
 
 __all__ = ["Evaluation", "evaluate", "val_score", "with_intervals", "check_scored_on_labels", "predict_prepared",
-           "write_plots", "INTERVAL_SUFFIXES"]
+           "write_plots"]
 
-INTERVAL_SUFFIXES = ("_lo", "_hi")  # test/click/auc -> test/click/auc_lo, test/click/auc_hi
 
 PathLike = Union[str, os.PathLike]
 
@@ -87,8 +87,9 @@ def with_intervals(spec: FeatureSpec, labels: np.ndarray, predictions: np.ndarra
     out: dict[str, dict[str, float]] = {}
     for i, (task, kind) in enumerate(zip(spec.label_names, spec.task_types)):
         found = stats.metric_intervals(kind, labels[:, i], predictions[:, i], users, level)
+        lo, hi = SUFFIXES  # test/click/auc -> test/click/auc_lo, test/click/auc_hi
         out[task] = {k: float(v) for name, iv in found.items()
-                     for k, v in ((name, iv.value), (name + "_lo", iv.lo), (name + "_hi", iv.hi))}
+                     for k, v in ((name, iv.value), (name + lo, iv.lo), (name + hi, iv.hi))}
     return out
 
 
