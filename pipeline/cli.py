@@ -5,6 +5,8 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
+from workflow.errors import cli_error
+
 __all__ = ["main"]
 
 
@@ -281,8 +283,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         return args.func(args)
     except (ConfigError, DataError, FileNotFoundError, TrackingUnavailable) as exc:
-        print(f"mtlp {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+        return cli_error(f"mtlp {args.command}", exc)
 
 
 if __name__ == "__main__":

@@ -144,7 +144,7 @@ def test_command_prints_the_error_without_a_traceback(tmp_path):
                              "--data-dir", str(tmp_path / "nowhere"), "--out", str(out)],
                             cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
-    assert result.stderr.startswith("error: adult: missing file(s) ['adult.data', 'adult.test']")
+    assert result.stderr.startswith("workflow.data.prepare: error: adult: missing file(s) ['adult.data', 'adult.test']")
     assert "Traceback" not in result.stderr
     assert_nothing_written(out)
 

@@ -18,6 +18,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from ..errors import cli_error
 from .datasets import DATASETS, get_builder
 from .datasets.base import PreparedData
 from .errors import DataError
@@ -134,8 +135,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         spec = prepare(args.dataset, args.out, data_dir=args.data_dir, seed=args.seed,
                        val_fraction=args.val_fraction, options=parse_options(args.option))
     except DataError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return cli_error("workflow.data.prepare", e)
     rows = ", ".join(f"{k}={v}" for k, v in spec.rows.items())
     print(f"prepared {spec.dataset} into {args.out}: {rows}; features={len(spec.feature_names)}, "
           f"labels={spec.label_names}")

@@ -24,6 +24,8 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
+from ..errors import cli_error
+
 __all__ = ["main", "build_parser", "resolve_store"]
 
 RUNS_ROOT = Path("mtlp-runs")
@@ -206,12 +208,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print(f"{args.model}: champion rolled back from version {previous} to version {restored}")
             return 0
         return _promote(client, args, reason)
-    except (registry.RegistryError, TrackingUnavailable) as e:
-        print(f"mtlp promote: error: {e}", file=sys.stderr)
-        return 2
-    except MlflowException as e:
-        print(f"mtlp promote: error: {e.message}", file=sys.stderr)
-        return 2
+    except (registry.RegistryError, TrackingUnavailable, MlflowException) as e:
+        return cli_error("mtlp promote", e)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,8 @@ import sys
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
+from ..errors import cli_error
+
 __all__ = ["main", "compare_versions", "find_prepared", "format_table"]
 
 DEFAULT_METRICS = ("auc", "gauc", "calibration", "ece")
@@ -109,12 +111,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                   [m.strip() for m in args.metrics.split(",") if m.strip()], args.level)
         print(json.dumps(result, indent=2) if args.json else format_table(result))
         return 0
-    except (registry.RegistryError, TrackingUnavailable, NotComparable, FileNotFoundError, ValueError) as e:
-        print(f"mtlp compare: error: {e}", file=sys.stderr)
-        return 2
-    except MlflowException as e:
-        print(f"mtlp compare: error: {e.message}", file=sys.stderr)
-        return 2
+    except (registry.RegistryError, TrackingUnavailable, NotComparable, FileNotFoundError, ValueError,
+            MlflowException) as e:
+        return cli_error("mtlp compare", e)
 
 
 if __name__ == "__main__":

@@ -36,6 +36,7 @@ import sys
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Optional, TypeVar
 
+from ..errors import cli_error
 from .app import DEFAULT_MAX_BATCH_ROWS
 
 __all__ = ["DEFAULT_MAX_REQUEST_BYTES", "MAX_BYTES_ENV", "FOLLOW_ENV", "BodySizeLimit", "max_request_bytes",
@@ -230,14 +231,11 @@ def main(argv: Optional[list[str]] = None) -> int:
         cap = max_request_bytes(args.max_request_bytes)
         interval = follow_interval(args.follow_interval)
     except ValueError as err:
-        print(f"workflow.serving.model_server: error: {err}", file=sys.stderr)
-        return 2
+        return cli_error("workflow.serving.model_server", err)
     if args.workers < 1:
-        print("workflow.serving.model_server: error: --workers must be >= 1", file=sys.stderr)
-        return 2
+        return cli_error("workflow.serving.model_server", "--workers must be >= 1")
     if args.max_batch_rows is not None and args.max_batch_rows < 1:
-        print("workflow.serving.model_server: error: --max-batch-rows must be >= 1", file=sys.stderr)
-        return 2
+        return cli_error("workflow.serving.model_server", "--max-batch-rows must be >= 1")
 
     import uvicorn
 

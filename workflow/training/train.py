@@ -21,6 +21,7 @@ import torch
 from mtl_models.atomic import atomic_path
 
 from ..data.feature_spec import SPEC_FILE, FeatureSpec
+from ..errors import cli_error
 from .artifacts import METRICS_FILE, PARAMS_FILE, PLOTS_DIR, WEIGHTS_FILE, read_spec, split_labels, split_loader
 from .evaluate import check_scored_on_labels, evaluate, write_plots
 from .model_factory import build_model, resolve_params, single_task_family
@@ -198,8 +199,7 @@ def main(argv: Optional[Iterable[str]] = None) -> int:
                        patience=args.patience, device=args.device, seed=args.seed, progress=False,
                        resume=args.resume, plots=True)
     except (DataError, FileNotFoundError, ValueError) as exc:
-        print(f"workflow.training.train: error: {exc}", file=sys.stderr)
-        return 2
+        return cli_error("workflow.training.train", exc)
     print(json.dumps({"best_epoch": result.best_epoch, "best_score": result.best_score,
                       "val_score": result.val_score, "test_score": result.test_score, "out_dir": str(result.out_dir)}))
     return 0
