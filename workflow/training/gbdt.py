@@ -2,10 +2,10 @@
 
 What a user compares the multi-task models with on their own data: the same train rows and test rows the models
 saw (the prepared Parquet and its feature spec), untuned (scikit-learn's defaults, its own early stopping on a
-slice of train), scored with the same metrics (``mtl_models.metrics.task_metrics``) and the same 95 % intervals
-(``evaluate.with_intervals``), and the same ``test_score`` (``task_mean``). Sparse columns are the spec's ids:
-categorical where they fit the trees' 255 bins, their id as a number otherwise (the id order is the encoder's, so
-such a column is a weak feature for the trees); dense columns are the spec's encoded values.
+slice of train), scored with the same metrics and 95 % intervals (``evaluate.with_intervals``: AUC and logloss,
+calibration, ECE and GAUC, or RMSE and MAE) and the same ``test_score`` (``task_mean``). Sparse columns are the
+spec's ids: categorical where they fit the trees' 255 bins, their id as a number otherwise (the id order is the
+encoder's, so such a column is a weak feature for the trees); dense columns are the spec's encoded values.
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ from typing import Optional, Union
 import numpy as np
 import pyarrow.parquet as pq
 
-from mtl_models.metrics import task_metrics
 from mtl_models.trainer import task_mean
 
 from ..data.feature_spec import FeatureSpec
@@ -80,12 +79,9 @@ def _fit_and_score(prepared_dir: PathLike, seed: int) -> GbdtResult:
             model = HistGradientBoostingRegressor(categorical_features=mask, random_state=seed)
             model.fit(x, y[:, i])
             predictions[:, i] = model.predict(xt)
-    # the models' test metrics, and their 95 % intervals the same way (evaluate.with_intervals), so that the
-    # summary's baseline row can be read against the models' rows
+    # the models' test metrics with their 95 % intervals, computed as the models' are (evaluate.with_intervals),
+    # so that the summary's baseline row can be read against the models' rows
     scored = with_intervals(spec, yt, predictions, split_users(prepared_dir, "test", spec))
-    metrics: dict[str, dict[str, float]] = {}
-    for i, (task, kind) in enumerate(zip(spec.label_names, spec.task_types)):
-        found = {**task_metrics(kind, yt[:, i], predictions[:, i]), **scored[task]}
-        metrics[task] = {k: float(v) for k, v in found.items() if math.isfinite(float(v))}
+    metrics = {task: {k: v for k, v in found.items() if math.isfinite(v)} for task, found in scored.items()}
     return GbdtResult(test_metrics=metrics, test_score=task_mean(metrics, spec.label_names, spec.task_types),
                       seconds=time.perf_counter() - start, categorical=categorical)
