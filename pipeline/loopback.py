@@ -33,8 +33,9 @@ def free_port() -> int:
 @contextlib.contextmanager
 def background(cmd: list[str], log_path: Path, env: Optional[dict] = None,
                cwd: Optional[Path] = None) -> Iterator[subprocess.Popen]:
-    """``cmd`` in its own process group, its output in ``log_path``; on exit the whole group gets SIGTERM, and
-    SIGKILL what is left 15 s later (a server's workers can outlive its first process)."""
+    """``cmd`` in its own process group, its output in ``log_path``. On exit the whole group gets SIGTERM, then,
+    once ``cmd``'s own process has ended (at most 15 s later), SIGKILL for whatever of the group is left: a
+    server's workers can outlive its first process."""
     with open(log_path, "w") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=cwd, start_new_session=True)
     try:
